@@ -1,0 +1,25 @@
+//! kv-engine: everything one core needs to own a slice of the key space and
+//! keep it durable, and nothing about sockets or consensus.
+//!
+//! - [`slot`]: key → slot, exactly as Redis Cluster defines it.
+//! - [`command`]: the replicated commands and their byte encoding (the
+//!   payload of every Raft log entry).
+//! - [`shard`]: one shard's in-memory map — the deterministic state machine
+//!   that committed commands are applied to.
+//! - [`wal`]: the per-core write-ahead log that is the Raft log store of every
+//!   group on the core: format, group-commit writer, recovery.
+//! - [`snapshot`]: per-shard point-in-time snapshot files.
+//!
+//! Architecture Invariant: this crate does not depend on `raft` or on any
+//! network code. The replication crate maps Raft's types onto [`wal::Record`]s.
+
+pub mod command;
+pub mod limits;
+pub mod shard;
+pub mod slot;
+pub mod snapshot;
+pub mod wal;
+pub mod fsutil;
+
+pub use command::{Command, Condition, Outcome};
+pub use shard::{ShardMap, Stored};

@@ -1,0 +1,1 @@
+//! Per-shard snapshots. (Written in the next step.)

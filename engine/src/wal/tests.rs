@@ -1,0 +1,324 @@
+//! WAL unit tests: round trip, rotation, torn tails cut at every byte,
+//! corruption in the middle, missing and empty segments, compaction.
+//! (Fault injection lives in `engine/tests/wal_faults.rs`, a process of its
+//! own, because failpoints are global.)
+
+use std::future::Future;
+use std::path::Path;
+
+use bytes::Bytes;
+use glommio::{LocalExecutorBuilder, Placement};
+
+use super::*;
+
+pub(crate) fn run<F, Fut, T>(f: F) -> T
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = T> + 'static,
+    T: Send + 'static,
+{
+    LocalExecutorBuilder::new(Placement::Unbound)
+        .io_memory(256 * 1024)
+        .spawn(move || async move { f().await })
+        .expect("executor starts")
+        .join()
+        .expect("executor joins")
+}
+
+fn config(dir: &Path, segment_bytes: u64) -> WalConfig {
+    WalConfig { dir: dir.to_path_buf(), core: 0, segment_bytes, fsync: FsyncPolicy::Always }
+}
+
+fn entry(group: u32, index: u64, len: usize) -> Record {
+    let data: Vec<u8> = (0..len).map(|i| (i as u64 * 31 + index) as u8).collect();
+    Record::Entry { group, term: 1 + index / 10, index, entry_type: 0, data: Bytes::from(data) }
+}
+
+fn hard_state(group: u32, commit: u64) -> Record {
+    Record::HardState { group, term: 1 + commit / 10, vote: 1, commit }
+}
+
+/// Recovers `dir`, collecting every record in order.
+fn read_all(dir: &Path) -> Result<(Vec<Record>, Recovered), WalError> {
+    let mut records = Vec::new();
+    let recovered = recover(dir, 0, |r| {
+        records.push(r);
+        Ok(())
+    })?;
+    Ok((records, recovered))
+}
+
+/// Writes each batch with one flush, through a WAL opened on `dir`.
+fn write_batches(dir: &Path, segment_bytes: u64, batches: Vec<Vec<Record>>) {
+    let dir = dir.to_path_buf();
+    run(move || async move {
+        let (_, recovered) = read_all(&dir).expect("recovers");
+        let wal = Wal::open(config(&dir, segment_bytes), recovered).await.expect("opens");
+        for batch in batches {
+            for r in &batch {
+                wal.append(r);
+            }
+            wal.flush().await.expect("flushes");
+        }
+    });
+}
+
+fn entries_only(records: Vec<Record>) -> Vec<Record> {
+    records.into_iter().filter(|r| matches!(r, Record::Entry { .. })).collect()
+}
+
+fn copy_dir(from: &Path) -> tempfile::TempDir {
+    let to = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.path().join(e.file_name())).unwrap();
+    }
+    to
+}
+
+fn only_segment(dir: &Path) -> std::path::PathBuf {
+    let mut files: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    assert_eq!(files.len(), 1, "{files:?}");
+    files.pop().unwrap()
+}
+
+#[test]
+fn round_trip_across_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = vec![vec![entry(0, 1, 10), entry(1, 1, 0), hard_state(0, 1)], vec![entry(0, 2, 5000)]];
+    write_batches(dir.path(), segment::SEGMENT_BYTES_DEFAULT, first.clone());
+    // Reopen and continue in the same segment: the partial tail block must
+    // be rewritten intact.
+    let second = vec![vec![entry(0, 3, 1)], vec![entry(1, 2, 4090), hard_state(1, 2)]];
+    write_batches(dir.path(), segment::SEGMENT_BYTES_DEFAULT, second.clone());
+    let (records, recovered) = read_all(dir.path()).unwrap();
+    let want: Vec<Record> = first.into_iter().chain(second).flatten().collect();
+    assert_eq!(records, want);
+    assert_eq!(recovered.segments.len(), 1);
+    assert_eq!(recovered.next_batch, 5);
+    assert!(recovered.warnings.is_empty(), "{:?}", recovered.warnings);
+}
+
+#[test]
+fn rotation_starts_each_segment_with_a_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let seg = segment::SEGMENT_BYTES_MIN;
+    let batches: Vec<Vec<Record>> =
+        (1..=60).map(|i| vec![entry(0, i, 3000), hard_state(0, i), entry(1, i, 10), hard_state(1, i)]).collect();
+    write_batches(dir.path(), seg, batches.clone());
+    let (records, recovered) = read_all(dir.path()).unwrap();
+    assert!(recovered.segments.len() >= 3, "{} segments", recovered.segments.len());
+    let want: Vec<Record> = batches.into_iter().flatten().collect();
+    assert_eq!(entries_only(records.clone()), entries_only(want));
+    // Every segment after the first opens with both groups' hard states.
+    for meta in &recovered.segments[1..] {
+        let mut first_records = Vec::new();
+        let data = std::fs::read(&meta.path).unwrap();
+        let mut at = SEGMENT_HEADER_BYTES;
+        while let record::Decoded::Record { record, encoded_len, .. } = record::decode(&data[at..]) {
+            if matches!(record, Record::Entry { .. }) {
+                break;
+            }
+            first_records.push(record.group());
+            at += encoded_len;
+        }
+        first_records.sort();
+        assert_eq!(first_records, vec![0, 1], "checkpoint of segment {}", meta.seq);
+    }
+}
+
+/// The byte range of the last record: its start and its unpadded length.
+fn last_record_span(path: &Path) -> (usize, usize) {
+    let data = std::fs::read(path).unwrap();
+    let mut at = SEGMENT_HEADER_BYTES;
+    let mut last = None;
+    while let record::Decoded::Record { encoded_len, .. } = record::decode(&data[at..]) {
+        let len = u32::from_le_bytes(data[at + 4..at + 8].try_into().unwrap()) as usize;
+        last = Some((at, len));
+        at += encoded_len;
+    }
+    last.expect("at least one record")
+}
+
+#[test]
+fn torn_tail_cut_at_every_byte_is_truncated() {
+    let dir = tempfile::tempdir().unwrap();
+    let batches = vec![vec![entry(0, 1, 100), entry(0, 2, 100)], vec![entry(0, 3, 100)]];
+    write_batches(dir.path(), segment::SEGMENT_BYTES_MIN, batches);
+    let path = only_segment(dir.path());
+    let (start, len) = last_record_span(&path);
+    for cut in start..start + len {
+        for zero_rest in [false, true] {
+            let copy = copy_dir(dir.path());
+            let seg = only_segment(copy.path());
+            let file = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
+            if zero_rest {
+                // A preallocated file whose last write only partly landed.
+                let size = file.metadata().unwrap().len() as usize;
+                file.write_all_at(&vec![0u8; size - cut], cut as u64).unwrap();
+                let junk = [0xAAu8; 3];
+                if cut > start {
+                    file.write_all_at(&junk[..(cut - start).min(3)], start as u64 + 4).unwrap();
+                }
+            } else {
+                file.set_len(cut as u64).unwrap();
+            }
+            drop(file);
+            let (records, recovered) = read_all(copy.path()).unwrap_or_else(|e| panic!("cut {cut}: {e}"));
+            let indexes: Vec<u64> = records
+                .iter()
+                .map(|r| match r {
+                    Record::Entry { index, .. } => *index,
+                    _ => 0,
+                })
+                .collect();
+            assert_eq!(indexes, vec![1, 2], "cut {cut} zero_rest {zero_rest}");
+            if cut > start || !zero_rest {
+                let warning = recovered.warnings.join("\n");
+                if cut > start {
+                    assert!(warning.contains(&format!("offset {start}")), "cut {cut}: {warning}");
+                    assert!(warning.contains(seg.to_str().unwrap()), "{warning}");
+                }
+            }
+            // The repaired log takes new writes and reads back clean.
+            write_batches(copy.path(), segment::SEGMENT_BYTES_MIN, vec![vec![entry(0, 3, 7)]]);
+            let (records, recovered) = read_all(copy.path()).unwrap();
+            assert_eq!(records.last(), Some(&entry(0, 3, 7)), "cut {cut}");
+            assert!(recovered.warnings.is_empty(), "cut {cut}: {:?}", recovered.warnings);
+        }
+    }
+}
+
+use std::os::unix::fs::FileExt;
+
+fn flip_bit(path: &Path, offset: u64) {
+    let file = std::fs::OpenOptions::new().read(true).write(true).open(path).unwrap();
+    let mut b = [0u8; 1];
+    file.read_exact_at(&mut b, offset).unwrap();
+    b[0] ^= 0x10;
+    file.write_all_at(&b, offset).unwrap();
+}
+
+#[test]
+fn flipped_bit_in_the_middle_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let batches: Vec<Vec<Record>> = (1..=10).map(|i| vec![entry(0, i, 200)]).collect();
+    write_batches(dir.path(), segment::SEGMENT_BYTES_DEFAULT, batches);
+    let path = only_segment(dir.path());
+    // Record 3 of 10: later batches were synced after it.
+    let offset = SEGMENT_HEADER_BYTES as u64 + 2 * record::align_up(RECORD_HEADER + 200) as u64 + 50;
+    flip_bit(&path, offset);
+    let err = read_all(dir.path()).unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, WalError::Corrupt { .. }), "{msg}");
+    assert!(msg.contains(path.to_str().unwrap()), "{msg}");
+    let record_start = SEGMENT_HEADER_BYTES + 2 * record::align_up(RECORD_HEADER + 200);
+    assert!(msg.contains(&format!("offset {record_start}")), "{msg}");
+    assert!(msg.contains("Restore"), "says what to do: {msg}");
+}
+
+const RECORD_HEADER: usize = record::RECORD_HEADER_BYTES;
+
+#[test]
+fn flipped_bit_in_the_last_record_is_a_torn_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let batches: Vec<Vec<Record>> = (1..=4).map(|i| vec![entry(0, i, 200)]).collect();
+    write_batches(dir.path(), segment::SEGMENT_BYTES_DEFAULT, batches);
+    let path = only_segment(dir.path());
+    let (start, _) = last_record_span(&path);
+    flip_bit(&path, start as u64 + 60);
+    let (records, recovered) = read_all(dir.path()).unwrap();
+    assert_eq!(records.len(), 3);
+    assert_eq!(recovered.warnings.len(), 1);
+}
+
+#[test]
+fn corruption_in_an_older_segment_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let batches: Vec<Vec<Record>> = (1..=40).map(|i| vec![entry(0, i, 4000)]).collect();
+    write_batches(dir.path(), segment::SEGMENT_BYTES_MIN, batches);
+    let first = segment::path(dir.path(), 1);
+    flip_bit(&first, SEGMENT_HEADER_BYTES as u64 + 100);
+    let err = read_all(dir.path()).unwrap_err();
+    assert!(matches!(err, WalError::Corrupt { offset, .. } if offset == SEGMENT_HEADER_BYTES as u64), "{err}");
+}
+
+#[test]
+fn missing_middle_segment_refuses_and_empty_last_segment_is_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let batches: Vec<Vec<Record>> = (1..=40).map(|i| vec![entry(0, i, 4000)]).collect();
+    write_batches(dir.path(), segment::SEGMENT_BYTES_MIN, batches);
+    let (_, recovered) = read_all(dir.path()).unwrap();
+    let last = recovered.segments.last().unwrap().seq;
+    assert!(last >= 3);
+
+    // An empty (created, never written) segment after the last one.
+    let empty = segment::path(dir.path(), last + 1);
+    std::fs::File::create(&empty).unwrap().set_len(segment::SEGMENT_BYTES_MIN).unwrap();
+    let (records, recovered) = read_all(dir.path()).unwrap();
+    assert_eq!(records.len(), 40);
+    assert!(!empty.exists());
+    assert!(recovered.warnings[0].contains("never written"), "{:?}", recovered.warnings);
+    // A zero-length one too.
+    std::fs::File::create(&empty).unwrap();
+    assert_eq!(read_all(dir.path()).unwrap().0.len(), 40);
+    assert!(!empty.exists());
+
+    std::fs::remove_file(segment::path(dir.path(), 2)).unwrap();
+    let err = read_all(dir.path()).unwrap_err();
+    assert!(err.to_string().contains("segment 2 is missing"), "{err}");
+}
+
+#[test]
+fn compaction_deletes_covered_segments_and_recovery_still_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    let seg = segment::SEGMENT_BYTES_MIN;
+    let batches: Vec<Vec<Record>> =
+        (1..=60).map(|i| vec![entry(0, i, 3000), entry(1, i, 100), hard_state(0, i), hard_state(1, i)]).collect();
+    write_batches(&path, seg, batches);
+    let before = read_all(&path).unwrap().1.segments.len();
+    let p = path.clone();
+    let deleted = run(move || async move {
+        let (_, recovered) = read_all(&p).unwrap();
+        let wal = Wal::open(config(&p, seg), recovered).await.unwrap();
+        // Group 0 snapshotted at 45, group 1 at 40.
+        wal.compact(|g| if g == 0 { 45 } else { 40 }).await.unwrap()
+    });
+    assert!(deleted >= 1 && deleted < before, "deleted {deleted} of {before}");
+    let (records, recovered) = read_all(&path).unwrap();
+    assert_eq!(recovered.segments.len(), before - deleted);
+    assert_eq!(recovered.segments[0].seq, deleted as u64 + 1);
+    // Every entry above the snapshots survives, in order, without gaps.
+    for group in [0u32, 1] {
+        let snap = if group == 0 { 45 } else { 40 };
+        let idx: Vec<u64> = records
+            .iter()
+            .filter_map(|r| match r {
+                Record::Entry { group: g, index, .. } if *g == group => Some(*index),
+                _ => None,
+            })
+            .collect();
+        assert!(idx[0] <= snap + 1, "group {group} starts at {}", idx[0]);
+        assert_eq!(*idx.last().unwrap(), 60);
+        assert!(idx.windows(2).all(|w| w[1] == w[0] + 1));
+    }
+    // The first surviving segment still knows every group's hard state.
+    let hs_groups: Vec<u32> = records
+        .iter()
+        .take_while(|r| !matches!(r, Record::Entry { .. }))
+        .map(|r| r.group())
+        .collect();
+    assert_eq!(hs_groups.len(), 2, "{hs_groups:?}");
+}
+
+#[test]
+fn a_large_record_gets_a_segment_of_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let big = entry(0, 2, 300 * 1024);
+    write_batches(dir.path(), segment::SEGMENT_BYTES_MIN, vec![vec![entry(0, 1, 10)], vec![big.clone()]]);
+    let (records, recovered) = read_all(dir.path()).unwrap();
+    assert_eq!(records.last(), Some(&big));
+    assert_eq!(recovered.segments.len(), 2);
+}
