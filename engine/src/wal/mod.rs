@@ -426,4 +426,4 @@ fn align_block(n: usize) -> usize {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
