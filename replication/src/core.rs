@@ -1,0 +1,406 @@
+//! The per-core raft driver.
+//!
+//! Requests call [`Core::write`] / [`Core::read`]; proposals only touch
+//! memory and wake the driver task. The driver (`drive`) walks the groups
+//! that have a Ready, stages their entries and hard states in the WAL, and
+//! starts one flush if none is running. While a flush is in flight, new
+//! Readies keep accumulating; when it completes, the flushed Readies are
+//! reported persisted (`on_persist_ready`), which commits and applies them,
+//! and the next flush carries everything that arrived meanwhile.
+//!
+//! Everything here runs on one executor: state is `Rc<RefCell<_>>`, and no
+//! borrow is ever held across an `.await`.
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::time::Duration;
+
+use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
+use kv_engine::snapshot::{self, SnapshotMeta};
+use kv_engine::wal::{FlushStats, FsyncPolicy, Wal, WalError};
+use kv_engine::{Command, Outcome, Stored};
+use protobuf::Message as _;
+use raft::eraftpb::Message;
+
+use crate::group::Group;
+use crate::transport::Transport;
+use crate::{CoreConfig, CoreError, PENDING_PER_GROUP_MAX};
+
+/// Drive rounds before the driver yields to other tasks (each round handles
+/// every group's Ready once).
+const DRIVE_ROUNDS_MAX: usize = 8;
+/// How long shutdown waits for in-flight writes to finish.
+const SHUTDOWN_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Counters a core keeps about itself (exported as metrics).
+#[derive(Debug, Default)]
+pub struct CoreStats {
+    pub proposals: Cell<u64>,
+    pub applied_batches: Cell<u64>,
+    pub flushes: Cell<u64>,
+    pub wal_bytes: Cell<u64>,
+    pub fsync_micros_total: Cell<u64>,
+    pub snapshots: Cell<u64>,
+    pub leader_changes: Cell<u64>,
+}
+
+pub(crate) struct DriverState {
+    /// Readies staged since the last flush started: (group, number, messages).
+    unpersisted: Vec<(u32, u64, Vec<Message>)>,
+    flushing: bool,
+    tick_due: bool,
+    stopping: bool,
+    stopped: bool,
+    snapshotting: bool,
+    poisoned: Option<String>,
+}
+
+pub(crate) struct Inner {
+    pub config: CoreConfig,
+    pub groups: RefCell<BTreeMap<u32, Group>>,
+    pub wal: Option<Rc<Wal>>,
+    pub transport: Box<dyn Transport>,
+    pub state: RefCell<DriverState>,
+    pub wake: LocalSender<()>,
+    pub stats: CoreStats,
+}
+
+/// Handle to this core's groups. Cheap to clone; not `Send`.
+#[derive(Clone)]
+pub struct Core(pub(crate) Rc<Inner>);
+
+impl Core {
+    pub(crate) fn start(
+        config: CoreConfig,
+        groups: BTreeMap<u32, Group>,
+        wal: Option<Rc<Wal>>,
+        transport: Box<dyn Transport>,
+    ) -> Core {
+        let (wake, wakeups) = local_channel::new_bounded(1);
+        let state = DriverState {
+            unpersisted: Vec::new(),
+            flushing: false,
+            tick_due: false,
+            stopping: false,
+            stopped: false,
+            snapshotting: false,
+            poisoned: None,
+        };
+        let inner = Rc::new(Inner {
+            config,
+            groups: RefCell::new(groups),
+            wal,
+            transport,
+            state: RefCell::new(state),
+            wake,
+            stats: CoreStats::default(),
+        });
+        glommio::spawn_local(driver_loop(inner.clone(), wakeups)).detach();
+        glommio::spawn_local(ticker(inner.clone())).detach();
+        if let Some(p) = &inner.config.persistence {
+            if let FsyncPolicy::Interval(every) = p.fsync {
+                glommio::spawn_local(interval_syncer(inner.clone(), every)).detach();
+            }
+        }
+        inner.notify();
+        Core(inner)
+    }
+
+    pub fn config(&self) -> &CoreConfig {
+        &self.0.config
+    }
+
+    pub fn stats(&self) -> &CoreStats {
+        &self.0.stats
+    }
+
+    /// Why this core refuses writes, if it does.
+    pub fn poisoned(&self) -> Option<String> {
+        self.0.state.borrow().poisoned.clone()
+    }
+
+    /// Replicates `command` through the shard's group and returns what
+    /// applying it did. Resolves only once the entry is durable and applied.
+    pub async fn write(&self, shard: u32, command: Command) -> Result<Outcome, CoreError> {
+        let rx = {
+            let state = self.0.state.borrow();
+            if let Some(why) = &state.poisoned {
+                return Err(CoreError::Poisoned(why.clone()));
+            }
+            if state.stopping {
+                return Err(CoreError::ShuttingDown);
+            }
+            drop(state);
+            let mut groups = self.0.groups.borrow_mut();
+            let group = groups.get_mut(&shard).ok_or(CoreError::WrongCore(shard))?;
+            if group.pending_count() >= PENDING_PER_GROUP_MAX {
+                return Err(CoreError::Busy);
+            }
+            group.propose(&command)?
+        };
+        self.0.stats.proposals.set(self.0.stats.proposals.get() + 1);
+        self.0.notify();
+        rx.await.unwrap_or(Err(CoreError::ShuttingDown))
+    }
+
+    /// Reads a key from the shard's map. On the leader, every acknowledged
+    /// write is already applied, so this is linearizable for a single voter.
+    pub fn read(&self, shard: u32, key: &[u8]) -> Result<Option<Stored>, CoreError> {
+        let groups = self.0.groups.borrow();
+        let group = groups.get(&shard).ok_or(CoreError::WrongCore(shard))?;
+        if !group.is_leader() {
+            return Err(CoreError::NotLeader { leader: group.leader_id() });
+        }
+        Ok(group.map.get(key).cloned())
+    }
+
+    /// Whether every group has a leader here and has applied its whole log.
+    pub fn is_ready(&self) -> bool {
+        self.0.groups.borrow().values().all(|g| {
+            g.is_leader() && g.map.applied_index() >= g.node.raft.raft_log.committed && g.node.raft.raft_log.committed >= g.storage.last_index()
+        })
+    }
+
+    /// Waits (bounded) until [`Core::is_ready`].
+    pub async fn wait_ready(&self, timeout: Duration) -> Result<(), String> {
+        let deadline = std::time::Instant::now() + timeout;
+        while !self.is_ready() {
+            if let Some(why) = self.poisoned() {
+                return Err(why);
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(format!("core {} did not finish replaying its log within {timeout:?}", self.0.config.core));
+            }
+            glommio::timer::sleep(Duration::from_millis(2)).await;
+        }
+        Ok(())
+    }
+
+    /// Number of keys and bytes per shard (for status and metrics).
+    pub fn shard_sizes(&self) -> Vec<(u32, usize, u64)> {
+        self.0.groups.borrow().values().map(|g| (g.id, g.map.len(), g.map.memory_bytes())).collect()
+    }
+
+    /// Stops taking writes, lets in-flight writes finish (bounded), makes the
+    /// WAL durable regardless of the fsync policy, and stops the driver.
+    pub async fn shutdown(&self) -> Result<(), WalError> {
+        self.0.state.borrow_mut().stopping = true;
+        let deadline = std::time::Instant::now() + SHUTDOWN_DRAIN_TIMEOUT;
+        loop {
+            let pending: usize = self.0.groups.borrow().values().map(|g| g.pending_count()).sum();
+            let flushing = self.0.state.borrow().flushing;
+            if (pending == 0 && !flushing) || self.poisoned().is_some() || std::time::Instant::now() > deadline {
+                break;
+            }
+            glommio::timer::sleep(Duration::from_millis(1)).await;
+        }
+        self.0.state.borrow_mut().stopped = true;
+        self.0.notify();
+        for g in self.0.groups.borrow_mut().values_mut() {
+            g.fail_pending(CoreError::ShuttingDown);
+        }
+        let Some(wal) = &self.0.wal else { return Ok(()) };
+        if wal.is_flushing() || self.poisoned().is_some() {
+            return Ok(());
+        }
+        wal.flush().await?;
+        // IMPORTANT: fsync — a clean shutdown leaves everything durable, even
+        // under `fsync never`.
+        wal.sync().await
+    }
+}
+
+impl Inner {
+    pub(crate) fn notify(&self) {
+        // A full channel means a wakeup is already pending.
+        let _ = self.wake.try_send(());
+    }
+
+    /// Handles every pending Ready, and starts a WAL flush if none runs.
+    fn drive(self: &Rc<Self>) {
+        for _ in 0..DRIVE_ROUNDS_MAX {
+            if self.state.borrow().stopped {
+                return;
+            }
+            let progressed = self.handle_readies();
+            let mut state = self.state.borrow_mut();
+            if state.unpersisted.is_empty() || state.flushing {
+                if progressed {
+                    continue;
+                }
+                return;
+            }
+            match &self.wal {
+                // Nothing staged and nothing in flight before these Readies:
+                // they are as durable as they will ever be.
+                Some(wal) if wal.staged_bytes() > 0 => {
+                    state.flushing = true;
+                    let batch = std::mem::take(&mut state.unpersisted);
+                    drop(state);
+                    glommio::spawn_local(flush(self.clone(), wal.clone(), batch)).detach();
+                    return;
+                }
+                _ => {
+                    let batch = std::mem::take(&mut state.unpersisted);
+                    drop(state);
+                    self.persisted(batch);
+                }
+            }
+        }
+        self.notify();
+    }
+
+    /// One Ready per group that has one. Returns whether any was handled.
+    fn handle_readies(&self) -> bool {
+        let tick = std::mem::take(&mut self.state.borrow_mut().tick_due);
+        let mut outbox = Vec::new();
+        let mut handled = Vec::new();
+        {
+            let mut groups = self.groups.borrow_mut();
+            for group in groups.values_mut() {
+                if tick {
+                    group.node.tick();
+                }
+                if !group.node.has_ready() {
+                    continue;
+                }
+                let was_leader = group.is_leader();
+                let h = group.handle_ready(self.wal.as_deref(), &mut outbox);
+                if group.is_leader() != was_leader {
+                    self.stats.leader_changes.set(self.stats.leader_changes.get() + 1);
+                    tracing::debug!(core = self.config.core, group = group.id, leader = group.is_leader(), "role changed");
+                }
+                handled.push((group.id, h.number, h.after_persist));
+            }
+        }
+        self.transport.send(outbox);
+        let progressed = !handled.is_empty();
+        self.state.borrow_mut().unpersisted.extend(handled);
+        progressed
+    }
+
+    /// Tells raft that these Readies are durable and sends what waited.
+    fn persisted(&self, batch: Vec<(u32, u64, Vec<Message>)>) {
+        let mut outbox = Vec::new();
+        {
+            let mut groups = self.groups.borrow_mut();
+            for (id, number, messages) in batch {
+                groups.get_mut(&id).expect("group of a Ready exists").node.on_persist_ready(number);
+                outbox.extend(messages);
+            }
+        }
+        self.transport.send(outbox);
+    }
+
+    fn flushed(self: &Rc<Self>, batch: Vec<(u32, u64, Vec<Message>)>, result: Result<FlushStats, WalError>) {
+        self.state.borrow_mut().flushing = false;
+        match result {
+            Ok(stats) => {
+                let s = &self.stats;
+                s.flushes.set(s.flushes.get() + 1);
+                s.wal_bytes.set(s.wal_bytes.get() + stats.written_bytes);
+                s.fsync_micros_total.set(s.fsync_micros_total.get() + stats.sync_micros);
+                self.persisted(batch);
+                self.maybe_snapshot();
+            }
+            Err(e) => self.poison(e.to_string()),
+        }
+        self.notify();
+    }
+
+    fn poison(&self, why: String) {
+        tracing::error!(core = self.config.core, "core stops accepting writes: {why}");
+        self.state.borrow_mut().poisoned = Some(why.clone());
+        for g in self.groups.borrow_mut().values_mut() {
+            g.fail_pending(CoreError::Poisoned(why.clone()));
+        }
+    }
+
+    fn maybe_snapshot(self: &Rc<Self>) {
+        let (Some(wal), Some(p)) = (&self.wal, &self.config.persistence) else { return };
+        let mut state = self.state.borrow_mut();
+        if state.snapshotting || state.stopping || wal.bytes_since_compaction() < p.snapshot_wal_bytes {
+            return;
+        }
+        state.snapshotting = true;
+        glommio::spawn_local(snapshot_and_compact(self.clone(), wal.clone())).detach();
+    }
+}
+
+async fn driver_loop(inner: Rc<Inner>, wakeups: LocalReceiver<()>) {
+    while wakeups.recv().await.is_some() {
+        if inner.state.borrow().stopped {
+            break;
+        }
+        inner.drive();
+    }
+}
+
+async fn flush(inner: Rc<Inner>, wal: Rc<Wal>, batch: Vec<(u32, u64, Vec<Message>)>) {
+    let result = wal.flush().await;
+    inner.flushed(batch, result);
+}
+
+async fn ticker(inner: Rc<Inner>) {
+    loop {
+        glommio::timer::sleep(inner.config.tick).await;
+        if inner.state.borrow().stopped {
+            return;
+        }
+        inner.state.borrow_mut().tick_due = true;
+        inner.notify();
+    }
+}
+
+async fn interval_syncer(inner: Rc<Inner>, every: Duration) {
+    let wal = inner.wal.clone().expect("interval policy implies a WAL");
+    loop {
+        glommio::timer::sleep(every).await;
+        if inner.state.borrow().stopped || inner.state.borrow().poisoned.is_some() {
+            return;
+        }
+        if let Err(e) = wal.sync().await {
+            inner.poison(e.to_string());
+            return;
+        }
+    }
+}
+
+/// Snapshots every shard of the core whose map moved since its last
+/// snapshot, then deletes the WAL segments the snapshots cover. A failure
+/// is logged and leaves the WAL as it was: nothing is lost, only space.
+async fn snapshot_and_compact(inner: Rc<Inner>, wal: Rc<Wal>) {
+    let dir = inner.config.persistence.as_ref().expect("snapshots need persistence").dir.join("snap");
+    let ids: Vec<u32> = inner.groups.borrow().keys().copied().collect();
+    for id in ids {
+        let taken = {
+            let groups = inner.groups.borrow();
+            let g = &groups[&id];
+            let index = g.map.applied_index();
+            (index > g.snapshot_index).then(|| {
+                let term = g.storage.term_of(index).expect("applied entry is in the log window");
+                let conf_state = g.storage.conf_state().write_to_bytes().expect("conf state encodes").into();
+                let entries: Vec<_> = g.map.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+                (SnapshotMeta { group: id, index, term, conf_state }, entries)
+            })
+        };
+        let Some((meta, entries)) = taken else { continue };
+        if let Err(e) = snapshot::write(&dir, &meta, entries).await {
+            tracing::error!(core = inner.config.core, group = id, "snapshot failed, WAL kept: {e}");
+            inner.state.borrow_mut().snapshotting = false;
+            return;
+        }
+        inner.groups.borrow_mut().get_mut(&id).expect("group exists").snapshot_index = meta.index;
+        inner.stats.snapshots.set(inner.stats.snapshots.get() + 1);
+        if let Err(e) = snapshot::remove_older(&dir, id, meta.index).await {
+            tracing::warn!(core = inner.config.core, group = id, "could not remove an old snapshot: {e}");
+        }
+    }
+    let covered = |g: u32| inner.groups.borrow().get(&g).map_or(0, |g| g.snapshot_index);
+    match wal.compact(covered).await {
+        Ok(n) => tracing::debug!(core = inner.config.core, deleted = n, "WAL compacted"),
+        Err(e) => tracing::warn!(core = inner.config.core, "WAL compaction failed: {e}"),
+    }
+    inner.state.borrow_mut().snapshotting = false;
+}

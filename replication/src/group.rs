@@ -1,0 +1,202 @@
+//! One shard replica on this core: its Raft node, its log window, its map,
+//! and the requests waiting for their entries to apply.
+//!
+//! Ready handling follows raft-rs's contract (see `handle_ready`): messages
+//! a leader may send at once go out immediately; entries and hard state are
+//! appended to the WAL and handed back to raft only once that WAL batch is
+//! durable (`on_persist_ready`), and the messages that must wait for
+//! persistence wait with them.
+
+use std::collections::BTreeMap;
+
+use kv_engine::wal::{Record, Wal};
+use kv_engine::{Command, Outcome, ShardMap};
+use protobuf::Message as _;
+use raft::eraftpb::{ConfChange, ConfChangeV2, ConfState, Entry, EntryType, Message};
+use raft::{RawNode, StateRole};
+
+use crate::oneshot;
+use crate::storage::GroupStorage;
+use crate::CoreError;
+
+/// Entries kept in memory after they are applied, so a follower that is a
+/// little behind can be served from memory instead of a snapshot.
+pub const LOG_RETAIN_ENTRIES: u64 = 4096;
+
+pub(crate) type Reply = oneshot::Sender<Result<Outcome, CoreError>>;
+
+struct Pending {
+    term: u64,
+    reply: Reply,
+}
+
+pub(crate) struct Group {
+    pub id: u32,
+    pub node: RawNode<GroupStorage>,
+    pub storage: GroupStorage,
+    pub map: ShardMap,
+    /// Index of the newest durable snapshot of `map` (0 if none).
+    pub snapshot_index: u64,
+    pending: BTreeMap<u64, Pending>,
+}
+
+/// What handling one Ready left for the driver.
+pub(crate) struct Handled {
+    pub number: u64,
+    /// Messages that may only be sent once this Ready is persisted.
+    pub after_persist: Vec<Message>,
+}
+
+impl Group {
+    pub fn new(id: u32, node: RawNode<GroupStorage>, storage: GroupStorage, map: ShardMap, snapshot_index: u64) -> Group {
+        Group { id, node, storage, map, snapshot_index, pending: BTreeMap::new() }
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.node.raft.state == StateRole::Leader
+    }
+
+    pub fn leader_id(&self) -> Option<u64> {
+        Some(self.node.raft.leader_id).filter(|&id| id != raft::INVALID_ID)
+    }
+
+    pub fn pending_count(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Proposes a command; the receiver resolves when it is applied.
+    pub fn propose(&mut self, command: &Command) -> Result<oneshot::Receiver<Result<Outcome, CoreError>>, CoreError> {
+        if !self.is_leader() {
+            return Err(CoreError::NotLeader { leader: self.leader_id() });
+        }
+        let before = self.node.raft.raft_log.last_index();
+        self.node.propose(Vec::new(), command.encode()).map_err(|_| CoreError::Dropped)?;
+        let index = self.node.raft.raft_log.last_index();
+        assert_eq!(index, before + 1, "one proposal appends one entry");
+        let (tx, rx) = oneshot::channel();
+        self.pending.insert(index, Pending { term: self.node.raft.term, reply: tx });
+        Ok(rx)
+    }
+
+    /// Handles one Ready (the caller checked `has_ready`). Messages that may
+    /// go out now are pushed to `outbox`.
+    pub fn handle_ready(&mut self, wal: Option<&Wal>, outbox: &mut Vec<Message>) -> Handled {
+        let mut rd = self.node.ready();
+        outbox.extend(rd.take_messages());
+        assert!(
+            rd.snapshot().is_empty(),
+            "group {}: installing a snapshot from a leader needs a replication transport",
+            self.id
+        );
+        let committed = rd.take_committed_entries();
+        self.apply(committed, wal);
+        let entries = rd.take_entries();
+        if !entries.is_empty() {
+            self.storage.append(&entries);
+            if let Some(wal) = wal {
+                for e in &entries {
+                    wal.append(&entry_record(self.id, e));
+                }
+            }
+        }
+        if let Some(hs) = rd.hs() {
+            self.storage.set_hard_state(hs.clone());
+            if let Some(wal) = wal {
+                wal.append(&Record::HardState { group: self.id, term: hs.term, vote: hs.vote, commit: hs.commit });
+            }
+        }
+        let handled = Handled { number: rd.number(), after_persist: rd.take_persisted_messages() };
+        self.node.advance_append_async(rd);
+        handled
+    }
+
+    /// Applies committed entries to the map and answers their proposers.
+    fn apply(&mut self, entries: Vec<Entry>, wal: Option<&Wal>) {
+        let Some(last) = entries.last().map(|e| e.index) else { return };
+        for entry in entries {
+            let outcome = match entry.get_entry_type() {
+                EntryType::EntryNormal if entry.data.is_empty() => {
+                    self.map.apply_noop(entry.index);
+                    None
+                }
+                EntryType::EntryNormal => {
+                    let command = Command::decode(&entry.data).expect("committed entries were encoded by kvd");
+                    Some(self.map.apply(entry.index, command))
+                }
+                EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
+                    self.apply_conf_change(&entry, wal);
+                    self.map.apply_noop(entry.index);
+                    None
+                }
+            };
+            if let Some(p) = self.pending.remove(&entry.index) {
+                // Another leader's entry at our index means ours was dropped.
+                let result = match outcome {
+                    Some(o) if p.term == entry.term => Ok(o),
+                    _ => Err(CoreError::Dropped),
+                };
+                p.reply.send(result);
+            }
+        }
+        self.node.advance_apply_to(last);
+        if last > self.storage.first_index() + 2 * LOG_RETAIN_ENTRIES {
+            self.storage.compact(last - LOG_RETAIN_ENTRIES);
+        }
+    }
+
+    fn apply_conf_change(&mut self, entry: &Entry, wal: Option<&Wal>) {
+        let cs = if entry.get_entry_type() == EntryType::EntryConfChange {
+            let cc = ConfChange::parse_from_bytes(&entry.data).expect("committed conf change decodes");
+            self.node.apply_conf_change(&cc)
+        } else {
+            let cc = ConfChangeV2::parse_from_bytes(&entry.data).expect("committed conf change decodes");
+            self.node.apply_conf_change(&cc)
+        }
+        .expect("committed conf change applies");
+        self.storage.set_conf_state(cs.clone());
+        if let Some(wal) = wal {
+            wal.append(&conf_state_record(self.id, entry.index, &cs));
+        }
+    }
+
+    /// Answers every waiting request with `err` (shutdown, poisoned WAL).
+    pub fn fail_pending(&mut self, err: CoreError) {
+        for (_, p) in std::mem::take(&mut self.pending) {
+            p.reply.send(Err(err.clone()));
+        }
+    }
+}
+
+pub(crate) fn entry_record(group: u32, e: &Entry) -> Record {
+    assert!(e.context.is_empty(), "kvd never proposes with a context");
+    let entry_type = match e.get_entry_type() {
+        EntryType::EntryNormal => 0,
+        EntryType::EntryConfChange => 1,
+        EntryType::EntryConfChangeV2 => 2,
+    };
+    Record::Entry { group, term: e.term, index: e.index, entry_type, data: e.data.clone() }
+}
+
+/// Rebuilds a raft entry from its WAL record.
+pub(crate) fn entry_from_record(term: u64, index: u64, entry_type: u8, data: bytes::Bytes) -> Result<Entry, String> {
+    let mut e = Entry::default();
+    e.set_entry_type(match entry_type {
+        0 => EntryType::EntryNormal,
+        1 => EntryType::EntryConfChange,
+        2 => EntryType::EntryConfChangeV2,
+        t => return Err(format!("unknown entry type {t}")),
+    });
+    e.term = term;
+    e.index = index;
+    e.data = data;
+    Ok(e)
+}
+
+pub(crate) fn conf_state_record(group: u32, index: u64, cs: &ConfState) -> Record {
+    let data = cs.write_to_bytes().expect("conf state encodes");
+    Record::ConfState { group, index, data: data.into() }
+}
+
+pub(crate) fn conf_state_from_bytes(data: &[u8]) -> Result<ConfState, String> {
+    ConfState::parse_from_bytes(data).map_err(|e| format!("conf state does not decode: {e}"))
+}

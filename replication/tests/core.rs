@@ -1,0 +1,160 @@
+//! The per-core raft driver on one executor: writes go through Raft and the
+//! WAL, survive a restart, group-commit, and get snapshotted and compacted.
+
+use std::future::Future;
+use std::path::Path;
+use std::time::Duration;
+
+use bytes::Bytes;
+use glommio::{LocalExecutorBuilder, Placement};
+use kv_engine::wal::FsyncPolicy;
+use kv_engine::{Command, Condition, Outcome};
+use kv_replication::transport::NoPeers;
+use kv_replication::{Core, CoreConfig, Layout, Persistence, TICK_INTERVAL_DEFAULT};
+
+fn run<F, Fut, T>(f: F) -> T
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = T> + 'static,
+    T: Send + 'static,
+{
+    LocalExecutorBuilder::new(Placement::Unbound)
+        .io_memory(512 * 1024)
+        .spawn(move || async move { f().await })
+        .expect("executor starts")
+        .join()
+        .expect("executor joins")
+}
+
+fn config(dir: Option<&Path>, snapshot_wal_bytes: u64) -> CoreConfig {
+    CoreConfig {
+        core: 0,
+        layout: Layout::new(1, 1, 4),
+        persistence: dir.map(|d| Persistence {
+            dir: d.join("core-0"),
+            fsync: FsyncPolicy::Always,
+            segment_bytes: 64 * 1024,
+            snapshot_wal_bytes,
+        }),
+        tick: TICK_INTERVAL_DEFAULT,
+    }
+}
+
+async fn open(dir: Option<&Path>, snapshot_wal_bytes: u64) -> Core {
+    let core = Core::open(config(dir, snapshot_wal_bytes), Box::new(NoPeers)).await.expect("core opens");
+    core.wait_ready(Duration::from_secs(10)).await.expect("core gets ready");
+    core
+}
+
+fn put(key: &str, value: &str) -> Command {
+    Command::Put { key: Bytes::from(key.to_string()), value: Bytes::from(value.to_string()), condition: Condition::Always }
+}
+
+fn shard(core: &Core, key: &str) -> u32 {
+    core.config().layout.shard_of_key(key.as_bytes())
+}
+
+#[test]
+fn writes_survive_restart_with_their_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_path_buf();
+    let versions = run(move || async move {
+        let core = open(Some(&d), u64::MAX).await;
+        let mut versions = Vec::new();
+        for i in 0..50 {
+            let key = format!("key-{i}");
+            match core.write(shard(&core, &key), put(&key, &format!("v{i}"))).await.unwrap() {
+                Outcome::Written { version } => versions.push(version),
+                other => panic!("{other:?}"),
+            }
+        }
+        let s = shard(&core, "key-0");
+        let cas = Command::Put { key: Bytes::from("key-0"), value: Bytes::from("x"), condition: Condition::IfVersion(1) };
+        assert!(matches!(core.write(s, cas).await.unwrap(), Outcome::ConditionFailed { .. }));
+        core.shutdown().await.unwrap();
+        versions
+    });
+    let d = dir.path().to_path_buf();
+    run(move || async move {
+        let core = open(Some(&d), u64::MAX).await;
+        for (i, version) in versions.into_iter().enumerate() {
+            let key = format!("key-{i}");
+            let stored = core.read(shard(&core, &key), key.as_bytes()).unwrap().expect("key survives restart");
+            assert_eq!(stored.value, Bytes::from(format!("v{i}")));
+            assert_eq!(stored.version, version);
+        }
+        core.shutdown().await.unwrap();
+    });
+}
+
+#[test]
+fn concurrent_writes_share_flushes() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_path_buf();
+    run(move || async move {
+        let core = open(Some(&d), u64::MAX).await;
+        let flushes_before = core.stats().flushes.get();
+        let tasks: Vec<_> = (0..200)
+            .map(|i| {
+                let core = core.clone();
+                glommio::spawn_local(async move {
+                    let key = format!("k{i}");
+                    core.write(shard(&core, &key), put(&key, "v")).await.unwrap()
+                })
+            })
+            .collect();
+        for t in tasks {
+            assert!(matches!(t.await, Outcome::Written { .. }));
+        }
+        let flushes = core.stats().flushes.get() - flushes_before;
+        assert!(flushes < 100, "200 concurrent writes took {flushes} flushes: no group commit");
+        core.shutdown().await.unwrap();
+    });
+}
+
+#[test]
+fn snapshots_compact_the_wal_and_restore() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_path_buf();
+    run(move || async move {
+        let core = open(Some(&d), 128 * 1024).await;
+        let value = "x".repeat(1000);
+        for round in 0..3 {
+            for i in 0..200 {
+                let key = format!("key-{i}");
+                core.write(shard(&core, &key), put(&key, &format!("{round}{value}"))).await.unwrap();
+            }
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while core.stats().snapshots.get() == 0 && std::time::Instant::now() < deadline {
+            glommio::timer::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(core.stats().snapshots.get() > 0, "no snapshot taken");
+        core.shutdown().await.unwrap();
+    });
+    let wal_dir = dir.path().join("core-0/wal");
+    let first_segment = std::fs::read_dir(&wal_dir).unwrap().map(|e| e.unwrap().file_name()).min().unwrap();
+    assert_ne!(first_segment.to_str().unwrap(), "00000000000000000001.wal", "old segments deleted");
+    assert!(std::fs::read_dir(dir.path().join("core-0/snap")).unwrap().count() > 0);
+    let d = dir.path().to_path_buf();
+    run(move || async move {
+        let core = open(Some(&d), u64::MAX).await;
+        for i in 0..200 {
+            let key = format!("key-{i}");
+            let stored = core.read(shard(&core, &key), key.as_bytes()).unwrap().expect("restored");
+            assert!(stored.value.starts_with(b"2x"), "key {i} has the last round's value");
+        }
+        core.shutdown().await.unwrap();
+    });
+}
+
+#[test]
+fn in_memory_mode_keeps_no_files() {
+    run(move || async move {
+        let core = open(None, u64::MAX).await;
+        let out = core.write(shard(&core, "a"), put("a", "1")).await.unwrap();
+        assert!(matches!(out, Outcome::Written { .. }));
+        assert_eq!(core.read(shard(&core, "a"), b"a").unwrap().unwrap().value, Bytes::from("1"));
+        core.shutdown().await.unwrap();
+    });
+}
