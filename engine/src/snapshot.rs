@@ -108,6 +108,7 @@ pub async fn write(dir: &Path, meta: &SnapshotMeta, entries: Vec<(Bytes, Stored)
     let path = dir.join(file_name(meta.group, meta.index));
     let tmp = dir.join(format!("{}.tmp", file_name(meta.group, meta.index)));
     let file = OpenOptions::new()
+        .read(true)
         .write(true)
         .create(true)
         .truncate(true)

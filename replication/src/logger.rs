@@ -28,8 +28,9 @@ impl Drain for TracingDrain {
         match record.level() {
             Level::Critical | Level::Error => tracing::error!(target: "raft", "{msg}{}", fields.0),
             Level::Warning => tracing::warn!(target: "raft", "{msg}{}", fields.0),
-            Level::Info => tracing::info!(target: "raft", "{msg}{}", fields.0),
-            Level::Debug => tracing::debug!(target: "raft", "{msg}{}", fields.0),
+            // raft-rs logs every election at info; with many groups per
+            // core that drowns the node's own log, so it goes to debug.
+            Level::Info | Level::Debug => tracing::debug!(target: "raft", "{msg}{}", fields.0),
             Level::Trace => tracing::trace!(target: "raft", "{msg}{}", fields.0),
         }
         Ok(())

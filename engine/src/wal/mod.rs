@@ -325,7 +325,9 @@ impl Wal {
         let path = segment::path(&self.config.dir, seq);
         let needed = (SEGMENT_HEADER_BYTES + job.checkpoint.len() + job.records.len()) as u64;
         let capacity = self.config.segment_bytes.max(align_block(needed as usize) as u64);
+        // Readable too: glommio probes the device with a read on open.
         let file = OpenOptions::new()
+            .read(true)
             .write(true)
             .create_new(true)
             .dma_open(&path)

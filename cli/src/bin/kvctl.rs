@@ -1,0 +1,281 @@
+//! `kvctl`: the command-line client. One command per invocation, errors on
+//! stderr, and an exit code per kind of outcome (see `EXIT_CODES`).
+
+use std::ffi::OsString;
+use std::io::{IsTerminal, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use kv_engine::Condition;
+use kv_net::client::{Client, ClientError, WriteResult};
+use serde_json::json;
+
+const EXIT_CODES: &str = "Exit codes:
+  0  success
+  1  key not found
+  2  usage error (bad flags or arguments)
+  3  server error (the server refused or failed the request)
+  4  connection failure (no endpoint reachable, or the connection broke)
+  5  condition failed (key exists for put --if-absent; version mismatch for cas/delete --version)";
+
+const EXIT_NOT_FOUND: u8 = 1;
+const EXIT_USAGE: u8 = 2;
+const EXIT_SERVER: u8 = 3;
+const EXIT_CONNECTION: u8 = 4;
+const EXIT_CONDITION: u8 = 5;
+
+#[derive(Parser)]
+#[command(name = "kvctl", version, about = "Command-line client for kvd", after_help = EXIT_CODES)]
+struct Cli {
+    /// Servers to try, in order: HOST:PORT[,HOST:PORT...].
+    #[arg(long, env = "KVCTL_ENDPOINTS", default_value = "127.0.0.1:7379", value_delimiter = ',', action = clap::ArgAction::Set, global = true)]
+    endpoints: Vec<String>,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = Output::Raw, global = true)]
+    output: Output,
+    /// Seconds to wait for a connection or an answer.
+    #[arg(long, default_value_t = 5.0, global = true)]
+    timeout: f64,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Raw,
+    Json,
+    Table,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print a key's value (raw: the bytes exactly as stored).
+    Get { key: OsString },
+    /// Store a value (from VALUE, --file, or stdin); prints the new version.
+    Put {
+        key: OsString,
+        value: Option<OsString>,
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// Only if the key does not exist yet.
+        #[arg(long)]
+        if_absent: bool,
+    },
+    /// Replace the value of an existing key; prints the new version.
+    Update {
+        key: OsString,
+        value: Option<OsString>,
+        #[arg(long)]
+        file: Option<PathBuf>,
+    },
+    /// Compare-and-set: store only if the key's version is --version.
+    Cas {
+        key: OsString,
+        value: Option<OsString>,
+        #[arg(long)]
+        version: u64,
+        #[arg(long)]
+        file: Option<PathBuf>,
+    },
+    /// Delete a key (only at --version, if given); prints the deleted version.
+    Delete {
+        key: OsString,
+        #[arg(long)]
+        version: Option<u64>,
+    },
+    /// Check that a server answers.
+    Ping,
+}
+
+/// A failed command: what to print and how to exit.
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl From<ClientError> for Failure {
+    fn from(e: ClientError) -> Failure {
+        let code = match &e {
+            ClientError::Connect { .. } | ClientError::Io(_) => EXIT_CONNECTION,
+            ClientError::Protocol(_) | ClientError::Server { .. } => EXIT_SERVER,
+        };
+        Failure { code, message: e.to_string() }
+    }
+}
+
+fn fail(code: u8, message: impl Into<String>) -> Failure {
+    Failure { code, message: message.into() }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("kvctl: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), Failure> {
+    if !(cli.timeout.is_finite() && cli.timeout > 0.0) {
+        return Err(fail(EXIT_USAGE, "--timeout must be a positive number of seconds"));
+    }
+    let timeout = Duration::from_secs_f64(cli.timeout);
+    // Read a value before connecting, so usage errors need no server.
+    let value = match &cli.command {
+        Command::Put { value, file, .. } | Command::Update { value, file, .. } | Command::Cas { value, file, .. } => {
+            Some(read_value(value.as_ref(), file.as_ref())?)
+        }
+        _ => None,
+    };
+    let started = Instant::now();
+    let mut client = Client::connect(&cli.endpoints, timeout)?;
+    let out = cli.output;
+    match cli.command {
+        Command::Ping => {
+            client.ping()?;
+            let rtt = started.elapsed();
+            print_ping(out, client.endpoint(), rtt);
+            Ok(())
+        }
+        Command::Get { key } => {
+            let key = key.as_bytes();
+            match client.get(key)? {
+                Some((value, version)) => {
+                    print_value(out, key, &value, version);
+                    Ok(())
+                }
+                None => Err(fail(EXIT_NOT_FOUND, format!("key not found: {}", show(key)))),
+            }
+        }
+        Command::Put { key, if_absent, .. } => {
+            let condition = if if_absent { Condition::IfAbsent } else { Condition::Always };
+            write(out, &mut client, key.as_bytes(), &value.expect("read above"), condition)
+        }
+        Command::Update { key, .. } => write(out, &mut client, key.as_bytes(), &value.expect("read above"), Condition::IfExists),
+        Command::Cas { key, version, .. } => {
+            write(out, &mut client, key.as_bytes(), &value.expect("read above"), Condition::IfVersion(version))
+        }
+        Command::Delete { key, version } => {
+            let key = key.as_bytes();
+            let condition = version.map_or(Condition::Always, Condition::IfVersion);
+            match client.delete(key, condition)? {
+                WriteResult::Written { version } => {
+                    print_version(out, key, "deleted_version", version);
+                    Ok(())
+                }
+                other => Err(condition_failure(key, other)),
+            }
+        }
+    }
+}
+
+fn read_value(value: Option<&OsString>, file: Option<&PathBuf>) -> Result<Vec<u8>, Failure> {
+    match (value, file) {
+        (Some(_), Some(_)) => Err(fail(EXIT_USAGE, "give the value as an argument or with --file, not both")),
+        (Some(v), None) => Ok(v.as_bytes().to_vec()),
+        (None, Some(path)) => {
+            std::fs::read(path).map_err(|e| fail(EXIT_USAGE, format!("cannot read {}: {e}", path.display())))
+        }
+        (None, None) => {
+            let mut buf = Vec::new();
+            std::io::stdin().read_to_end(&mut buf).map_err(|e| fail(EXIT_USAGE, format!("cannot read stdin: {e}")))?;
+            Ok(buf)
+        }
+    }
+}
+
+fn write(out: Output, client: &mut Client, key: &[u8], value: &[u8], condition: Condition) -> Result<(), Failure> {
+    match client.put_if(key, value, condition)? {
+        WriteResult::Written { version } => {
+            print_version(out, key, "version", version);
+            Ok(())
+        }
+        other => Err(condition_failure(key, other)),
+    }
+}
+
+fn condition_failure(key: &[u8], result: WriteResult) -> Failure {
+    match result {
+        WriteResult::NotFound | WriteResult::ConditionFailed { current_version: None } => {
+            fail(EXIT_NOT_FOUND, format!("key not found: {}", show(key)))
+        }
+        WriteResult::ConditionFailed { current_version: Some(v) } => {
+            fail(EXIT_CONDITION, format!("condition failed: {} exists at version {v}", show(key)))
+        }
+        WriteResult::Written { .. } => unreachable!("not a failure"),
+    }
+}
+
+/// A key or value for humans: itself if UTF-8, else its base64.
+fn show(bytes: &[u8]) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => s.to_string(),
+        Err(_) => format!("base64:{}", base64::engine::general_purpose::STANDARD.encode(bytes)),
+    }
+}
+
+/// JSON fields for bytes: `name` if UTF-8, else `name_base64`.
+fn json_bytes(map: &mut serde_json::Map<String, serde_json::Value>, name: &str, bytes: &[u8]) {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => map.insert(name.to_string(), json!(s)),
+        Err(_) => map.insert(format!("{name}_base64"), json!(base64::engine::general_purpose::STANDARD.encode(bytes))),
+    };
+}
+
+fn print_value(out: Output, key: &[u8], value: &[u8], version: u64) {
+    let mut stdout = std::io::stdout().lock();
+    match out {
+        Output::Raw => {
+            let _ = stdout.write_all(value);
+            if std::io::stdout().is_terminal() {
+                let _ = stdout.write_all(b"\n");
+            }
+        }
+        Output::Json => {
+            let mut m = serde_json::Map::new();
+            json_bytes(&mut m, "key", key);
+            json_bytes(&mut m, "value", value);
+            m.insert("version".into(), json!(version));
+            let _ = writeln!(stdout, "{}", serde_json::Value::Object(m));
+        }
+        Output::Table => print_table(&["KEY", "VERSION", "VALUE"], &[show(key), version.to_string(), show(value)]),
+    }
+}
+
+fn print_version(out: Output, key: &[u8], field: &str, version: u64) {
+    match out {
+        Output::Raw => println!("{version}"),
+        Output::Json => {
+            let mut m = serde_json::Map::new();
+            json_bytes(&mut m, "key", key);
+            m.insert(field.into(), json!(version));
+            println!("{}", serde_json::Value::Object(m));
+        }
+        Output::Table => print_table(&["KEY", &field.to_uppercase()], &[show(key), version.to_string()]),
+    }
+}
+
+fn print_ping(out: Output, endpoint: &str, rtt: Duration) {
+    match out {
+        Output::Raw => println!("PONG"),
+        Output::Json => println!("{}", json!({"ok": true, "endpoint": endpoint, "rtt_ms": rtt.as_secs_f64() * 1000.0})),
+        Output::Table => print_table(&["ENDPOINT", "RTT_MS"], &[endpoint.to_string(), format!("{:.3}", rtt.as_secs_f64() * 1000.0)]),
+    }
+}
+
+fn print_table(header: &[&str], row: &[String]) {
+    let widths: Vec<usize> = header.iter().zip(row).map(|(h, r)| h.len().max(r.chars().count())).collect();
+    let line = |cells: Vec<String>| {
+        let padded: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        println!("{}", padded.join("  ").trim_end());
+    };
+    line(header.iter().map(|s| s.to_string()).collect());
+    line(row.to_vec());
+}

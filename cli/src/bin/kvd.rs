@@ -1,0 +1,140 @@
+//! `kvd`: the daemon. Parses and validates its settings once, takes the data
+//! directory's lock, binds one listening socket per core, then runs one
+//! pinned glommio executor per core until SIGTERM/SIGINT, and exits 0 after
+//! a clean stop (see `kv_net::node` for the stop protocol).
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use glommio::{LocalExecutorBuilder, Placement};
+use kv_cli::config::{Options, Settings};
+use kv_net::node::{self, CoreSetup, NodeSignals};
+use kv_replication::{CoreConfig, Layout, Persistence, TICK_INTERVAL_DEFAULT};
+
+fn main() -> ExitCode {
+    let options = Options::parse();
+    let print = options.print_config;
+    let settings = match options.resolve().and_then(Settings::from_options) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("kvd: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if print {
+        print!("{}", settings.to_toml());
+        return ExitCode::SUCCESS;
+    }
+    kv_cli::logging::init(&settings.log_level, settings.log_json);
+    let _failpoints = fail::FailScenario::setup();
+    match run(settings) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("kvd: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(mut s: Settings) -> Result<(), String> {
+    let cores = s.cpus.len() as u32;
+    let wanted = Layout::new(s.node_id, cores, s.shards_per_core);
+    let (layout, _lock) = if s.persistent {
+        let lock = prepare_data_dir(&s.data_dir)?;
+        // io_uring opens paths relative to no directory: make it absolute.
+        s.data_dir = s.data_dir.canonicalize().map_err(|e| format!("data dir {}: {e}", s.data_dir.display()))?;
+        (Layout::load_or_create(&s.data_dir, wanted).map_err(|e| e.to_string())?, Some(lock))
+    } else {
+        (wanted, None)
+    };
+    let listeners = kv_net::listener::bind_reuseport(s.listen, cores as usize).map_err(|e| e.to_string())?;
+    let listen = listeners[0].local_addr().map_err(|e| e.to_string())?;
+    let signals = Arc::new(NodeSignals::default());
+    watch_signals(signals.clone())?;
+
+    let mut handles = Vec::new();
+    let meshes = kv_net::mesh::build(cores as usize);
+    for ((i, cpu), (listener, mesh)) in s.cpus.iter().enumerate().zip(listeners.into_iter().zip(meshes)) {
+        let persistence = s.persistent.then(|| Persistence {
+            dir: s.data_dir.join(format!("core-{i}")),
+            fsync: s.fsync,
+            segment_bytes: s.wal_segment_bytes,
+            snapshot_wal_bytes: s.snapshot_wal_bytes,
+        });
+        let config = CoreConfig { core: i as u32, layout, persistence, tick: TICK_INTERVAL_DEFAULT };
+        let setup = CoreSetup { config, limits: s.limits, native_listener: listener, mesh, signals: signals.clone() };
+        let handle = LocalExecutorBuilder::new(Placement::Fixed(*cpu))
+            .name(&format!("kvd-core-{i}"))
+            .io_memory(s.io_memory_bytes)
+            .spawn(move || node::run_core(setup))
+            .map_err(|e| format!("cannot start the executor for CPU {cpu}: {e}"))?;
+        handles.push(handle);
+    }
+    while signals.ready.load(Ordering::SeqCst) < cores as usize && !signals.stop.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    if !signals.stop.load(Ordering::SeqCst) {
+        let fsync = if s.persistent { format!("{:?}", s.fsync).to_lowercase() } else { "none (in-memory)".into() };
+        tracing::info!(
+            "kvd ready: native protocol on {listen}, node {}, {cores} cores (CPUs {:?}), {} shards, data dir {}, fsync {fsync}",
+            layout.node_id,
+            s.cpus,
+            layout.shards,
+            if s.persistent { s.data_dir.display().to_string() } else { "none".into() },
+        );
+    }
+    let mut errors = Vec::new();
+    for h in handles {
+        match h.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => errors.push(e),
+            Err(e) => errors.push(format!("executor failed: {e}")),
+        }
+    }
+    if errors.is_empty() {
+        tracing::info!("kvd stopped cleanly");
+        Ok(())
+    } else {
+        Err(errors.join("; "))
+    }
+}
+
+/// Creates the data directory if needed, checks it is usable, and takes its
+/// lock so two kvd processes never share it. The lock lives as long as the
+/// returned file.
+fn prepare_data_dir(dir: &Path) -> Result<File, String> {
+    let unusable = |e: std::io::Error| format!("data dir {} is unusable: {e}", dir.display());
+    kv_engine::fsutil::create_dir_durable(dir).map_err(unusable)?;
+    let lock = File::options().create(true).truncate(false).write(true).open(dir.join("LOCK")).map_err(unusable)?;
+    // SAFETY: flock on a file descriptor we own.
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(format!("data dir {} is in use by another kvd process", dir.display()));
+    }
+    Ok(lock)
+}
+
+/// The first SIGTERM/SIGINT starts a clean stop; a second one exits at once.
+fn watch_signals(signals: Arc<NodeSignals>) -> Result<(), String> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut incoming = signal_hook::iterator::Signals::new([SIGTERM, SIGINT]).map_err(|e| e.to_string())?;
+    std::thread::Builder::new()
+        .name("kvd-signals".into())
+        .spawn(move || {
+            for sig in incoming.forever() {
+                if signals.stop.swap(true, Ordering::SeqCst) {
+                    eprintln!("kvd: second signal {sig}, exiting without a clean stop");
+                    std::process::exit(130);
+                }
+                tracing::info!("signal {sig} received, stopping");
+            }
+        })
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}

@@ -1,0 +1,355 @@
+//! kvd configuration: every setting can come from a flag, an environment
+//! variable or the TOML file, in that order of precedence, else a default.
+//!
+//! | flag | environment | file key |
+//! |---|---|---|
+//! | `--data-dir` | `KVD_DATA_DIR` | `data_dir` |
+//! | `--listen` | `KVD_LISTEN` | `listen` |
+//! | … one row per setting, named the same way | | |
+//!
+//! Everything is validated once, at startup, into [`Settings`]; errors say
+//! which setting is wrong and what would be accepted.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Parser;
+use kv_engine::wal::segment::{SEGMENT_BYTES_DEFAULT, SEGMENT_BYTES_MIN};
+use kv_engine::wal::FsyncPolicy;
+use kv_net::limits::Limits;
+use kv_replication::layout::SHARDS_PER_CORE_DEFAULT;
+use kv_replication::SNAPSHOT_WAL_BYTES_DEFAULT;
+use serde::{Deserialize, Serialize};
+
+pub const LISTEN_DEFAULT: &str = "127.0.0.1:7379";
+pub const DATA_DIR_DEFAULT: &str = "./data";
+/// glommio's registered io memory per core. Small, because `ulimit -l` is
+/// often 8 MiB; larger writes fall back to ordinary allocations.
+pub const IO_MEMORY_BYTES_DEFAULT: usize = 1024 * 1024;
+const FSYNC_INTERVAL_MS_MAX: u64 = 60_000;
+
+/// Flags (and their environment variables); the same fields, by the same
+/// names in snake_case, make up the TOML file.
+#[derive(Debug, Clone, Default, Parser, Serialize, Deserialize)]
+#[command(
+    name = "kvd",
+    version,
+    about = "kvd: a thread-per-core, Raft-replicated key-value store",
+    after_help = "Precedence: flags > environment (KVD_*) > config file (--config) > defaults.\n\
+                  `kvd --print-config` shows the settings a start would use."
+)]
+#[serde(deny_unknown_fields)]
+pub struct Options {
+    /// TOML file with any of the settings below (snake_case keys).
+    #[arg(long, env = "KVD_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Print the effective settings as TOML and exit.
+    #[arg(long)]
+    #[serde(skip)]
+    pub print_config: bool,
+
+    /// Directory for WALs, snapshots and the layout file [default: ./data].
+    #[arg(long, env = "KVD_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Native protocol address, HOST:PORT (port 0 picks one) [default: 127.0.0.1:7379].
+    #[arg(long, env = "KVD_LISTEN")]
+    pub listen: Option<String>,
+    /// CPUs that run shards, e.g. `0,1` or `0-3` [default: every online CPU].
+    #[arg(long, env = "KVD_CORES")]
+    pub cores: Option<String>,
+    /// When the WAL is fsynced: always | interval:<ms> | never [default: always].
+    #[arg(long, env = "KVD_FSYNC")]
+    pub fsync: Option<String>,
+    /// wal (durable) | none (in-memory cache, no files) [default: wal].
+    #[arg(long, env = "KVD_PERSISTENCE")]
+    pub persistence: Option<String>,
+    /// This node's id (≥ 1) [default: 1].
+    #[arg(long, env = "KVD_NODE_ID")]
+    pub node_id: Option<u64>,
+    /// Log filter: error | warn | info | debug | trace, or directives [default: info].
+    #[arg(long, env = "KVD_LOG_LEVEL")]
+    pub log_level: Option<String>,
+    /// Log format: plain | json [default: plain].
+    #[arg(long, env = "KVD_LOG_FORMAT")]
+    pub log_format: Option<String>,
+    /// Shards per core when a data directory is created [default: 8].
+    #[arg(long, env = "KVD_SHARDS_PER_CORE")]
+    pub shards_per_core: Option<u32>,
+    /// Largest key in bytes [default: 65536].
+    #[arg(long, env = "KVD_MAX_KEY_BYTES")]
+    pub max_key_bytes: Option<usize>,
+    /// Largest value in bytes, at most 536870912 [default: 16777216].
+    #[arg(long, env = "KVD_MAX_VALUE_BYTES")]
+    pub max_value_bytes: Option<usize>,
+    /// Largest protocol frame in bytes [default: fits the largest key and value].
+    #[arg(long, env = "KVD_MAX_FRAME_BYTES")]
+    pub max_frame_bytes: Option<usize>,
+    /// Requests in flight per connection [default: 1024].
+    #[arg(long, env = "KVD_MAX_PIPELINE_DEPTH")]
+    pub max_pipeline_depth: Option<usize>,
+    /// Client connections per node [default: 10000].
+    #[arg(long, env = "KVD_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// WAL segment file size in bytes [default: 67108864].
+    #[arg(long, env = "KVD_WAL_SEGMENT_BYTES")]
+    pub wal_segment_bytes: Option<u64>,
+    /// WAL bytes written between snapshots of a core's shards [default: 268435456].
+    #[arg(long, env = "KVD_SNAPSHOT_WAL_BYTES")]
+    pub snapshot_wal_bytes: Option<u64>,
+    /// io_uring buffer memory per core in bytes [default: 1048576].
+    #[arg(long, env = "KVD_IO_MEMORY_BYTES")]
+    pub io_memory_bytes: Option<usize>,
+}
+
+/// Fills every `None` of `a` from `b`.
+macro_rules! fill {
+    ($a:ident, $b:ident, $($field:ident),* $(,)?) => { $( if $a.$field.is_none() { $a.$field = $b.$field.clone(); } )* };
+}
+
+impl Options {
+    /// Options from the command line and environment, with the config
+    /// file's values filling what those left unset.
+    pub fn resolve(mut self) -> Result<Options, String> {
+        if let Some(path) = self.config.clone() {
+            let file = Options::from_file(&path)?;
+            self.fill_from(&file);
+        }
+        Ok(self)
+    }
+
+    pub fn from_file(path: &Path) -> Result<Options, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("config file {}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| format!("config file {}: {e}", path.display()))
+    }
+
+    fn fill_from(&mut self, o: &Options) {
+        fill!(
+            self, o, data_dir, listen, cores, fsync, persistence, node_id, log_level, log_format, shards_per_core,
+            max_key_bytes, max_value_bytes, max_frame_bytes, max_pipeline_depth, max_connections, wal_segment_bytes,
+            snapshot_wal_bytes, io_memory_bytes,
+        );
+    }
+
+    /// The defaults, as options (so `--print-config` can show them).
+    fn defaults() -> Options {
+        let limits = Limits::default();
+        Options {
+            data_dir: Some(PathBuf::from(DATA_DIR_DEFAULT)),
+            listen: Some(LISTEN_DEFAULT.to_string()),
+            cores: Some("all".to_string()),
+            fsync: Some("always".to_string()),
+            persistence: Some("wal".to_string()),
+            node_id: Some(1),
+            log_level: Some("info".to_string()),
+            log_format: Some("plain".to_string()),
+            shards_per_core: Some(SHARDS_PER_CORE_DEFAULT),
+            max_key_bytes: Some(limits.key_bytes_max),
+            max_value_bytes: Some(limits.value_bytes_max),
+            max_frame_bytes: None,
+            max_pipeline_depth: Some(limits.pipeline_depth_max),
+            max_connections: Some(limits.connections_max),
+            wal_segment_bytes: Some(SEGMENT_BYTES_DEFAULT),
+            snapshot_wal_bytes: Some(SNAPSHOT_WAL_BYTES_DEFAULT),
+            io_memory_bytes: Some(IO_MEMORY_BYTES_DEFAULT),
+            ..Options::default()
+        }
+    }
+}
+
+/// Validated settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    /// CPU ids, one shard core each.
+    pub cpus: Vec<usize>,
+    pub fsync: FsyncPolicy,
+    pub persistent: bool,
+    pub node_id: u64,
+    pub log_level: String,
+    pub log_json: bool,
+    pub shards_per_core: u32,
+    pub limits: Limits,
+    pub wal_segment_bytes: u64,
+    pub snapshot_wal_bytes: u64,
+    pub io_memory_bytes: usize,
+    /// The resolved options, defaults filled in (for `--print-config`).
+    pub effective: Options,
+}
+
+impl Settings {
+    pub fn from_options(options: Options) -> Result<Settings, String> {
+        let mut o = options;
+        o.fill_from(&Options::defaults());
+        let get = |v: &Option<String>| v.clone().expect("defaults fill every field");
+        let listen = get(&o.listen);
+        let listen = listen
+            .parse::<SocketAddr>()
+            .map_err(|_| format!("listen: {listen:?} is not an IP:PORT address (e.g. 127.0.0.1:7379)"))?;
+        let (key, value) = (o.max_key_bytes.expect("default"), o.max_value_bytes.expect("default"));
+        let limits = Limits {
+            key_bytes_max: key,
+            value_bytes_max: value,
+            frame_bytes_max: o.max_frame_bytes.unwrap_or_else(|| Limits::frame_bytes_for(key, value)),
+            pipeline_depth_max: o.max_pipeline_depth.expect("default"),
+            connections_max: o.max_connections.expect("default"),
+        };
+        limits.validate()?;
+        o.max_frame_bytes = Some(limits.frame_bytes_max);
+        let persistent = match get(&o.persistence).as_str() {
+            "wal" => true,
+            "none" => false,
+            other => return Err(format!("persistence: {other:?} is not one of wal, none")),
+        };
+        let node_id = o.node_id.expect("default");
+        if node_id == 0 {
+            return Err("node_id: must be at least 1".to_string());
+        }
+        let log_level = get(&o.log_level);
+        crate::logging::check_filter(&log_level)?;
+        let log_json = match get(&o.log_format).as_str() {
+            "plain" => false,
+            "json" => true,
+            other => return Err(format!("log_format: {other:?} is not one of plain, json")),
+        };
+        let wal_segment_bytes = o.wal_segment_bytes.expect("default");
+        if wal_segment_bytes < SEGMENT_BYTES_MIN {
+            return Err(format!("wal_segment_bytes: {wal_segment_bytes} is below the minimum of {SEGMENT_BYTES_MIN}"));
+        }
+        let shards_per_core = o.shards_per_core.expect("default");
+        if !(1..=1024).contains(&shards_per_core) {
+            return Err(format!("shards_per_core: {shards_per_core} is not between 1 and 1024"));
+        }
+        Ok(Settings {
+            data_dir: o.data_dir.clone().expect("default"),
+            listen,
+            cpus: parse_cores(&get(&o.cores))?,
+            fsync: parse_fsync(&get(&o.fsync))?,
+            persistent,
+            node_id,
+            log_level,
+            log_json,
+            shards_per_core,
+            limits,
+            wal_segment_bytes,
+            snapshot_wal_bytes: o.snapshot_wal_bytes.expect("default").max(1),
+            io_memory_bytes: o.io_memory_bytes.expect("default"),
+            effective: o,
+        })
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string(&self.effective).expect("options serialise")
+    }
+}
+
+/// `always`, `never` or `interval:<ms>`.
+pub fn parse_fsync(s: &str) -> Result<FsyncPolicy, String> {
+    let err = || format!("fsync: {s:?} is not one of always, never, interval:<ms> (1..={FSYNC_INTERVAL_MS_MAX})");
+    match s {
+        "always" => Ok(FsyncPolicy::Always),
+        "never" => Ok(FsyncPolicy::Never),
+        _ => {
+            let ms: u64 = s.strip_prefix("interval:").ok_or_else(err)?.parse().map_err(|_| err())?;
+            if !(1..=FSYNC_INTERVAL_MS_MAX).contains(&ms) {
+                return Err(err());
+            }
+            Ok(FsyncPolicy::Interval(Duration::from_millis(ms)))
+        }
+    }
+}
+
+/// `all`, or a list like `0,2-3`. Every CPU must be online.
+pub fn parse_cores(s: &str) -> Result<Vec<usize>, String> {
+    let online: Vec<usize> = glommio::CpuSet::online()
+        .map_err(|e| format!("cannot read the online CPUs: {e}"))?
+        .into_iter()
+        .map(|l| l.cpu)
+        .collect();
+    let mut cpus = Vec::new();
+    if s == "all" {
+        cpus = online.clone();
+    } else {
+        for part in s.split(',').map(str::trim) {
+            let err = || format!("cores: {part:?} in {s:?} is not a CPU number or range like 0-3");
+            let (lo, hi) = match part.split_once('-') {
+                Some((a, b)) => (a.parse().map_err(|_| err())?, b.parse().map_err(|_| err())?),
+                None => {
+                    let n: usize = part.parse().map_err(|_| err())?;
+                    (n, n)
+                }
+            };
+            if lo > hi {
+                return Err(err());
+            }
+            cpus.extend(lo..=hi);
+        }
+    }
+    cpus.sort_unstable();
+    cpus.dedup();
+    if let Some(bad) = cpus.iter().find(|c| !online.contains(c)) {
+        return Err(format!("cores: CPU {bad} is not online (online: {online:?})"));
+    }
+    if cpus.is_empty() {
+        return Err("cores: no CPU selected".to_string());
+    }
+    Ok(cpus)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fsync_policies() {
+        assert_eq!(parse_fsync("always"), Ok(FsyncPolicy::Always));
+        assert_eq!(parse_fsync("never"), Ok(FsyncPolicy::Never));
+        assert_eq!(parse_fsync("interval:5"), Ok(FsyncPolicy::Interval(Duration::from_millis(5))));
+        for bad in ["sometimes", "interval:", "interval:0", "interval:x", "interval:600000"] {
+            assert!(parse_fsync(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn core_lists() {
+        assert_eq!(parse_cores("0").unwrap(), vec![0]);
+        assert!(!parse_cores("all").unwrap().is_empty());
+        assert!(parse_cores("0-0,0").unwrap() == vec![0]);
+        for bad in ["", "x", "3-1", "99999", "0,,1"] {
+            assert!(parse_cores(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn file_values_fill_only_what_flags_left_unset() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kvd.toml");
+        std::fs::write(&path, "listen = \"127.0.0.2:1\"\nfsync = \"never\"\n").unwrap();
+        let cli = Options::try_parse_from(["kvd", "--config", path.to_str().unwrap(), "--fsync", "always"]).unwrap();
+        let s = Settings::from_options(cli.resolve().unwrap()).unwrap();
+        assert_eq!(s.listen, "127.0.0.2:1".parse().unwrap());
+        assert_eq!(s.fsync, FsyncPolicy::Always);
+        std::fs::write(&path, "listen_typo = 1\n").unwrap();
+        let cli = Options::try_parse_from(["kvd", "--config", path.to_str().unwrap()]).unwrap();
+        assert!(cli.resolve().unwrap_err().contains("listen_typo"));
+    }
+
+    #[test]
+    fn errors_name_the_setting() {
+        let bad = [
+            (vec!["--listen", "nowhere"], "listen"),
+            (vec!["--persistence", "disk"], "persistence"),
+            (vec!["--max-value-bytes", "999999999999"], "hard limit"),
+            (vec!["--log-format", "xml"], "log_format"),
+            (vec!["--node-id", "0"], "node_id"),
+            (vec!["--wal-segment-bytes", "10"], "wal_segment_bytes"),
+        ];
+        for (args, needle) in bad {
+            let cli = Options::try_parse_from(std::iter::once("kvd").chain(args.iter().copied())).unwrap();
+            let err = Settings::from_options(cli).unwrap_err();
+            assert!(err.contains(needle), "{args:?}: {err}");
+        }
+    }
+}

@@ -1,0 +1,194 @@
+//! A blocking Rust client for the native protocol (what `kvctl` uses).
+//!
+//! ```no_run
+//! use kv_net::client::Client;
+//! use kv_engine::Condition;
+//! let mut c = Client::connect(&["127.0.0.1:7379".to_string()], std::time::Duration::from_secs(5)).unwrap();
+//! let version = c.put(b"greeting", b"hello", Condition::Always).unwrap();
+//! assert_eq!(c.get(b"greeting").unwrap().unwrap().0, b"hello".to_vec());
+//! # let _ = version;
+//! ```
+//!
+//! Pipelining: [`Client::send`] any number of requests, then [`Client::recv`]
+//! the answers; they may come back in any order, matched by request id.
+
+use std::io::{self, Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+use bytes::Bytes;
+use kv_engine::Condition;
+
+use crate::native::codec::{self, Hello, Request, Response, Status, Welcome, WelcomeStatus};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("could not connect to any of {endpoints}: {reason}")]
+    Connect { endpoints: String, reason: String },
+    #[error("connection error: {0}")]
+    Io(#[from] io::Error),
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    #[error("server error {}: {message}", status.name())]
+    Server { status: Status, message: String },
+}
+
+/// The outcome of a conditional write that did not happen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteResult {
+    Written { version: u64 },
+    /// For deletes: the key was absent.
+    NotFound,
+    ConditionFailed { current_version: Option<u64> },
+}
+
+pub struct Client {
+    stream: TcpStream,
+    welcome: Welcome,
+    next_id: u64,
+    out: Vec<u8>,
+    endpoint: String,
+}
+
+impl Client {
+    /// Connects to the first endpoint that answers the handshake.
+    pub fn connect(endpoints: &[String], timeout: Duration) -> Result<Client, ClientError> {
+        let mut reasons = Vec::new();
+        for endpoint in endpoints {
+            match Client::connect_one(endpoint, timeout) {
+                Ok(c) => return Ok(c),
+                Err(e) => reasons.push(format!("{endpoint}: {e}")),
+            }
+        }
+        Err(ClientError::Connect { endpoints: endpoints.join(","), reason: reasons.join("; ") })
+    }
+
+    fn connect_one(endpoint: &str, timeout: Duration) -> Result<Client, ClientError> {
+        let addrs: Vec<_> = endpoint.to_socket_addrs()?.collect();
+        let addr = addrs.first().ok_or_else(|| ClientError::Protocol(format!("{endpoint} resolves to nothing")))?;
+        let mut stream = TcpStream::connect_timeout(addr, timeout)?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
+        stream.write_all(&Hello { version_min: codec::VERSION, version_max: codec::VERSION }.encode())?;
+        let mut w = [0u8; codec::WELCOME_BYTES];
+        stream.read_exact(&mut w)?;
+        let welcome = Welcome::decode(&w).ok_or_else(|| ClientError::Protocol("not a kvd server (bad magic)".into()))?;
+        match welcome.status {
+            s if s == WelcomeStatus::Ok as u16 => {}
+            s if s == WelcomeStatus::TooManyConnections as u16 => {
+                return Err(ClientError::Protocol("server has too many connections".into()))
+            }
+            s if s == WelcomeStatus::UnsupportedVersion as u16 => {
+                return Err(ClientError::Protocol(format!("server speaks protocol {}, not {}", welcome.version, codec::VERSION)))
+            }
+            s => return Err(ClientError::Protocol(format!("unknown handshake status {s}"))),
+        }
+        Ok(Client { stream, welcome, next_id: 1, out: Vec::new(), endpoint: endpoint.to_string() })
+    }
+
+    pub fn welcome(&self) -> &Welcome {
+        &self.welcome
+    }
+
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// Sets how long `recv` waits for an answer.
+    pub fn set_timeout(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        self.stream.set_read_timeout(timeout)
+    }
+
+    /// Queues a request; it is written by the next `flush` or `recv`.
+    pub fn send(&mut self, req: &Request) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        codec::encode_request(id, req, &mut self.out);
+        id
+    }
+
+    pub fn flush(&mut self) -> Result<(), ClientError> {
+        if !self.out.is_empty() {
+            self.stream.write_all(&self.out)?;
+            self.out.clear();
+        }
+        Ok(())
+    }
+
+    /// The next answer, whichever request it is for.
+    pub fn recv(&mut self) -> Result<(u64, Response), ClientError> {
+        self.flush()?;
+        let mut header = [0u8; codec::FRAME_HEADER_BYTES];
+        self.stream.read_exact(&mut header)?;
+        let h = codec::parse_header(&header, usize::MAX)
+            .map_err(|e| ClientError::Protocol(e.to_string()))?
+            .expect("a whole header was read");
+        let mut body = vec![0u8; h.frame_bytes - codec::FRAME_HEADER_BYTES];
+        self.stream.read_exact(&mut body)?;
+        let resp = codec::decode_response(h.code, h.opcode_echo, Bytes::from(body)).map_err(ClientError::Protocol)?;
+        Ok((h.id, resp))
+    }
+
+    /// Sends one request and waits for its answer. Errors from the server
+    /// become [`ClientError::Server`].
+    pub fn call(&mut self, req: &Request) -> Result<Response, ClientError> {
+        let id = self.send(req);
+        let (got, resp) = self.recv()?;
+        if got != id {
+            return Err(ClientError::Protocol(format!("answer for request {got}, expected {id}")));
+        }
+        match resp {
+            Response::Error { status, message } => Err(ClientError::Server { status, message }),
+            other => Ok(other),
+        }
+    }
+
+    pub fn ping(&mut self) -> Result<(), ClientError> {
+        match self.call(&Request::Ping)? {
+            Response::Pong => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// The value and its version, or `None` if the key does not exist.
+    pub fn get(&mut self, key: &[u8]) -> Result<Option<(Vec<u8>, u64)>, ClientError> {
+        match self.call(&Request::Get { key: Bytes::copy_from_slice(key) })? {
+            Response::Value { version, value } => Ok(Some((value.to_vec(), version))),
+            Response::NotFound => Ok(None),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Writes under `condition`; returns the new version or why not.
+    pub fn put_if(&mut self, key: &[u8], value: &[u8], condition: Condition) -> Result<WriteResult, ClientError> {
+        let req = Request::Put { key: Bytes::copy_from_slice(key), value: Bytes::copy_from_slice(value), condition };
+        write_result(self.call(&req)?)
+    }
+
+    /// Unconditional or conditional put that treats a failed condition as
+    /// an error. Returns the new version.
+    pub fn put(&mut self, key: &[u8], value: &[u8], condition: Condition) -> Result<u64, ClientError> {
+        match self.put_if(key, value, condition)? {
+            WriteResult::Written { version } => Ok(version),
+            other => Err(ClientError::Protocol(format!("write not applied: {other:?}"))),
+        }
+    }
+
+    pub fn delete(&mut self, key: &[u8], condition: Condition) -> Result<WriteResult, ClientError> {
+        write_result(self.call(&Request::Delete { key: Bytes::copy_from_slice(key), condition })?)
+    }
+}
+
+fn write_result(resp: Response) -> Result<WriteResult, ClientError> {
+    match resp {
+        Response::Written { version } | Response::Deleted { version } => Ok(WriteResult::Written { version }),
+        Response::NotFound => Ok(WriteResult::NotFound),
+        Response::ConditionFailed { current_version } => Ok(WriteResult::ConditionFailed { current_version }),
+        other => Err(unexpected(other)),
+    }
+}
+
+fn unexpected(resp: Response) -> ClientError {
+    ClientError::Protocol(format!("unexpected answer {resp:?}"))
+}

@@ -1,0 +1,20 @@
+//! kv-net: how requests reach the cores.
+//!
+//! - [`native`]: the native binary protocol (codec and per-connection server).
+//! - [`service`]: protocol-independent routing — key → shard → core, run
+//!   locally or forwarded over the [`mesh`] of cross-core channels.
+//! - [`listener`]: `SO_REUSEPORT` sockets, one per core, and accept loops.
+//! - [`node`]: one core's life from start to clean stop.
+//! - [`client`]: the blocking Rust client `kvctl` uses.
+//! - [`limits`]: request limits enforced at the edge.
+//!
+//! Architecture Invariant: connections are served on the core that accepted
+//! them; only requests and replies cross cores, over bounded channels.
+
+pub mod client;
+pub mod limits;
+pub mod listener;
+pub mod mesh;
+pub mod native;
+pub mod node;
+pub mod service;

@@ -1,0 +1,504 @@
+//! The native binary protocol's bytes, shared by the server and the client.
+//! Pure functions over buffers: no IO here. The byte-by-byte description is
+//! `docs/protocol.md`; keep the two in step.
+
+use bytes::{Buf, Bytes};
+use kv_engine::Condition;
+
+/// First bytes of both handshake messages.
+pub const MAGIC: [u8; 4] = *b"KVDN";
+/// The protocol version this build speaks.
+pub const VERSION: u16 = 1;
+pub const HELLO_BYTES: usize = 12;
+pub const WELCOME_BYTES: usize = 32;
+/// Frame header: u32 length, u8 opcode/status, u8 opcode echo, u16 reserved,
+/// u64 request id. The length counts every byte after itself.
+pub const FRAME_HEADER_BYTES: usize = 16;
+const LEN_FIELD_BYTES: usize = 4;
+/// Fixed part of a PUT body; the largest fixed part of any request.
+pub const PUT_FIXED_BYTES: usize = 20;
+const DELETE_FIXED_BYTES: usize = 16;
+const GET_FIXED_BYTES: usize = 4;
+
+/// Request opcodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Opcode {
+    Ping = 1,
+    Get = 2,
+    Put = 3,
+    Delete = 4,
+}
+
+impl Opcode {
+    pub fn from_u8(b: u8) -> Option<Opcode> {
+        Some(match b {
+            1 => Opcode::Ping,
+            2 => Opcode::Get,
+            3 => Opcode::Put,
+            4 => Opcode::Delete,
+            _ => return None,
+        })
+    }
+}
+
+/// Response statuses. Below 16: the request was executed; from 16: an error
+/// whose body is a UTF-8 message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Status {
+    Ok = 0,
+    NotFound = 1,
+    ConditionFailed = 2,
+    BadRequest = 16,
+    UnknownOpcode = 17,
+    KeyTooLarge = 18,
+    ValueTooLarge = 19,
+    FrameTooLarge = 20,
+    Unavailable = 32,
+    ShuttingDown = 33,
+    NotLeader = 34,
+    Retry = 35,
+    Internal = 48,
+}
+
+impl Status {
+    pub fn from_u8(b: u8) -> Option<Status> {
+        use Status::*;
+        Some(match b {
+            0 => Ok,
+            1 => NotFound,
+            2 => ConditionFailed,
+            16 => BadRequest,
+            17 => UnknownOpcode,
+            18 => KeyTooLarge,
+            19 => ValueTooLarge,
+            20 => FrameTooLarge,
+            32 => Unavailable,
+            33 => ShuttingDown,
+            34 => NotLeader,
+            35 => Retry,
+            48 => Internal,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        use Status::*;
+        match self {
+            Ok => "OK",
+            NotFound => "NOT_FOUND",
+            ConditionFailed => "CONDITION_FAILED",
+            BadRequest => "BAD_REQUEST",
+            UnknownOpcode => "UNKNOWN_OPCODE",
+            KeyTooLarge => "KEY_TOO_LARGE",
+            ValueTooLarge => "VALUE_TOO_LARGE",
+            FrameTooLarge => "FRAME_TOO_LARGE",
+            Unavailable => "UNAVAILABLE",
+            ShuttingDown => "SHUTTING_DOWN",
+            NotLeader => "NOT_LEADER",
+            Retry => "RETRY",
+            Internal => "INTERNAL",
+        }
+    }
+}
+
+/// Handshake status in the server's welcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u16)]
+pub enum WelcomeStatus {
+    Ok = 0,
+    UnsupportedVersion = 1,
+    TooManyConnections = 2,
+}
+
+/// Client → server, first 12 bytes of a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hello {
+    pub version_min: u16,
+    pub version_max: u16,
+}
+
+impl Hello {
+    pub fn encode(&self) -> [u8; HELLO_BYTES] {
+        let mut b = [0u8; HELLO_BYTES];
+        b[0..4].copy_from_slice(&MAGIC);
+        b[4..6].copy_from_slice(&self.version_min.to_le_bytes());
+        b[6..8].copy_from_slice(&self.version_max.to_le_bytes());
+        b
+    }
+
+    pub fn decode(b: &[u8; HELLO_BYTES]) -> Option<Hello> {
+        (b[0..4] == MAGIC).then(|| Hello {
+            version_min: u16::from_le_bytes([b[4], b[5]]),
+            version_max: u16::from_le_bytes([b[6], b[7]]),
+        })
+    }
+}
+
+/// Server → client answer to [`Hello`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Welcome {
+    pub status: u16,
+    pub version: u16,
+    pub frame_bytes_max: u32,
+    pub pipeline_depth_max: u32,
+    pub node_id: u64,
+    pub cores: u32,
+    pub shards: u32,
+}
+
+impl Welcome {
+    pub fn encode(&self) -> [u8; WELCOME_BYTES] {
+        let mut b = [0u8; WELCOME_BYTES];
+        b[0..4].copy_from_slice(&MAGIC);
+        b[4..6].copy_from_slice(&self.status.to_le_bytes());
+        b[6..8].copy_from_slice(&self.version.to_le_bytes());
+        b[8..12].copy_from_slice(&self.frame_bytes_max.to_le_bytes());
+        b[12..16].copy_from_slice(&self.pipeline_depth_max.to_le_bytes());
+        b[16..24].copy_from_slice(&self.node_id.to_le_bytes());
+        b[24..28].copy_from_slice(&self.cores.to_le_bytes());
+        b[28..32].copy_from_slice(&self.shards.to_le_bytes());
+        b
+    }
+
+    pub fn decode(b: &[u8; WELCOME_BYTES]) -> Option<Welcome> {
+        let u32_at = |at: usize| u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"));
+        (b[0..4] == MAGIC).then(|| Welcome {
+            status: u16::from_le_bytes([b[4], b[5]]),
+            version: u16::from_le_bytes([b[6], b[7]]),
+            frame_bytes_max: u32_at(8),
+            pipeline_depth_max: u32_at(12),
+            node_id: u64::from_le_bytes(b[16..24].try_into().expect("8 bytes")),
+            cores: u32_at(24),
+            shards: u32_at(28),
+        })
+    }
+}
+
+/// A frame's header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameHeader {
+    /// Bytes of the whole frame, header included.
+    pub frame_bytes: usize,
+    /// Request: opcode. Response: status.
+    pub code: u8,
+    /// Response: the opcode of the request answered. Request: 0.
+    pub opcode_echo: u8,
+    pub id: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error("frame of {0} bytes exceeds the limit of {1} bytes")]
+    TooLarge(usize, usize),
+    #[error("frame length {0} is shorter than a frame header")]
+    TooShort(usize),
+}
+
+/// Parses the header at the start of `buf`: `Ok(None)` if more bytes are
+/// needed to know it.
+pub fn parse_header(buf: &[u8], frame_bytes_max: usize) -> Result<Option<FrameHeader>, FrameError> {
+    if buf.len() < FRAME_HEADER_BYTES {
+        return Ok(None);
+    }
+    let len = u32::from_le_bytes(buf[0..4].try_into().expect("4 bytes")) as usize;
+    let frame_bytes = len + LEN_FIELD_BYTES;
+    if frame_bytes < FRAME_HEADER_BYTES {
+        return Err(FrameError::TooShort(len));
+    }
+    if frame_bytes > frame_bytes_max {
+        return Err(FrameError::TooLarge(frame_bytes, frame_bytes_max));
+    }
+    let id = u64::from_le_bytes(buf[8..16].try_into().expect("8 bytes"));
+    Ok(Some(FrameHeader { frame_bytes, code: buf[4], opcode_echo: buf[5], id }))
+}
+
+fn put_header(out: &mut Vec<u8>, body_bytes: usize, code: u8, echo: u8, id: u64) {
+    let len = u32::try_from(FRAME_HEADER_BYTES - LEN_FIELD_BYTES + body_bytes).expect("frame fits u32");
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&[code, echo, 0, 0]);
+    out.extend_from_slice(&id.to_le_bytes());
+}
+
+/// A decoded request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    Ping,
+    Get { key: Bytes },
+    Put { key: Bytes, value: Bytes, condition: Condition },
+    Delete { key: Bytes, condition: Condition },
+}
+
+impl Request {
+    pub fn opcode(&self) -> Opcode {
+        match self {
+            Request::Ping => Opcode::Ping,
+            Request::Get { .. } => Opcode::Get,
+            Request::Put { .. } => Opcode::Put,
+            Request::Delete { .. } => Opcode::Delete,
+        }
+    }
+
+    pub fn key(&self) -> Option<&Bytes> {
+        match self {
+            Request::Ping => None,
+            Request::Get { key } | Request::Put { key, .. } | Request::Delete { key, .. } => Some(key),
+        }
+    }
+}
+
+fn condition_code(c: Condition) -> (u8, u64) {
+    match c {
+        Condition::Always => (0, 0),
+        Condition::IfAbsent => (1, 0),
+        Condition::IfExists => (2, 0),
+        Condition::IfVersion(v) => (3, v),
+    }
+}
+
+pub fn encode_request(id: u64, req: &Request, out: &mut Vec<u8>) {
+    match req {
+        Request::Ping => put_header(out, 0, Opcode::Ping as u8, 0, id),
+        Request::Get { key } => {
+            put_header(out, GET_FIXED_BYTES + key.len(), Opcode::Get as u8, 0, id);
+            out.extend_from_slice(&(key.len() as u32).to_le_bytes());
+            out.extend_from_slice(key);
+        }
+        Request::Put { key, value, condition } => {
+            put_header(out, PUT_FIXED_BYTES + key.len() + value.len(), Opcode::Put as u8, 0, id);
+            let (cond, version) = condition_code(*condition);
+            out.extend_from_slice(&[cond, 0, 0, 0]);
+            out.extend_from_slice(&version.to_le_bytes());
+            out.extend_from_slice(&(key.len() as u32).to_le_bytes());
+            out.extend_from_slice(&(value.len() as u32).to_le_bytes());
+            out.extend_from_slice(key);
+            out.extend_from_slice(value);
+        }
+        Request::Delete { key, condition } => {
+            put_header(out, DELETE_FIXED_BYTES + key.len(), Opcode::Delete as u8, 0, id);
+            let (cond, version) = condition_code(*condition);
+            out.extend_from_slice(&[cond, 0, 0, 0]);
+            out.extend_from_slice(&version.to_le_bytes());
+            out.extend_from_slice(&(key.len() as u32).to_le_bytes());
+            out.extend_from_slice(key);
+        }
+    }
+}
+
+/// Why a request body was refused; becomes an error response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub status: Status,
+    pub message: String,
+}
+
+fn bad(message: &str) -> Refusal {
+    Refusal { status: Status::BadRequest, message: message.to_string() }
+}
+
+/// Decodes a request body (the frame minus its header).
+pub fn decode_request(opcode: u8, mut body: Bytes) -> Result<Request, Refusal> {
+    let Some(op) = Opcode::from_u8(opcode) else {
+        return Err(Refusal { status: Status::UnknownOpcode, message: format!("unknown opcode {opcode}") });
+    };
+    match op {
+        Opcode::Ping if body.is_empty() => Ok(Request::Ping),
+        Opcode::Ping => Err(bad("PING takes no body")),
+        Opcode::Get => {
+            if body.len() < GET_FIXED_BYTES {
+                return Err(bad("GET body shorter than its fixed part"));
+            }
+            let key_len = body.get_u32_le() as usize;
+            if key_len != body.len() {
+                return Err(bad("GET key length does not match the body"));
+            }
+            Ok(Request::Get { key: body })
+        }
+        Opcode::Put => {
+            if body.len() < PUT_FIXED_BYTES {
+                return Err(bad("PUT body shorter than its fixed part"));
+            }
+            let condition = decode_condition(&mut body)?;
+            let key_len = body.get_u32_le() as usize;
+            let value_len = body.get_u32_le() as usize;
+            if key_len.checked_add(value_len) != Some(body.len()) {
+                return Err(bad("PUT key and value lengths do not match the body"));
+            }
+            let key = body.split_to(key_len);
+            Ok(Request::Put { key, value: body, condition })
+        }
+        Opcode::Delete => {
+            if body.len() < DELETE_FIXED_BYTES {
+                return Err(bad("DELETE body shorter than its fixed part"));
+            }
+            let condition = decode_condition(&mut body)?;
+            if condition == Condition::IfAbsent {
+                return Err(bad("DELETE cannot be conditional on absence"));
+            }
+            let key_len = body.get_u32_le() as usize;
+            if key_len != body.len() {
+                return Err(bad("DELETE key length does not match the body"));
+            }
+            Ok(Request::Delete { key: body, condition })
+        }
+    }
+}
+
+fn decode_condition(body: &mut Bytes) -> Result<Condition, Refusal> {
+    let code = body.get_u8();
+    body.advance(3);
+    let version = body.get_u64_le();
+    match code {
+        0 => Ok(Condition::Always),
+        1 => Ok(Condition::IfAbsent),
+        2 => Ok(Condition::IfExists),
+        3 => Ok(Condition::IfVersion(version)),
+        _ => Err(bad("unknown condition")),
+    }
+}
+
+/// A response as the client sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Response {
+    Pong,
+    Value { version: u64, value: Bytes },
+    NotFound,
+    Written { version: u64 },
+    Deleted { version: u64 },
+    ConditionFailed { current_version: Option<u64> },
+    Error { status: Status, message: String },
+}
+
+pub fn encode_response(id: u64, opcode: Opcode, resp: &Response, out: &mut Vec<u8>) {
+    let echo = opcode as u8;
+    match resp {
+        Response::Pong => put_header(out, 0, Status::Ok as u8, echo, id),
+        Response::Value { version, value } => {
+            put_header(out, 8 + value.len(), Status::Ok as u8, echo, id);
+            out.extend_from_slice(&version.to_le_bytes());
+            out.extend_from_slice(value);
+        }
+        Response::NotFound => put_header(out, 0, Status::NotFound as u8, echo, id),
+        Response::Written { version } | Response::Deleted { version } => {
+            put_header(out, 8, Status::Ok as u8, echo, id);
+            out.extend_from_slice(&version.to_le_bytes());
+        }
+        Response::ConditionFailed { current_version } => {
+            put_header(out, 9, Status::ConditionFailed as u8, echo, id);
+            out.push(current_version.is_some() as u8);
+            out.extend_from_slice(&current_version.unwrap_or(0).to_le_bytes());
+        }
+        Response::Error { status, message } => {
+            put_header(out, message.len(), *status as u8, echo, id);
+            out.extend_from_slice(message.as_bytes());
+        }
+    }
+}
+
+/// Decodes a response body given its header's status and opcode echo.
+pub fn decode_response(status: u8, opcode: u8, mut body: Bytes) -> Result<Response, String> {
+    let status = Status::from_u8(status).ok_or_else(|| format!("unknown status {status}"))?;
+    let op = Opcode::from_u8(opcode);
+    let version = |b: &mut Bytes| if b.len() >= 8 { Ok(b.get_u64_le()) } else { Err("short body".to_string()) };
+    match (status, op) {
+        (Status::Ok, Some(Opcode::Ping)) => Ok(Response::Pong),
+        (Status::Ok, Some(Opcode::Get)) => Ok(Response::Value { version: version(&mut body)?, value: body }),
+        (Status::Ok, Some(Opcode::Put)) => Ok(Response::Written { version: version(&mut body)? }),
+        (Status::Ok, Some(Opcode::Delete)) => Ok(Response::Deleted { version: version(&mut body)? }),
+        (Status::Ok, None) => Err(format!("OK for unknown opcode {opcode}")),
+        (Status::NotFound, _) => Ok(Response::NotFound),
+        (Status::ConditionFailed, _) if body.len() == 9 => {
+            let exists = body.get_u8() != 0;
+            let v = body.get_u64_le();
+            Ok(Response::ConditionFailed { current_version: exists.then_some(v) })
+        }
+        (Status::ConditionFailed, _) => Err("malformed CONDITION_FAILED body".to_string()),
+        (status, _) => Ok(Response::Error { status, message: String::from_utf8_lossy(&body).into_owned() }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn requests() -> Vec<Request> {
+        vec![
+            Request::Ping,
+            Request::Get { key: Bytes::from_static(b"k") },
+            Request::Put { key: Bytes::from_static(b"key"), value: Bytes::from_static(b"\x00v"), condition: Condition::IfVersion(9) },
+            Request::Put { key: Bytes::new(), value: Bytes::new(), condition: Condition::IfAbsent },
+            Request::Delete { key: Bytes::from_static(b"k"), condition: Condition::Always },
+        ]
+    }
+
+    #[test]
+    fn requests_round_trip() {
+        for (i, req) in requests().into_iter().enumerate() {
+            let mut buf = Vec::new();
+            encode_request(i as u64, &req, &mut buf);
+            let h = parse_header(&buf, 1 << 20).unwrap().unwrap();
+            assert_eq!((h.frame_bytes, h.id, h.code), (buf.len(), i as u64, req.opcode() as u8));
+            let body = Bytes::copy_from_slice(&buf[FRAME_HEADER_BYTES..]);
+            assert_eq!(decode_request(h.code, body).unwrap(), req);
+        }
+    }
+
+    #[test]
+    fn responses_round_trip() {
+        let cases = [
+            (Opcode::Ping, Response::Pong),
+            (Opcode::Get, Response::Value { version: 7, value: Bytes::from_static(b"v") }),
+            (Opcode::Get, Response::NotFound),
+            (Opcode::Put, Response::Written { version: 3 }),
+            (Opcode::Delete, Response::Deleted { version: 3 }),
+            (Opcode::Put, Response::ConditionFailed { current_version: None }),
+            (Opcode::Put, Response::ConditionFailed { current_version: Some(4) }),
+            (Opcode::Get, Response::Error { status: Status::KeyTooLarge, message: "too big".into() }),
+        ];
+        for (op, resp) in cases {
+            let mut buf = Vec::new();
+            encode_response(42, op, &resp, &mut buf);
+            let h = parse_header(&buf, 1 << 20).unwrap().unwrap();
+            let body = Bytes::copy_from_slice(&buf[FRAME_HEADER_BYTES..]);
+            assert_eq!(decode_response(h.code, h.opcode_echo, body).unwrap(), resp);
+        }
+    }
+
+    #[test]
+    fn every_truncated_body_is_refused_not_panicking() {
+        for req in requests().into_iter().skip(1) {
+            let mut buf = Vec::new();
+            encode_request(1, &req, &mut buf);
+            for cut in FRAME_HEADER_BYTES..buf.len() {
+                let body = Bytes::copy_from_slice(&buf[FRAME_HEADER_BYTES..cut]);
+                assert!(decode_request(buf[4], body).is_err(), "{req:?} cut at {cut}");
+            }
+        }
+    }
+
+    #[test]
+    fn random_bodies_never_panic() {
+        use rand::{Rng, SeedableRng};
+        let seed = rand::random::<u64>();
+        println!("seed {seed}");
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        for _ in 0..20_000 {
+            let len = rng.gen_range(0..64);
+            let body: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
+            let _ = decode_request(rng.gen_range(0..6), Bytes::from(body.clone()));
+            let _ = decode_response(rng.gen_range(0..50), rng.gen_range(0..6), Bytes::from(body));
+        }
+    }
+
+    #[test]
+    fn header_limits() {
+        let mut buf = Vec::new();
+        put_header(&mut buf, 100, 2, 0, 1);
+        assert_eq!(parse_header(&buf, 116), Ok(Some(FrameHeader { frame_bytes: 116, code: 2, opcode_echo: 0, id: 1 })));
+        assert_eq!(parse_header(&buf, 115), Err(FrameError::TooLarge(116, 115)));
+        assert_eq!(parse_header(&buf[..15], 115), Ok(None));
+        let short = [3u8, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        assert_eq!(parse_header(&short, 100), Err(FrameError::TooShort(3)));
+    }
+}

@@ -1,0 +1,295 @@
+//! Serving one native-protocol connection.
+//!
+//! A reader loop decodes frames and starts each request; answers are encoded
+//! into an [`Outbox`] that a writer task drains with one `write` per batch.
+//! At most `pipeline_depth_max` requests are in flight per connection: the
+//! reader takes a permit per request and the writer returns it once the
+//! answer is on the wire, so a client that does not read its answers stops
+//! being read (backpressure, bounded memory). Answers may be sent in any
+//! order; clients match them by request id.
+//!
+//! Bad input: an unknown opcode, a malformed body or an oversized key or
+//! value gets an error answer and the connection goes on. A frame header
+//! that cannot be trusted (too short, or longer than the frame limit) gets an
+//! error answer and the connection is closed, since the stream cannot be
+//! resynchronised.
+
+use std::cell::{Cell, RefCell};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
+use glommio::net::TcpStream;
+use glommio::sync::Semaphore;
+use kv_engine::{Command, Outcome};
+use kv_replication::CoreError;
+
+use super::codec::{self, FrameError, Hello, Opcode, Request, Response, Status, Welcome, WelcomeStatus};
+use crate::mesh::{Op, Reply};
+use crate::service::Service;
+
+/// A client must complete the handshake within this time.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A write to a client that does not read for this long fails the connection.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a closing connection waits for its in-flight answers.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bytes asked of the socket per read when no large frame is pending.
+const READ_CHUNK_BYTES: usize = 64 * 1024;
+
+/// Answers waiting to be written, plus how many requests they complete.
+struct Outbox {
+    bytes: RefCell<Vec<u8>>,
+    answers: Cell<u64>,
+    broken: Cell<bool>,
+    closed: Cell<bool>,
+    wake: LocalSender<()>,
+    permits: Rc<Semaphore>,
+}
+
+impl Outbox {
+    fn push(&self, id: u64, opcode: Opcode, resp: &Response) {
+        if self.broken.get() {
+            self.permits.signal(1);
+            return;
+        }
+        codec::encode_response(id, opcode, resp, &mut self.bytes.borrow_mut());
+        self.answers.set(self.answers.get() + 1);
+        let _ = self.wake.try_send(());
+    }
+
+    /// Answers that go out without taking a pipeline slot (errors about the
+    /// stream itself, sent just before closing).
+    fn push_unpermitted(&self, id: u64, resp: &Response) {
+        codec::encode_response(id, Opcode::Ping, resp, &mut self.bytes.borrow_mut());
+        let _ = self.wake.try_send(());
+    }
+
+    fn close(&self) {
+        self.closed.set(true);
+        let _ = self.wake.try_send(());
+    }
+}
+
+/// Serves one accepted connection until the client leaves, the stream breaks
+/// or the core shuts down.
+pub async fn serve(stream: TcpStream, svc: Rc<Service>) {
+    let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+    svc.connections.set(svc.connections.get() + 1);
+    let result = serve_connection(stream, &svc).await;
+    svc.connections.set(svc.connections.get() - 1);
+    if let Err(e) = result {
+        tracing::debug!(%peer, "connection closed: {e}");
+    }
+}
+
+async fn serve_connection(mut stream: TcpStream, svc: &Rc<Service>) -> io::Result<()> {
+    stream.set_nodelay(true)?;
+    if !handshake(&mut stream, svc).await? {
+        return Ok(());
+    }
+    // A second handle on the same socket lets the writer task write while
+    // the reader reads, with no lock between them.
+    let fd = unsafe { libc::dup(stream.as_raw_fd()) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh duplicate of a connected TCP socket we own.
+    let writer = unsafe { TcpStream::from_raw_fd(fd) };
+    writer.set_write_timeout(Some(WRITE_TIMEOUT))?;
+    let depth = svc.limits.pipeline_depth_max as u64;
+    let (wake, woken) = local_channel::new_bounded(1);
+    let outbox = Rc::new(Outbox {
+        bytes: RefCell::new(Vec::new()),
+        answers: Cell::new(0),
+        broken: Cell::new(false),
+        closed: Cell::new(false),
+        wake,
+        permits: Rc::new(Semaphore::new(depth)),
+    });
+    let writer_task = glommio::spawn_local(write_loop(writer, outbox.clone(), woken));
+    let read_result = read_loop(&mut stream, svc, &outbox).await;
+    // Let every started request answer before closing.
+    let drained = glommio::timer::timeout(DRAIN_TIMEOUT, async { outbox.permits.acquire(depth).await });
+    if drained.await.is_err() {
+        tracing::debug!("connection closed with answers still in flight");
+    }
+    outbox.close();
+    writer_task.await;
+    read_result
+}
+
+/// Reads the client's hello and answers it. Returns whether to go on.
+async fn handshake(stream: &mut TcpStream, svc: &Service) -> io::Result<bool> {
+    let mut hello = [0u8; codec::HELLO_BYTES];
+    let read = glommio::timer::timeout(HANDSHAKE_TIMEOUT, async {
+        stream.read_exact(&mut hello).await.map_err(glommio::GlommioError::from)
+    });
+    read.await.map_err(|e| io::Error::other(format!("handshake: {e}")))?;
+    let Some(hello) = Hello::decode(&hello) else {
+        return Err(io::Error::other("not a kvd native-protocol client (bad magic)"));
+    };
+    let status = if !(hello.version_min..=hello.version_max).contains(&codec::VERSION) {
+        WelcomeStatus::UnsupportedVersion
+    } else if svc.connections.get() > svc.connections_max() {
+        WelcomeStatus::TooManyConnections
+    } else {
+        WelcomeStatus::Ok
+    };
+    let welcome = Welcome {
+        status: status as u16,
+        version: codec::VERSION,
+        frame_bytes_max: svc.limits.frame_bytes_max as u32,
+        pipeline_depth_max: svc.limits.pipeline_depth_max as u32,
+        node_id: svc.layout.node_id,
+        cores: svc.layout.cores,
+        shards: svc.layout.shards,
+    };
+    stream.write_all(&welcome.encode()).await?;
+    Ok(status == WelcomeStatus::Ok)
+}
+
+async fn read_loop(stream: &mut TcpStream, svc: &Rc<Service>, outbox: &Rc<Outbox>) -> io::Result<()> {
+    let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
+    let mut want = READ_CHUNK_BYTES;
+    loop {
+        loop {
+            let header = match codec::parse_header(&buf, svc.limits.frame_bytes_max) {
+                Ok(Some(h)) => h,
+                Ok(None) => break,
+                Err(e) => {
+                    let id = u64::from_le_bytes(buf[8..16].try_into().expect("header is buffered"));
+                    let status = match e {
+                        FrameError::TooLarge(..) => Status::FrameTooLarge,
+                        FrameError::TooShort(_) => Status::BadRequest,
+                    };
+                    outbox.push_unpermitted(id, &Response::Error { status, message: e.to_string() });
+                    return Err(io::Error::other(e.to_string()));
+                }
+            };
+            if buf.len() < header.frame_bytes {
+                want = header.frame_bytes - buf.len();
+                break;
+            }
+            let frame = buf.split_to(header.frame_bytes).freeze();
+            if outbox.permits.acquire(1).await.is_err() {
+                return Ok(());
+            }
+            dispatch(svc, outbox, header.id, header.code, frame.slice(codec::FRAME_HEADER_BYTES..));
+        }
+        let start = buf.len();
+        buf.resize(start + want.max(READ_CHUNK_BYTES), 0);
+        let read = futures_lite::future::or(async { Some(stream.read(&mut buf[start..]).await) }, async {
+            svc.shutdown.wait().await;
+            None
+        });
+        let n = match read.await {
+            Some(Ok(n)) => n,
+            Some(Err(e)) => return Err(e),
+            None => return Ok(()),
+        };
+        buf.truncate(start + n);
+        if n == 0 {
+            return Ok(());
+        }
+        want = READ_CHUNK_BYTES;
+    }
+}
+
+/// Starts one request: answered at once if it needs no waiting, otherwise
+/// in a task of its own.
+fn dispatch(svc: &Rc<Service>, outbox: &Rc<Outbox>, id: u64, opcode: u8, body: Bytes) {
+    let req = match codec::decode_request(opcode, body).and_then(|r| check_limits(svc, r)) {
+        Ok(req) => req,
+        Err(refusal) => {
+            let op = Opcode::from_u8(opcode).unwrap_or(Opcode::Ping);
+            outbox.push(id, op, &Response::Error { status: refusal.status, message: refusal.message });
+            return;
+        }
+    };
+    let opcode = req.opcode();
+    let (key, op) = match req {
+        Request::Ping => return outbox.push(id, opcode, &Response::Pong),
+        Request::Get { key } => {
+            if let Some(result) = svc.try_read_local(&key) {
+                return outbox.push(id, opcode, &to_response(result));
+            }
+            (key.clone(), Op::Get { key })
+        }
+        Request::Put { key, value, condition } => (key.clone(), Op::Write(Command::Put { key, value, condition })),
+        Request::Delete { key, condition } => (key.clone(), Op::Write(Command::Delete { key, condition })),
+    };
+    let (svc, outbox) = (svc.clone(), outbox.clone());
+    glommio::spawn_local(async move {
+        let result = svc.execute(&key, op).await;
+        outbox.push(id, opcode, &to_response(result));
+    })
+    .detach();
+}
+
+fn check_limits(svc: &Service, req: Request) -> Result<Request, codec::Refusal> {
+    let limits = &svc.limits;
+    if let Some(key) = req.key() {
+        if key.len() > limits.key_bytes_max {
+            let message = format!("key of {} bytes exceeds the limit of {} bytes", key.len(), limits.key_bytes_max);
+            return Err(codec::Refusal { status: Status::KeyTooLarge, message });
+        }
+    }
+    if let Request::Put { value, .. } = &req {
+        if value.len() > limits.value_bytes_max {
+            let message = format!("value of {} bytes exceeds the limit of {} bytes", value.len(), limits.value_bytes_max);
+            return Err(codec::Refusal { status: Status::ValueTooLarge, message });
+        }
+    }
+    Ok(req)
+}
+
+fn to_response(result: Result<Reply, CoreError>) -> Response {
+    match result {
+        Ok(Reply::Value(Some(stored))) => Response::Value { version: stored.version, value: stored.value },
+        Ok(Reply::Value(None)) => Response::NotFound,
+        Ok(Reply::Outcome(Outcome::Written { version })) => Response::Written { version },
+        Ok(Reply::Outcome(Outcome::Deleted { version })) => Response::Deleted { version },
+        Ok(Reply::Outcome(Outcome::NotFound)) => Response::NotFound,
+        Ok(Reply::Outcome(Outcome::ConditionFailed { current_version })) => Response::ConditionFailed { current_version },
+        Err(e) => {
+            let status = match e {
+                CoreError::NotLeader { .. } => Status::NotLeader,
+                CoreError::Poisoned(_) => Status::Unavailable,
+                CoreError::ShuttingDown => Status::ShuttingDown,
+                CoreError::Dropped | CoreError::Busy => Status::Retry,
+                CoreError::WrongCore(_) => Status::Internal,
+            };
+            Response::Error { status, message: e.to_string() }
+        }
+    }
+}
+
+async fn write_loop(mut writer: TcpStream, outbox: Rc<Outbox>, woken: LocalReceiver<()>) {
+    loop {
+        let bytes = std::mem::take(&mut *outbox.bytes.borrow_mut());
+        let answers = outbox.answers.replace(0);
+        if bytes.is_empty() {
+            if outbox.closed.get() {
+                break;
+            }
+            woken.recv().await;
+            continue;
+        }
+        if !outbox.broken.get() {
+            if let Err(e) = writer.write_all(&bytes).await {
+                tracing::debug!("write to client failed: {e}");
+                outbox.broken.set(true);
+                // Wake the reader too: the connection is over.
+                let _ = writer.shutdown(std::net::Shutdown::Both).await;
+            }
+        }
+        outbox.permits.signal(answers);
+    }
+    let _ = writer.close().await;
+}
+

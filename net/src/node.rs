@@ -1,0 +1,110 @@
+//! One core of a running node, from start to clean stop. The binary spawns
+//! one executor per core and runs [`run_core`] in each.
+//!
+//! Stop protocol (every step bounded):
+//! 1. the process-wide stop flag is seen; the core stops accepting and its
+//!    connections stop reading new requests;
+//! 2. the core waits for its connections to answer what they started;
+//! 3. it waits for every core to get there (a request forwarded from another
+//!    core may still be running here);
+//! 4. it makes its WAL durable and stops its raft driver.
+
+use std::net::TcpListener;
+use std::os::fd::{FromRawFd, IntoRawFd};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kv_replication::transport::NoPeers;
+use kv_replication::{Core, CoreConfig};
+
+use crate::limits::Limits;
+use crate::mesh::MeshEnds;
+use crate::service::{Service, Shutdown};
+use crate::{listener, native};
+
+/// How often a core looks at the process-wide flags.
+const FLAG_POLL_INTERVAL: Duration = Duration::from_millis(20);
+/// Longest wait for a core's connections, then for the other cores, to drain.
+const STOP_STEP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest wait for replay and leadership after the core has opened.
+const READY_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Flags the cores of one node share with the main thread.
+#[derive(Debug, Default)]
+pub struct NodeSignals {
+    /// Set by a signal handler, or by a core that failed to start.
+    pub stop: AtomicBool,
+    /// Cores ready to serve.
+    pub ready: AtomicUsize,
+    /// Cores that finished step 2 of the stop protocol.
+    pub drained: AtomicUsize,
+    /// Set when any core failed.
+    pub failed: AtomicBool,
+}
+
+/// Everything one core needs, built on the main thread.
+pub struct CoreSetup {
+    pub config: CoreConfig,
+    pub limits: Limits,
+    pub native_listener: TcpListener,
+    pub mesh: MeshEnds,
+    pub signals: Arc<NodeSignals>,
+}
+
+/// Runs one core. Returns an error message if it could not start or stop
+/// cleanly; in that case it has also raised the node's stop flag.
+pub async fn run_core(setup: CoreSetup) -> Result<(), String> {
+    let signals = setup.signals.clone();
+    let result = run(setup).await;
+    if result.is_err() {
+        signals.failed.store(true, Ordering::SeqCst);
+        signals.stop.store(true, Ordering::SeqCst);
+    }
+    result
+}
+
+async fn run(setup: CoreSetup) -> Result<(), String> {
+    let CoreSetup { config, limits, native_listener, mesh, signals } = setup;
+    let core_index = config.core;
+    let layout = config.layout;
+    let mesh = mesh.connect().await;
+    let core = Core::open(config, Box::new(NoPeers)).await.map_err(|e| format!("core {core_index}: {e}"))?;
+    let mesh = mesh.start(core.clone());
+    let svc = Rc::new(Service {
+        core_index,
+        layout,
+        core: core.clone(),
+        mesh,
+        limits,
+        shutdown: Shutdown::default(),
+        connections: std::cell::Cell::new(0),
+    });
+    core.wait_ready(READY_TIMEOUT).await.map_err(|e| format!("core {core_index}: {e}"))?;
+    // SAFETY: the fd comes from a listening socket this function owns.
+    let native = unsafe { glommio::net::TcpListener::from_raw_fd(native_listener.into_raw_fd()) };
+    let acceptor = glommio::spawn_local(listener::accept_loop(native, svc.clone(), native::server::serve));
+    signals.ready.fetch_add(1, Ordering::SeqCst);
+
+    while !signals.stop.load(Ordering::SeqCst) {
+        glommio::timer::sleep(FLAG_POLL_INTERVAL).await;
+    }
+    svc.shutdown.trigger();
+    acceptor.await;
+    wait_until(|| svc.connections.get() == 0).await;
+    signals.drained.fetch_add(1, Ordering::SeqCst);
+    let cores = layout.cores as usize;
+    wait_until(|| signals.drained.load(Ordering::SeqCst) >= cores || signals.failed.load(Ordering::SeqCst)).await;
+    core.shutdown().await.map_err(|e| format!("core {core_index}: {e}"))?;
+    tracing::debug!(core = core_index, "core stopped");
+    Ok(())
+}
+
+/// Polls `done` until it holds or [`STOP_STEP_TIMEOUT`] passes.
+async fn wait_until(done: impl Fn() -> bool) {
+    let deadline = Instant::now() + STOP_STEP_TIMEOUT;
+    while !done() && Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(2)).await;
+    }
+}

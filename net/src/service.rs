@@ -1,0 +1,84 @@
+//! The protocol-independent request path of one core: key → shard → core,
+//! then run locally or forward over the mesh. Every protocol front end
+//! (native now; RESP and HTTP plug in the same way) decodes into these
+//! operations and encodes the [`Reply`].
+
+use std::cell::Cell;
+use std::rc::Rc;
+
+use glommio::sync::Semaphore;
+use kv_replication::{Core, CoreError, Layout};
+
+use crate::limits::Limits;
+use crate::mesh::{self, Mesh, Op, Reply};
+
+/// Per-core state shared by every connection on the core.
+pub struct Service {
+    pub core_index: u32,
+    pub layout: Layout,
+    pub core: Core,
+    pub mesh: Rc<Mesh>,
+    pub limits: Limits,
+    pub shutdown: Shutdown,
+    /// Open client connections on this core.
+    pub connections: Cell<usize>,
+}
+
+impl Service {
+    /// Connections this core accepts (its share of the node's limit).
+    pub fn connections_max(&self) -> usize {
+        self.limits.connections_max.div_ceil(self.layout.cores as usize)
+    }
+
+    /// Where a key lives: (shard, owning core).
+    pub fn route(&self, key: &[u8]) -> (u32, u32) {
+        let shard = self.layout.shard_of_key(key);
+        (shard, self.layout.core_of_shard(shard))
+    }
+
+    /// Runs `op` for `key` wherever its shard lives.
+    pub async fn execute(&self, key: &[u8], op: Op) -> Result<Reply, CoreError> {
+        let (shard, owner) = self.route(key);
+        if owner == self.core_index {
+            mesh::execute_local(&self.core, shard, op).await
+        } else {
+            self.mesh.forward(owner as usize, shard, op).await
+        }
+    }
+
+    /// A read that can be answered without waiting: the key's shard is on
+    /// this core. `None` if it lives elsewhere.
+    pub fn try_read_local(&self, key: &[u8]) -> Option<Result<Reply, CoreError>> {
+        let (shard, owner) = self.route(key);
+        (owner == self.core_index).then(|| self.core.read(shard, key).map(Reply::Value))
+    }
+}
+
+/// A core-wide stop signal: connections and listeners race it against IO.
+pub struct Shutdown {
+    gate: Rc<Semaphore>,
+    triggered: Cell<bool>,
+}
+
+impl Default for Shutdown {
+    fn default() -> Shutdown {
+        Shutdown { gate: Rc::new(Semaphore::new(0)), triggered: Cell::new(false) }
+    }
+}
+
+impl Shutdown {
+    pub fn trigger(&self) {
+        self.triggered.set(true);
+        self.gate.close();
+    }
+
+    pub fn is_triggered(&self) -> bool {
+        self.triggered.get()
+    }
+
+    /// Resolves once `trigger` was called.
+    pub async fn wait(&self) {
+        // A closed semaphore fails every acquire; nothing ever signals it.
+        let _ = self.gate.acquire(1).await;
+    }
+}
