@@ -126,9 +126,25 @@ impl Options {
 
     fn fill_from(&mut self, o: &Options) {
         fill!(
-            self, o, data_dir, listen, cores, fsync, persistence, node_id, log_level, log_format, shards_per_core,
-            max_key_bytes, max_value_bytes, max_frame_bytes, max_pipeline_depth, max_connections, wal_segment_bytes,
-            snapshot_wal_bytes, io_memory_bytes,
+            self,
+            o,
+            data_dir,
+            listen,
+            cores,
+            fsync,
+            persistence,
+            node_id,
+            log_level,
+            log_format,
+            shards_per_core,
+            max_key_bytes,
+            max_value_bytes,
+            max_frame_bytes,
+            max_pipeline_depth,
+            max_connections,
+            wal_segment_bytes,
+            snapshot_wal_bytes,
+            io_memory_bytes,
         );
     }
 

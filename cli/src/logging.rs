@@ -12,7 +12,9 @@ pub fn check_filter(level: &str) -> Result<(), String> {
 
 pub fn init(level: &str, json: bool) {
     let filter = EnvFilter::try_new(level).expect("validated at startup");
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr)
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false);
     if json {

@@ -141,12 +141,8 @@ mod tests {
 
     #[test]
     fn round_trip_every_shape() {
-        let conditions = [
-            Condition::Always,
-            Condition::IfAbsent,
-            Condition::IfExists,
-            Condition::IfVersion(u64::MAX - 3),
-        ];
+        let conditions =
+            [Condition::Always, Condition::IfAbsent, Condition::IfExists, Condition::IfVersion(u64::MAX - 3)];
         for condition in conditions {
             let put = Command::Put {
                 key: Bytes::from_static(b"k\x00ey"),

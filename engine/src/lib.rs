@@ -14,12 +14,12 @@
 //! network code. The replication crate maps Raft's types onto [`wal::Record`]s.
 
 pub mod command;
+pub mod fsutil;
 pub mod limits;
 pub mod shard;
 pub mod slot;
 pub mod snapshot;
 pub mod wal;
-pub mod fsutil;
 
 pub use command::{Command, Condition, Outcome};
 pub use shard::{ShardMap, Stored};

@@ -186,7 +186,9 @@ pub fn read(path: &Path) -> Result<(SnapshotMeta, Vec<(Bytes, Stored)>), Snapsho
         group: u32_at(12),
         index: u64_at(16),
         term: u64_at(24),
-        conf_state: Bytes::copy_from_slice(body.get(HEADER_BYTES..HEADER_BYTES + conf_len).ok_or_else(|| corrupt("conf state overruns"))?),
+        conf_state: Bytes::copy_from_slice(
+            body.get(HEADER_BYTES..HEADER_BYTES + conf_len).ok_or_else(|| corrupt("conf state overruns"))?,
+        ),
     };
     let count = u64_at(32);
     let mut entries = Vec::with_capacity(count.min(1 << 24) as usize);

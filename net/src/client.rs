@@ -33,13 +33,18 @@ pub enum ClientError {
     Server { status: Status, message: String },
 }
 
-/// The outcome of a conditional write that did not happen.
+/// The outcome of a write: done (for a delete, `version` is the version the
+/// deleted value had), or why not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WriteResult {
-    Written { version: u64 },
+    Written {
+        version: u64,
+    },
     /// For deletes: the key was absent.
     NotFound,
-    ConditionFailed { current_version: Option<u64> },
+    ConditionFailed {
+        current_version: Option<u64>,
+    },
 }
 
 pub struct Client {
@@ -73,14 +78,19 @@ impl Client {
         stream.write_all(&Hello { version_min: codec::VERSION, version_max: codec::VERSION }.encode())?;
         let mut w = [0u8; codec::WELCOME_BYTES];
         stream.read_exact(&mut w)?;
-        let welcome = Welcome::decode(&w).ok_or_else(|| ClientError::Protocol("not a kvd server (bad magic)".into()))?;
+        let welcome =
+            Welcome::decode(&w).ok_or_else(|| ClientError::Protocol("not a kvd server (bad magic)".into()))?;
         match welcome.status {
             s if s == WelcomeStatus::Ok as u16 => {}
             s if s == WelcomeStatus::TooManyConnections as u16 => {
                 return Err(ClientError::Protocol("server has too many connections".into()))
             }
             s if s == WelcomeStatus::UnsupportedVersion as u16 => {
-                return Err(ClientError::Protocol(format!("server speaks protocol {}, not {}", welcome.version, codec::VERSION)))
+                return Err(ClientError::Protocol(format!(
+                    "server speaks protocol {}, not {}",
+                    welcome.version,
+                    codec::VERSION
+                )))
             }
             s => return Err(ClientError::Protocol(format!("unknown handshake status {s}"))),
         }
@@ -100,7 +110,9 @@ impl Client {
         self.stream.set_read_timeout(timeout)
     }
 
-    /// Queues a request; it is written by the next `flush` or `recv`.
+    /// Queues a request; it is written by the next `flush` or `recv`. The
+    /// caller keeps keys and values within the server's limits (the server
+    /// refuses larger ones with an error answer).
     pub fn send(&mut self, req: &Request) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
@@ -121,7 +133,8 @@ impl Client {
         self.flush()?;
         let mut header = [0u8; codec::FRAME_HEADER_BYTES];
         self.stream.read_exact(&mut header)?;
-        let h = codec::parse_header(&header, usize::MAX)
+        // The server never answers with more than its own frame limit.
+        let h = codec::parse_header(&header, self.welcome.frame_bytes_max as usize)
             .map_err(|e| ClientError::Protocol(e.to_string()))?
             .expect("a whole header was read");
         let mut body = vec![0u8; h.frame_bytes - codec::FRAME_HEADER_BYTES];
@@ -131,7 +144,8 @@ impl Client {
     }
 
     /// Sends one request and waits for its answer. Errors from the server
-    /// become [`ClientError::Server`].
+    /// become [`ClientError::Server`]. Not for use while pipelined requests
+    /// are outstanding (their answers would arrive first).
     pub fn call(&mut self, req: &Request) -> Result<Response, ClientError> {
         let id = self.send(req);
         let (got, resp) = self.recv()?;
@@ -162,6 +176,13 @@ impl Client {
 
     /// Writes under `condition`; returns the new version or why not.
     pub fn put_if(&mut self, key: &[u8], value: &[u8], condition: Condition) -> Result<WriteResult, ClientError> {
+        let frame = codec::FRAME_HEADER_BYTES + codec::PUT_FIXED_BYTES + key.len() + value.len();
+        if frame > self.welcome.frame_bytes_max as usize {
+            let max = self.welcome.frame_bytes_max;
+            return Err(ClientError::Protocol(format!(
+                "a {frame}-byte request exceeds the server's frame limit of {max}"
+            )));
+        }
         let req = Request::Put { key: Bytes::copy_from_slice(key), value: Bytes::copy_from_slice(value), condition };
         write_result(self.call(&req)?)
     }

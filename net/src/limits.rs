@@ -45,7 +45,10 @@ impl Limits {
             return Err(format!("max key size {} must be between 1 and {}", self.key_bytes_max, u32::MAX / 2));
         }
         if self.value_bytes_max > VALUE_BYTES_LIMIT {
-            return Err(format!("max value size {} exceeds the hard limit of {VALUE_BYTES_LIMIT} bytes", self.value_bytes_max));
+            return Err(format!(
+                "max value size {} exceeds the hard limit of {VALUE_BYTES_LIMIT} bytes",
+                self.value_bytes_max
+            ));
         }
         let needed = Limits::frame_bytes_for(self.key_bytes_max, self.value_bytes_max);
         if self.frame_bytes_max < needed {

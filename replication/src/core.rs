@@ -155,10 +155,13 @@ impl Core {
         Ok(group.map.get(key).cloned())
     }
 
-    /// Whether every group has a leader here and has applied its whole log.
+    /// Whether every group has a leader here and has committed and applied
+    /// its whole log (including the new leader's own first entry, which
+    /// proves the log is durable and writable).
     pub fn is_ready(&self) -> bool {
         self.0.groups.borrow().values().all(|g| {
-            g.is_leader() && g.map.applied_index() >= g.node.raft.raft_log.committed && g.node.raft.raft_log.committed >= g.storage.last_index()
+            let log = &g.node.raft.raft_log;
+            g.is_leader() && log.committed >= log.last_index() && g.map.applied_index() >= log.committed
         })
     }
 
@@ -269,7 +272,12 @@ impl Inner {
                 let h = group.handle_ready(self.wal.as_deref(), &mut outbox);
                 if group.is_leader() != was_leader {
                     self.stats.leader_changes.set(self.stats.leader_changes.get() + 1);
-                    tracing::debug!(core = self.config.core, group = group.id, leader = group.is_leader(), "role changed");
+                    tracing::debug!(
+                        core = self.config.core,
+                        group = group.id,
+                        leader = group.is_leader(),
+                        "role changed"
+                    );
                 }
                 handled.push((group.id, h.number, h.after_persist));
             }

@@ -48,7 +48,13 @@ pub(crate) struct Handled {
 }
 
 impl Group {
-    pub fn new(id: u32, node: RawNode<GroupStorage>, storage: GroupStorage, map: ShardMap, snapshot_index: u64) -> Group {
+    pub fn new(
+        id: u32,
+        node: RawNode<GroupStorage>,
+        storage: GroupStorage,
+        map: ShardMap,
+        snapshot_index: u64,
+    ) -> Group {
         Group { id, node, storage, map, snapshot_index, pending: BTreeMap::new() }
     }
 

@@ -60,8 +60,14 @@ impl Core {
             }
             restore_snapshots(&snap_dir, config.core, &mut restored)?;
             let recovered = wal::recover(&wal_dir, config.core, |record| replay(&mut restored, record))?;
-            tracing::info!(core = config.core, records = recovered.records, segments = recovered.segments.len(), "WAL replayed");
-            let wal_config = WalConfig { dir: wal_dir, core: config.core, segment_bytes: p.segment_bytes, fsync: p.fsync };
+            tracing::info!(
+                core = config.core,
+                records = recovered.records,
+                segments = recovered.segments.len(),
+                "WAL replayed"
+            );
+            let wal_config =
+                WalConfig { dir: wal_dir, core: config.core, segment_bytes: p.segment_bytes, fsync: p.fsync };
             wal = Some(Rc::new(Wal::open(wal_config, recovered).await?));
         }
         let mut groups = BTreeMap::new();
@@ -72,7 +78,11 @@ impl Core {
     }
 }
 
-fn restore_snapshots(dir: &std::path::Path, core: u32, restored: &mut BTreeMap<u32, Restored>) -> Result<(), StartError> {
+fn restore_snapshots(
+    dir: &std::path::Path,
+    core: u32,
+    restored: &mut BTreeMap<u32, Restored>,
+) -> Result<(), StartError> {
     for (group, files) in snapshot::list(dir)? {
         let Some(r) = restored.get_mut(&group) else {
             return Err(StartError::Layout(format!(
@@ -104,11 +114,7 @@ fn replay(restored: &mut BTreeMap<u32, Restored>, record: Record) -> Result<(), 
             r.storage.replay(group, entry).map_err(|e| e.to_string())
         }
         Record::HardState { term, vote, commit, .. } => {
-            let mut hs = HardState::default();
-            hs.term = term;
-            hs.vote = vote;
-            hs.commit = commit;
-            r.storage.set_hard_state(hs);
+            r.storage.set_hard_state(HardState { term, vote, commit, ..HardState::default() });
             Ok(())
         }
         Record::ConfState { index, data, .. } => {
@@ -125,8 +131,7 @@ fn build_group(config: &CoreConfig, id: u32, r: Restored, wal: Option<&Wal>) -> 
     let Restored { map, storage } = r;
     if storage.conf_state().voters.is_empty() {
         // A new shard: on a single node it is a group of one voter, us.
-        let mut cs = ConfState::default();
-        cs.voters = vec![node_id];
+        let cs = ConfState { voters: vec![node_id], ..ConfState::default() };
         storage.set_conf_state(cs.clone());
         if let Some(wal) = wal {
             wal.append(&group::conf_state_record(id, 0, &cs));
@@ -160,4 +165,3 @@ fn build_group(config: &CoreConfig, id: u32, r: Restored, wal: Option<&Wal>) -> 
     let snapshot_index = map.applied_index();
     Ok(Group::new(id, node, storage, map, snapshot_index))
 }
-

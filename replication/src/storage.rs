@@ -48,9 +48,7 @@ pub enum ReplayError {
 impl GroupStorage {
     /// Starts the log after a snapshot (or at 0 for a new group).
     pub fn new(compacted_index: u64, compacted_term: u64, conf_state: ConfState) -> GroupStorage {
-        let mut hard_state = HardState::default();
-        hard_state.term = compacted_term;
-        hard_state.commit = compacted_index;
+        let hard_state = HardState { term: compacted_term, commit: compacted_index, ..HardState::default() };
         let state = LogState { hard_state, conf_state, compacted_index, compacted_term, entries: VecDeque::new() };
         GroupStorage(Rc::new(RefCell::new(state)))
     }
@@ -196,10 +194,7 @@ mod tests {
     use raft::Storage;
 
     fn ent(index: u64, term: u64) -> Entry {
-        let mut e = Entry::default();
-        e.index = index;
-        e.term = term;
-        e
+        Entry { index, term, ..Entry::default() }
     }
 
     #[test]

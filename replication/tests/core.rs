@@ -43,11 +43,19 @@ fn config(dir: Option<&Path>, snapshot_wal_bytes: u64) -> CoreConfig {
 async fn open(dir: Option<&Path>, snapshot_wal_bytes: u64) -> Core {
     let core = Core::open(config(dir, snapshot_wal_bytes), Box::new(NoPeers)).await.expect("core opens");
     core.wait_ready(Duration::from_secs(10)).await.expect("core gets ready");
+    // Regression: readiness once came before the bootstrap batch was durable.
+    if dir.is_some() {
+        assert!(core.stats().flushes.get() >= 1, "ready before anything was written");
+    }
     core
 }
 
 fn put(key: &str, value: &str) -> Command {
-    Command::Put { key: Bytes::from(key.to_string()), value: Bytes::from(value.to_string()), condition: Condition::Always }
+    Command::Put {
+        key: Bytes::from(key.to_string()),
+        value: Bytes::from(value.to_string()),
+        condition: Condition::Always,
+    }
 }
 
 fn shard(core: &Core, key: &str) -> u32 {
@@ -69,7 +77,8 @@ fn writes_survive_restart_with_their_versions() {
             }
         }
         let s = shard(&core, "key-0");
-        let cas = Command::Put { key: Bytes::from("key-0"), value: Bytes::from("x"), condition: Condition::IfVersion(1) };
+        let cas =
+            Command::Put { key: Bytes::from("key-0"), value: Bytes::from("x"), condition: Condition::IfVersion(1) };
         assert!(matches!(core.write(s, cas).await.unwrap(), Outcome::ConditionFailed { .. }));
         core.shutdown().await.unwrap();
         versions

@@ -1,1 +1,11 @@
-//! placeholder
+//! Integration tests: real `kvd` and `kvctl` processes on loopback.
+//!
+//! Every process a test starts is stopped by PID (see `harness::Kvd`), every
+//! wait is bounded, and randomised tests print their seed.
+
+mod bad_input;
+mod crash;
+mod cross_core;
+mod harness;
+mod kvctl;
+mod lifecycle;

@@ -158,7 +158,9 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let condition = if if_absent { Condition::IfAbsent } else { Condition::Always };
             write(out, &mut client, key.as_bytes(), &value.expect("read above"), condition)
         }
-        Command::Update { key, .. } => write(out, &mut client, key.as_bytes(), &value.expect("read above"), Condition::IfExists),
+        Command::Update { key, .. } => {
+            write(out, &mut client, key.as_bytes(), &value.expect("read above"), Condition::IfExists)
+        }
         Command::Cas { key, version, .. } => {
             write(out, &mut client, key.as_bytes(), &value.expect("read above"), Condition::IfVersion(version))
         }
@@ -266,7 +268,9 @@ fn print_ping(out: Output, endpoint: &str, rtt: Duration) {
     match out {
         Output::Raw => println!("PONG"),
         Output::Json => println!("{}", json!({"ok": true, "endpoint": endpoint, "rtt_ms": rtt.as_secs_f64() * 1000.0})),
-        Output::Table => print_table(&["ENDPOINT", "RTT_MS"], &[endpoint.to_string(), format!("{:.3}", rtt.as_secs_f64() * 1000.0)]),
+        Output::Table => {
+            print_table(&["ENDPOINT", "RTT_MS"], &[endpoint.to_string(), format!("{:.3}", rtt.as_secs_f64() * 1000.0)])
+        }
     }
 }
 

@@ -34,7 +34,7 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::Duration;
 
-use glommio::io::{DmaFile, Directory, OpenOptions};
+use glommio::io::{Directory, DmaFile, OpenOptions};
 
 pub use record::Record;
 pub use recovery::{recover, Recovered, SegmentMeta, Tail};
@@ -137,7 +137,9 @@ impl Wal {
     /// exist; `recovered` must come from [`recover`] on the same directory.
     pub async fn open(config: WalConfig, recovered: Recovered) -> Result<Wal, WalError> {
         assert!(config.segment_bytes >= segment::SEGMENT_BYTES_MIN, "segment size below minimum");
-        let dir = Directory::open(&config.dir).await.map_err(|e| WalError::io(&config.dir, "open wal directory", e.into()))?;
+        let dir = Directory::open(&config.dir)
+            .await
+            .map_err(|e| WalError::io(&config.dir, "open wal directory", e.into()))?;
         let current = match &recovered.tail {
             Some(tail) => Some(open_tail(&config.dir, tail).await?),
             None => None,
@@ -300,9 +302,14 @@ impl Wal {
         buf.as_bytes_mut()[bytes.len()..].fill(0);
         let started = std::time::Instant::now();
         fail::fail_point!("wal::write", |_| Err(injected(&self.config.dir, "write")));
-        let written = file.write_at(buf, pos).await.map_err(|e| WalError::io(&self.config.dir, "write segment", e.into()))?;
+        let written =
+            file.write_at(buf, pos).await.map_err(|e| WalError::io(&self.config.dir, "write segment", e.into()))?;
         if written != padded {
-            return Err(WalError::io(&self.config.dir, "write segment", std::io::Error::other(format!("short write: {written} of {padded} bytes"))));
+            return Err(WalError::io(
+                &self.config.dir,
+                "write segment",
+                std::io::Error::other(format!("short write: {written} of {padded} bytes")),
+            ));
         }
         stats.write_micros = started.elapsed().as_micros() as u64;
         stats.written_bytes = padded as u64;
@@ -399,7 +406,12 @@ impl Wal {
 
 async fn open_tail(dir: &Path, tail: &Tail) -> Result<Segment, WalError> {
     let path = segment::path(dir, tail.seq);
-    let file = OpenOptions::new().read(true).write(true).dma_open(&path).await.map_err(|e| WalError::io(&path, "open segment", e.into()))?;
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .dma_open(&path)
+        .await
+        .map_err(|e| WalError::io(&path, "open segment", e.into()))?;
     let tail_start = tail.end - tail.end % SEGMENT_HEADER_BYTES as u64;
     let mut tail_bytes = Vec::new();
     if tail.end > tail_start {

@@ -29,7 +29,7 @@ pub const RECORD_ALIGN_BYTES: usize = 8;
 /// room to spare. Anything claiming more is corrupt.
 pub const RECORD_BYTES_MAX: usize = 600 * 1024 * 1024;
 
-const _: () = assert!(RECORD_HEADER_BYTES % RECORD_ALIGN_BYTES == 0);
+const _: () = assert!(RECORD_HEADER_BYTES.is_multiple_of(RECORD_ALIGN_BYTES));
 const _: () = assert!(
     RECORD_BYTES_MAX
         > crate::limits::VALUE_BYTES_LIMIT
@@ -58,9 +58,7 @@ pub enum Record {
 impl Record {
     pub fn group(&self) -> u32 {
         match self {
-            Record::Entry { group, .. }
-            | Record::HardState { group, .. }
-            | Record::ConfState { group, .. } => *group,
+            Record::Entry { group, .. } | Record::HardState { group, .. } | Record::ConfState { group, .. } => *group,
         }
     }
 
@@ -83,9 +81,7 @@ impl Record {
         let len = RECORD_HEADER_BYTES + self.payload_len();
         assert!(len <= RECORD_BYTES_MAX, "record of {len} bytes exceeds RECORD_BYTES_MAX");
         let (kind, entry_type, group, term, index) = match self {
-            Record::Entry { group, term, index, entry_type, .. } => {
-                (KIND_ENTRY, *entry_type, *group, *term, *index)
-            }
+            Record::Entry { group, term, index, entry_type, .. } => (KIND_ENTRY, *entry_type, *group, *term, *index),
             Record::HardState { group, term, commit, .. } => (KIND_HARD_STATE, 0, *group, *term, *commit),
             Record::ConfState { group, index, .. } => (KIND_CONF_STATE, 0, *group, 0, *index),
         };

@@ -181,8 +181,7 @@ fn truncate_tail(path: &Path, data: &[u8], at: usize, problem: &str, out: &mut R
     warn!("{note}");
     out.warnings.push(note);
     let file = OpenOptions::new().write(true).open(path).map_err(|e| WalError::io(path, "open segment", e))?;
-    file.write_all_at(&vec![0u8; dirty_end - at], at as u64)
-        .map_err(|e| WalError::io(path, "zero torn tail", e))?;
+    file.write_all_at(&vec![0u8; dirty_end - at], at as u64).map_err(|e| WalError::io(path, "zero torn tail", e))?;
     // IMPORTANT: fsync — the repaired tail must be durable before new records
     // are appended after it.
     file.sync_data().map_err(|e| WalError::io(path, "fdatasync repaired segment", e))
@@ -201,5 +200,10 @@ fn list_segments(dir: &Path) -> Result<Vec<u64>, WalError> {
 }
 
 fn corrupt(path: &Path, offset: usize, reason: &str) -> WalError {
-    WalError::Corrupt { path: path.to_path_buf(), offset: offset as u64, reason: reason.to_string(), hint: CORRUPTION_HINT }
+    WalError::Corrupt {
+        path: path.to_path_buf(),
+        offset: offset as u64,
+        reason: reason.to_string(),
+        hint: CORRUPTION_HINT,
+    }
 }

@@ -305,11 +305,8 @@ fn compaction_deletes_covered_segments_and_recovery_still_works() {
         assert!(idx.windows(2).all(|w| w[1] == w[0] + 1));
     }
     // The first surviving segment still knows every group's hard state.
-    let hs_groups: Vec<u32> = records
-        .iter()
-        .take_while(|r| !matches!(r, Record::Entry { .. }))
-        .map(|r| r.group())
-        .collect();
+    let hs_groups: Vec<u32> =
+        records.iter().take_while(|r| !matches!(r, Record::Entry { .. })).map(|r| r.group()).collect();
     assert_eq!(hs_groups.len(), 2, "{hs_groups:?}");
 }
 

@@ -10,7 +10,7 @@ pub const MAGIC: [u8; 4] = *b"KVDN";
 /// The protocol version this build speaks.
 pub const VERSION: u16 = 1;
 pub const HELLO_BYTES: usize = 12;
-pub const WELCOME_BYTES: usize = 32;
+pub const WELCOME_BYTES: usize = 36;
 /// Frame header: u32 length, u8 opcode/status, u8 opcode echo, u16 reserved,
 /// u64 request id. The length counts every byte after itself.
 pub const FRAME_HEADER_BYTES: usize = 16;
@@ -128,8 +128,9 @@ impl Hello {
         b
     }
 
+    /// `None` unless the magic matches and the reserved bytes are zero.
     pub fn decode(b: &[u8; HELLO_BYTES]) -> Option<Hello> {
-        (b[0..4] == MAGIC).then(|| Hello {
+        (b[0..4] == MAGIC && b[8..12] == [0; 4]).then(|| Hello {
             version_min: u16::from_le_bytes([b[4], b[5]]),
             version_max: u16::from_le_bytes([b[6], b[7]]),
         })
@@ -146,6 +147,8 @@ pub struct Welcome {
     pub node_id: u64,
     pub cores: u32,
     pub shards: u32,
+    /// The core (0-based) that accepted this connection.
+    pub core: u32,
 }
 
 impl Welcome {
@@ -159,6 +162,7 @@ impl Welcome {
         b[16..24].copy_from_slice(&self.node_id.to_le_bytes());
         b[24..28].copy_from_slice(&self.cores.to_le_bytes());
         b[28..32].copy_from_slice(&self.shards.to_le_bytes());
+        b[32..36].copy_from_slice(&self.core.to_le_bytes());
         b
     }
 
@@ -172,6 +176,7 @@ impl Welcome {
             node_id: u64::from_le_bytes(b[16..24].try_into().expect("8 bytes")),
             cores: u32_at(24),
             shards: u32_at(28),
+            core: u32_at(32),
         })
     }
 }
@@ -199,6 +204,8 @@ pub enum FrameError {
 /// Parses the header at the start of `buf`: `Ok(None)` if more bytes are
 /// needed to know it.
 pub fn parse_header(buf: &[u8], frame_bytes_max: usize) -> Result<Option<FrameHeader>, FrameError> {
+    // Checks the length only: reserved bytes are the decoder's business, so
+    // a bad one costs one error answer, not the connection.
     if buf.len() < FRAME_HEADER_BYTES {
         return Ok(None);
     }
@@ -297,6 +304,14 @@ fn bad(message: &str) -> Refusal {
     Refusal { status: Status::BadRequest, message: message.to_string() }
 }
 
+/// Checks the reserved bytes (5..8) of a request header.
+pub fn check_request_header(frame: &[u8]) -> Result<(), Refusal> {
+    if frame[5..8] != [0; 3] {
+        return Err(bad("reserved header bytes 5..8 of a request must be zero"));
+    }
+    Ok(())
+}
+
 /// Decodes a request body (the frame minus its header).
 pub fn decode_request(opcode: u8, mut body: Bytes) -> Result<Request, Refusal> {
     let Some(op) = Opcode::from_u8(opcode) else {
@@ -347,8 +362,14 @@ pub fn decode_request(opcode: u8, mut body: Bytes) -> Result<Request, Refusal> {
 
 fn decode_condition(body: &mut Bytes) -> Result<Condition, Refusal> {
     let code = body.get_u8();
-    body.advance(3);
+    let reserved = [body.get_u8(), body.get_u8(), body.get_u8()];
     let version = body.get_u64_le();
+    if reserved != [0; 3] {
+        return Err(bad("reserved bytes after the condition must be zero"));
+    }
+    if code != 3 && version != 0 {
+        return Err(bad("expected version must be zero unless the condition is if-version"));
+    }
     match code {
         0 => Ok(Condition::Always),
         1 => Ok(Condition::IfAbsent),
@@ -370,8 +391,8 @@ pub enum Response {
     Error { status: Status, message: String },
 }
 
-pub fn encode_response(id: u64, opcode: Opcode, resp: &Response, out: &mut Vec<u8>) {
-    let echo = opcode as u8;
+/// Encodes an answer; `echo` is the opcode byte of the request answered.
+pub fn encode_response(id: u64, echo: u8, resp: &Response, out: &mut Vec<u8>) {
     match resp {
         Response::Pong => put_header(out, 0, Status::Ok as u8, echo, id),
         Response::Value { version, value } => {
@@ -426,7 +447,11 @@ mod tests {
         vec![
             Request::Ping,
             Request::Get { key: Bytes::from_static(b"k") },
-            Request::Put { key: Bytes::from_static(b"key"), value: Bytes::from_static(b"\x00v"), condition: Condition::IfVersion(9) },
+            Request::Put {
+                key: Bytes::from_static(b"key"),
+                value: Bytes::from_static(b"\x00v"),
+                condition: Condition::IfVersion(9),
+            },
             Request::Put { key: Bytes::new(), value: Bytes::new(), condition: Condition::IfAbsent },
             Request::Delete { key: Bytes::from_static(b"k"), condition: Condition::Always },
         ]
@@ -458,7 +483,7 @@ mod tests {
         ];
         for (op, resp) in cases {
             let mut buf = Vec::new();
-            encode_response(42, op, &resp, &mut buf);
+            encode_response(42, op as u8, &resp, &mut buf);
             let h = parse_header(&buf, 1 << 20).unwrap().unwrap();
             let body = Bytes::copy_from_slice(&buf[FRAME_HEADER_BYTES..]);
             assert_eq!(decode_response(h.code, h.opcode_echo, body).unwrap(), resp);

@@ -28,7 +28,7 @@ use glommio::sync::Semaphore;
 use kv_engine::{Command, Outcome};
 use kv_replication::CoreError;
 
-use super::codec::{self, FrameError, Hello, Opcode, Request, Response, Status, Welcome, WelcomeStatus};
+use super::codec::{self, FrameError, Hello, Request, Response, Status, Welcome, WelcomeStatus};
 use crate::mesh::{Op, Reply};
 use crate::service::Service;
 
@@ -52,20 +52,20 @@ struct Outbox {
 }
 
 impl Outbox {
-    fn push(&self, id: u64, opcode: Opcode, resp: &Response) {
+    fn push(&self, id: u64, echo: u8, resp: &Response) {
         if self.broken.get() {
             self.permits.signal(1);
             return;
         }
-        codec::encode_response(id, opcode, resp, &mut self.bytes.borrow_mut());
+        codec::encode_response(id, echo, resp, &mut self.bytes.borrow_mut());
         self.answers.set(self.answers.get() + 1);
         let _ = self.wake.try_send(());
     }
 
     /// Answers that go out without taking a pipeline slot (errors about the
     /// stream itself, sent just before closing).
-    fn push_unpermitted(&self, id: u64, resp: &Response) {
-        codec::encode_response(id, Opcode::Ping, resp, &mut self.bytes.borrow_mut());
+    fn push_unpermitted(&self, id: u64, echo: u8, resp: &Response) {
+        codec::encode_response(id, echo, resp, &mut self.bytes.borrow_mut());
         let _ = self.wake.try_send(());
     }
 
@@ -89,6 +89,7 @@ pub async fn serve(stream: TcpStream, svc: Rc<Service>) {
 
 async fn serve_connection(mut stream: TcpStream, svc: &Rc<Service>) -> io::Result<()> {
     stream.set_nodelay(true)?;
+    stream.set_write_timeout(Some(HANDSHAKE_TIMEOUT))?;
     if !handshake(&mut stream, svc).await? {
         return Ok(());
     }
@@ -148,6 +149,7 @@ async fn handshake(stream: &mut TcpStream, svc: &Service) -> io::Result<bool> {
         node_id: svc.layout.node_id,
         cores: svc.layout.cores,
         shards: svc.layout.shards,
+        core: svc.core_index,
     };
     stream.write_all(&welcome.encode()).await?;
     Ok(status == WelcomeStatus::Ok)
@@ -167,7 +169,7 @@ async fn read_loop(stream: &mut TcpStream, svc: &Rc<Service>, outbox: &Rc<Outbox
                         FrameError::TooLarge(..) => Status::FrameTooLarge,
                         FrameError::TooShort(_) => Status::BadRequest,
                     };
-                    outbox.push_unpermitted(id, &Response::Error { status, message: e.to_string() });
+                    outbox.push_unpermitted(id, buf[4], &Response::Error { status, message: e.to_string() });
                     return Err(io::Error::other(e.to_string()));
                 }
             };
@@ -179,7 +181,7 @@ async fn read_loop(stream: &mut TcpStream, svc: &Rc<Service>, outbox: &Rc<Outbox
             if outbox.permits.acquire(1).await.is_err() {
                 return Ok(());
             }
-            dispatch(svc, outbox, header.id, header.code, frame.slice(codec::FRAME_HEADER_BYTES..));
+            dispatch(svc, outbox, header.id, header.code, frame);
         }
         let start = buf.len();
         buf.resize(start + want.max(READ_CHUNK_BYTES), 0);
@@ -202,16 +204,17 @@ async fn read_loop(stream: &mut TcpStream, svc: &Rc<Service>, outbox: &Rc<Outbox
 
 /// Starts one request: answered at once if it needs no waiting, otherwise
 /// in a task of its own.
-fn dispatch(svc: &Rc<Service>, outbox: &Rc<Outbox>, id: u64, opcode: u8, body: Bytes) {
-    let req = match codec::decode_request(opcode, body).and_then(|r| check_limits(svc, r)) {
+fn dispatch(svc: &Rc<Service>, outbox: &Rc<Outbox>, id: u64, opcode: u8, frame: Bytes) {
+    let decoded = codec::check_request_header(&frame)
+        .and_then(|()| codec::decode_request(opcode, frame.slice(codec::FRAME_HEADER_BYTES..)))
+        .and_then(|r| check_limits(svc, r));
+    let req = match decoded {
         Ok(req) => req,
         Err(refusal) => {
-            let op = Opcode::from_u8(opcode).unwrap_or(Opcode::Ping);
-            outbox.push(id, op, &Response::Error { status: refusal.status, message: refusal.message });
+            outbox.push(id, opcode, &Response::Error { status: refusal.status, message: refusal.message });
             return;
         }
     };
-    let opcode = req.opcode();
     let (key, op) = match req {
         Request::Ping => return outbox.push(id, opcode, &Response::Pong),
         Request::Get { key } => {
@@ -241,7 +244,8 @@ fn check_limits(svc: &Service, req: Request) -> Result<Request, codec::Refusal> 
     }
     if let Request::Put { value, .. } = &req {
         if value.len() > limits.value_bytes_max {
-            let message = format!("value of {} bytes exceeds the limit of {} bytes", value.len(), limits.value_bytes_max);
+            let message =
+                format!("value of {} bytes exceeds the limit of {} bytes", value.len(), limits.value_bytes_max);
             return Err(codec::Refusal { status: Status::ValueTooLarge, message });
         }
     }
@@ -255,7 +259,9 @@ fn to_response(result: Result<Reply, CoreError>) -> Response {
         Ok(Reply::Outcome(Outcome::Written { version })) => Response::Written { version },
         Ok(Reply::Outcome(Outcome::Deleted { version })) => Response::Deleted { version },
         Ok(Reply::Outcome(Outcome::NotFound)) => Response::NotFound,
-        Ok(Reply::Outcome(Outcome::ConditionFailed { current_version })) => Response::ConditionFailed { current_version },
+        Ok(Reply::Outcome(Outcome::ConditionFailed { current_version })) => {
+            Response::ConditionFailed { current_version }
+        }
         Err(e) => {
             let status = match e {
                 CoreError::NotLeader { .. } => Status::NotLeader,
@@ -292,4 +298,3 @@ async fn write_loop(mut writer: TcpStream, outbox: Rc<Outbox>, woken: LocalRecei
     }
     let _ = writer.close().await;
 }
-
