@@ -353,6 +353,14 @@ mod tests {
     }
 
     #[test]
+    fn the_example_file_lists_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tuning/kvd.toml");
+        let from_file = Settings::from_options(Options::from_file(&path).unwrap()).unwrap();
+        let defaults = Settings::from_options(Options::default()).unwrap();
+        assert_eq!(from_file.to_toml(), defaults.to_toml());
+    }
+
+    #[test]
     fn errors_name_the_setting() {
         let bad = [
             (vec!["--listen", "nowhere"], "listen"),

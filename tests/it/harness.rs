@@ -96,6 +96,11 @@ impl Kvd {
         self.wait_exit().unwrap_or_else(|| panic!("kvd did not stop within {STOP_TIMEOUT:?}:\n{}", self.log()))
     }
 
+    /// Waits (bounded) for the exit after a signal the test already sent.
+    pub fn stop_after_signal(mut self) -> std::process::ExitStatus {
+        self.wait_exit().unwrap_or_else(|| panic!("kvd did not stop within {STOP_TIMEOUT:?}:\n{}", self.log()))
+    }
+
     /// SIGKILL and reap.
     pub fn kill(mut self) {
         let _ = self.child.kill();

@@ -121,3 +121,85 @@ fn a_failed_fsync_poisons_the_wal_and_the_server_says_why() {
     let _ = path_str(dir.path());
     kvd.kill();
 }
+
+#[test]
+fn connection_limit_refuses_the_extra_client_with_a_clear_error() {
+    let dir = data_dir();
+    let kvd = Kvd::start(dir.path(), &["--cores", "0", "--max-connections", "2"]);
+    let first = connect(&kvd);
+    let second = connect(&kvd);
+    let err = Client::connect(&[kvd.endpoint()], Duration::from_secs(10)).err().expect("third is refused");
+    assert!(err.to_string().contains("too many connections"), "{err}");
+    drop(first);
+    // The slot frees up once a client leaves (bounded wait for the server to notice).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut again = Client::connect(&[kvd.endpoint()], Duration::from_secs(10));
+    while again.is_err() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        again = Client::connect(&[kvd.endpoint()], Duration::from_secs(10));
+    }
+    again.expect("a freed slot is reusable").ping().unwrap();
+    drop(second);
+    assert!(kvd.stop().success());
+}
+
+#[test]
+fn deep_pipelines_beyond_the_depth_limit_are_all_answered() {
+    let dir = data_dir();
+    let kvd = Kvd::start(dir.path(), &["--max-pipeline-depth", "4"]);
+    let mut c = connect(&kvd);
+    let n = 2000u64;
+    let mut ids = std::collections::HashMap::new();
+    for i in 0..n {
+        let req = kv_net::native::codec::Request::Put {
+            key: format!("p{i}").into(),
+            value: format!("v{i}").into(),
+            condition: Condition::Always,
+        };
+        ids.insert(c.send(&req), i);
+    }
+    for _ in 0..n {
+        let (id, resp) = c.recv().unwrap();
+        assert!(matches!(resp, kv_net::native::codec::Response::Written { .. }), "{resp:?}");
+        assert!(ids.remove(&id).is_some(), "answer for unknown or repeated id {id}");
+    }
+    assert_eq!(c.get(b"p1999").unwrap().unwrap().0, b"v1999");
+    assert!(kvd.stop().success());
+}
+
+#[test]
+fn sigterm_answers_requests_in_flight_and_keeps_what_it_acknowledged() {
+    let dir = data_dir();
+    let kvd = Kvd::start(dir.path(), &[]);
+    let mut c = connect(&kvd);
+    let n = 3000u64;
+    for i in 0..n {
+        let req = kv_net::native::codec::Request::Put {
+            key: format!("t{i}").into(),
+            value: format!("v{i}").into(),
+            condition: Condition::Always,
+        };
+        c.send(&req);
+    }
+    c.flush().unwrap();
+    kvd.signal(libc::SIGTERM);
+    // Answers for everything the server read; then it closes the connection.
+    let mut acked = Vec::new();
+    while let Ok((id, resp)) = c.recv() {
+        match resp {
+            kv_net::native::codec::Response::Written { version } => acked.push((id - 1, version)),
+            kv_net::native::codec::Response::Error { status: Status::ShuttingDown, .. } => {}
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+    let status = kvd.stop_after_signal();
+    assert!(status.success(), "{status:?}");
+    assert!(!acked.is_empty(), "nothing was answered before the stop");
+    let kvd = Kvd::start(dir.path(), &[]);
+    let mut c = connect(&kvd);
+    for (i, version) in &acked {
+        assert_eq!(c.get(format!("t{i}").as_bytes()).unwrap(), Some((format!("v{i}").into_bytes(), *version)));
+    }
+    println!("{} of {n} pipelined writes were answered before the stop", acked.len());
+    assert!(kvd.stop().success());
+}
