@@ -7,5 +7,6 @@ mod bad_input;
 mod crash;
 mod cross_core;
 mod harness;
+mod kvbench;
 mod kvctl;
 mod lifecycle;

@@ -1,0 +1,219 @@
+//! `kvbench`: closed-loop load against kvd (native protocol) or anything
+//! that speaks RESP, with HDR latency histograms. See `kvbench --help`.
+
+use std::io::Write;
+use std::net::ToSocketAddrs;
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use kv_bench::driver::Protocol;
+use kv_bench::run::{self, Config, Progress};
+use kv_bench::stats;
+use kv_bench::workload::{KeyDist, Mix, Workload};
+use serde_json::json;
+
+#[derive(Parser)]
+#[command(name = "kvbench", version, about = "Load generator with latency histograms for kvd and RESP servers")]
+struct Cli {
+    /// Server address.
+    #[arg(long, default_value = "127.0.0.1:7379")]
+    target: String,
+    /// native (kvd) or resp (Redis and compatible servers).
+    #[arg(long, default_value = "native")]
+    protocol: String,
+    /// Connections in total.
+    #[arg(short = 'c', long, default_value_t = 50)]
+    connections: usize,
+    /// Requests sent per connection before waiting for the answers.
+    #[arg(short = 'P', long, default_value_t = 1)]
+    pipeline: usize,
+    /// CPUs for kvbench's own load threads, e.g. `1` or `2-3`.
+    #[arg(long, default_value = "0")]
+    cores: String,
+    /// Measured seconds.
+    #[arg(short = 'd', long, default_value_t = 10.0)]
+    duration: f64,
+    /// Seconds of load before measuring.
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
+    /// set | get | mix:<read share>, e.g. mix:0.9.
+    #[arg(short = 'w', long, default_value = "set")]
+    workload: String,
+    /// Distinct keys.
+    #[arg(long, default_value_t = 100_000)]
+    keys: u64,
+    /// uniform | zipf:<s> | seq.
+    #[arg(long, default_value = "uniform")]
+    dist: String,
+    /// Value size in bytes: N or MIN-MAX.
+    #[arg(long, default_value = "256")]
+    value_bytes: String,
+    /// Write every key once before the run, so reads hit.
+    #[arg(long)]
+    preload: bool,
+    /// Seed of the workload generators (printed; random if not given).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Server process id: report its CPU seconds per million operations.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Name of this run in the reports.
+    #[arg(long, default_value = "run")]
+    label: String,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+    /// Write HdrHistogram percentile distributions (<label>-<op>.hgrm) here.
+    #[arg(long)]
+    hgrm_dir: Option<std::path::PathBuf>,
+}
+
+fn main() -> ExitCode {
+    match real_main(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("kvbench: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn parse_cpus(s: &str) -> Result<Vec<usize>, String> {
+    let mut cpus = Vec::new();
+    for part in s.split(',') {
+        let err = || format!("cores: {part:?} is not a CPU or range");
+        match part.split_once('-') {
+            Some((a, b)) => cpus.extend(a.parse::<usize>().map_err(|_| err())?..=b.parse().map_err(|_| err())?),
+            None => cpus.push(part.parse().map_err(|_| err())?),
+        }
+    }
+    Ok(cpus)
+}
+
+fn value_range(s: &str) -> Result<(usize, usize), String> {
+    let err = || format!("value-bytes {s:?} is not N or MIN-MAX");
+    match s.split_once('-') {
+        Some((a, b)) => {
+            let (a, b) = (a.parse().map_err(|_| err())?, b.parse().map_err(|_| err())?);
+            if a > b {
+                return Err(err());
+            }
+            Ok((a, b))
+        }
+        None => {
+            let n = s.parse().map_err(|_| err())?;
+            Ok((n, n))
+        }
+    }
+}
+
+fn real_main(cli: Cli) -> Result<ExitCode, String> {
+    let target = cli
+        .target
+        .to_socket_addrs()
+        .map_err(|e| format!("target {}: {e}", cli.target))?
+        .next()
+        .ok_or_else(|| format!("target {} resolves to nothing", cli.target))?;
+    let (value_bytes_min, value_bytes_max) = value_range(&cli.value_bytes)?;
+    if cli.keys == 0 || cli.connections == 0 || cli.pipeline == 0 || cli.duration <= 0.0 || cli.warmup < 0.0 {
+        return Err("keys, connections, pipeline and duration must be positive".into());
+    }
+    let seed = cli.seed.unwrap_or_else(rand::random);
+    let workload = Workload {
+        mix: Mix::parse(&cli.workload)?,
+        keys: cli.keys,
+        dist: KeyDist::parse(&cli.dist)?,
+        value_bytes_min,
+        value_bytes_max,
+        key_prefix: "kvbench:".into(),
+    };
+    let config = Config {
+        target,
+        protocol: Protocol::parse(&cli.protocol)?,
+        connections: cli.connections,
+        pipeline: cli.pipeline,
+        cpus: parse_cpus(&cli.cores)?,
+        duration: Duration::from_secs_f64(cli.duration),
+        warmup: Duration::from_secs_f64(cli.warmup),
+        workload,
+        seed,
+    };
+    eprintln!(
+        "kvbench {}: {} {} c={} P={} {} keys={} dist={} value={}B seed={seed}",
+        cli.label,
+        cli.protocol,
+        target,
+        cli.connections,
+        cli.pipeline,
+        cli.workload,
+        cli.keys,
+        cli.dist,
+        cli.value_bytes
+    );
+    if cli.preload {
+        run::preload(&config)?;
+    }
+    let progress = Arc::new(Progress::default());
+    let cpu_before = cli.server_pid.map(run::process_cpu_seconds).transpose()?;
+    let printer = spawn_progress(progress.clone(), config.warmup + config.duration);
+    let outcome = run::run(&config, progress.clone())?;
+    let cpu_after = cli.server_pid.map(run::process_cpu_seconds).transpose()?;
+    printer.store(true, Ordering::Relaxed);
+    let seconds = outcome.measured.as_secs_f64().max(1e-9);
+    let s = &outcome.stats;
+    let server_cpu_s_per_mop = cpu_before.zip(cpu_after).map(|(b, a)| (a - b) / (s.ops().max(1) as f64 / 1e6));
+    if let Some(dir) = &cli.hgrm_dir {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        for (name, op) in s.named() {
+            if !op.latency_ns.is_empty() {
+                let path = dir.join(format!("{}-{}.hgrm", cli.label, name.to_lowercase()));
+                std::fs::write(&path, stats::hgrm(&op.latency_ns)).map_err(|e| format!("{}: {e}", path.display()))?;
+            }
+        }
+    }
+    if cli.json {
+        let extra = json!({
+            "label": cli.label, "target": cli.target, "protocol": cli.protocol, "connections": cli.connections,
+            "pipeline": cli.pipeline, "workload": cli.workload, "keys": cli.keys, "dist": cli.dist,
+            "value_bytes": cli.value_bytes, "seed": seed, "server_cpu_s_per_mop": server_cpu_s_per_mop,
+        });
+        println!("{}", stats::to_json(s, seconds, extra));
+    } else {
+        eprint!("\r{:60}\r", "");
+        print!("{}", stats::summary(s, seconds));
+        if let Some(cpu) = server_cpu_s_per_mop {
+            println!("server CPU: {cpu:.3} s per million ops");
+        }
+    }
+    if let Some(e) = &s.first_error {
+        eprintln!("kvbench: {} errors, e.g.: {e}", s.errors());
+    }
+    Ok(if s.errors() > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+/// Prints ops/s once a second on stderr until the returned flag is set.
+fn spawn_progress(progress: Arc<Progress>, total: Duration) -> Arc<std::sync::atomic::AtomicBool> {
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    std::thread::spawn(move || {
+        let started = Instant::now();
+        let mut last = 0;
+        while !flag.load(Ordering::Relaxed) && started.elapsed() < total + Duration::from_secs(30) {
+            std::thread::sleep(Duration::from_secs(1));
+            let done = progress.done.load(Ordering::Relaxed);
+            let phase = if progress.measuring.load(Ordering::Relaxed) { "measuring" } else { "warm-up" };
+            eprint!(
+                "\r{:5.1}s {phase:9} {:>10} ops/s  errors {}   ",
+                started.elapsed().as_secs_f64(),
+                done - last,
+                progress.errors.load(Ordering::Relaxed)
+            );
+            let _ = std::io::stderr().flush();
+            last = done;
+        }
+    });
+    stop
+}
