@@ -203,3 +203,54 @@ fn sigterm_answers_requests_in_flight_and_keeps_what_it_acknowledged() {
     println!("{} of {n} pipelined writes were answered before the stop", acked.len());
     assert!(kvd.stop().success());
 }
+
+/// WAL segments of core 0, oldest first.
+fn segments(data: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut s: Vec<_> = std::fs::read_dir(data.join("core-0/wal")).unwrap().map(|e| e.unwrap().path()).collect();
+    s.sort();
+    s
+}
+
+#[test]
+fn kvd_truncates_a_torn_tail_and_refuses_a_damaged_wal() {
+    let dir = data_dir();
+    let flags = ["--cores", "0", "--wal-segment-bytes", "65536"];
+    let kvd = Kvd::start(dir.path(), &flags);
+    let mut c = connect(&kvd);
+    let value = vec![b'v'; 3000];
+    for i in 0..100 {
+        c.put(format!("k{i}").as_bytes(), &value, Condition::Always).unwrap();
+    }
+    drop(c);
+    kvd.kill();
+    let segs = segments(dir.path());
+    assert!(segs.len() >= 3, "{segs:?}");
+
+    // Garbage after the last record of the newest segment: a torn write.
+    let last = segs.last().unwrap();
+    let data = std::fs::read(last).unwrap();
+    let end = data.iter().rposition(|&b| b != 0).unwrap() + 1;
+    let file = std::fs::OpenOptions::new().write(true).open(last).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&file, &[0x5A; 100], end as u64 + 64).unwrap();
+    drop(file);
+    let kvd = Kvd::start(dir.path(), &flags);
+    let log = kvd.log();
+    assert!(log.contains("torn write") && log.contains(last.to_str().unwrap()), "{log}");
+    let mut c = connect(&kvd);
+    assert_eq!(c.get(b"k99").unwrap().unwrap().0, value, "acknowledged data survives the repair");
+    drop(c);
+    assert!(kvd.stop().success());
+
+    // A flipped bit in an older segment: refuse, naming file and offset.
+    let first = &segments(dir.path())[0];
+    let file = std::fs::OpenOptions::new().read(true).write(true).open(first).unwrap();
+    let mut b = [0u8; 1];
+    std::os::unix::fs::FileExt::read_exact_at(&file, &mut b, 5000).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&file, &[b[0] ^ 0x01], 5000).unwrap();
+    drop(file);
+    let out = harness::run_bounded(kvd_command(dir.path(), &flags), b"");
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("WAL corrupt") && err.contains(first.to_str().unwrap()) && err.contains("offset"), "{err}");
+    assert!(err.contains("Restore"), "says what to do: {err}");
+}
