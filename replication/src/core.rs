@@ -186,7 +186,8 @@ impl Core {
     }
 
     /// Stops taking writes, lets in-flight writes finish (bounded), makes the
-    /// WAL durable regardless of the fsync policy, and stops the driver.
+    /// WAL durable regardless of the fsync policy, and stops the driver. An
+    /// error means the WAL could not be made durable (it is poisoned).
     pub async fn shutdown(&self) -> Result<(), WalError> {
         self.0.state.borrow_mut().stopping = true;
         let deadline = std::time::Instant::now() + SHUTDOWN_DRAIN_TIMEOUT;
@@ -204,8 +205,16 @@ impl Core {
             g.fail_pending(CoreError::ShuttingDown);
         }
         let Some(wal) = &self.0.wal else { return Ok(()) };
-        if wal.is_flushing() || self.poisoned().is_some() {
-            return Ok(());
+        // A flush may outlive the drain timeout (a slow disk): let it end.
+        let deadline = std::time::Instant::now() + SHUTDOWN_DRAIN_TIMEOUT;
+        while wal.is_flushing() && std::time::Instant::now() < deadline {
+            glommio::timer::sleep(Duration::from_millis(1)).await;
+        }
+        if let Some(why) = self.poisoned() {
+            return Err(WalError::Poisoned(why));
+        }
+        if wal.is_flushing() {
+            return Err(WalError::Poisoned("a WAL flush did not finish during shutdown".into()));
         }
         wal.flush().await?;
         // IMPORTANT: fsync — a clean shutdown leaves everything durable, even
@@ -223,7 +232,9 @@ impl Inner {
     /// Handles every pending Ready, and starts a WAL flush if none runs.
     fn drive(self: &Rc<Self>) {
         for _ in 0..DRIVE_ROUNDS_MAX {
-            if self.state.borrow().stopped {
+            // A poisoned core must never report a Ready persisted: its
+            // records may have been in the flush that failed.
+            if self.state.borrow().stopped || self.state.borrow().poisoned.is_some() {
                 return;
             }
             let progressed = self.handle_readies();

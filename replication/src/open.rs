@@ -90,8 +90,13 @@ fn restore_snapshots(
                 dir.display()
             )));
         };
-        let (_, path) = files.last().expect("listed groups have files");
+        let (index, path) = files.last().expect("listed groups have files");
         let (meta, entries) = snapshot::read(path)?;
+        if meta.group != group || meta.index != *index {
+            let reason =
+                format!("file name says shard {group} at {index}, content says shard {} at {}", meta.group, meta.index);
+            return Err(SnapshotError::Corrupt { path: path.clone(), reason }.into());
+        }
         let conf_state = group::conf_state_from_bytes(&meta.conf_state)
             .map_err(|why| SnapshotError::Corrupt { path: path.clone(), reason: why })?;
         r.map.restore(meta.index, entries);
@@ -118,7 +123,9 @@ fn replay(restored: &mut BTreeMap<u32, Restored>, record: Record) -> Result<(), 
             Ok(())
         }
         Record::ConfState { index, data, .. } => {
-            if index >= snapshot_index {
+            // Membership as of the snapshot: changes after it are in the log
+            // and are applied again when raft re-applies those entries.
+            if index <= snapshot_index {
                 r.storage.set_conf_state(group::conf_state_from_bytes(&data)?);
             }
             Ok(())
@@ -139,9 +146,16 @@ fn build_group(config: &CoreConfig, id: u32, r: Restored, wal: Option<&Wal>) -> 
     }
     let mut hs = storage.hard_state();
     // The snapshot may be newer than the last hard state that reached the
-    // WAL; everything in it was committed.
-    if hs.commit < map.applied_index() {
-        hs.commit = map.applied_index();
+    // WAL (under `fsync never`/`interval` after a power loss): everything in
+    // it was committed, in a term at least the snapshot's.
+    let snapshot_term = storage.term_of(map.applied_index()).expect("the snapshot point is the log's start");
+    if hs.commit < map.applied_index() || hs.term < snapshot_term {
+        hs.commit = hs.commit.max(map.applied_index());
+        if hs.term < snapshot_term {
+            // A vote belongs to its term; it does not carry over.
+            hs.term = snapshot_term;
+            hs.vote = raft::INVALID_ID;
+        }
         storage.set_hard_state(hs);
     }
     let raft_config = raft::Config {

@@ -32,6 +32,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     kv_cli::logging::init(&settings.log_level, settings.log_json);
+    abort_on_panic();
     let _failpoints = fail::FailScenario::setup();
     match run(settings) {
         Ok(()) => ExitCode::SUCCESS,
@@ -104,6 +105,18 @@ fn run(mut s: Settings) -> Result<(), String> {
     } else {
         Err(errors.join("; "))
     }
+}
+
+/// A panic is a broken invariant. One core dying while the others serve
+/// would leave its shards unanswered and their waiting requests hanging:
+/// log it and take the whole process down (release builds abort anyway).
+fn abort_on_panic() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        tracing::error!("fatal: {info}");
+        default(info);
+        std::process::abort();
+    }));
 }
 
 /// Creates the data directory if needed, checks it is usable, and takes its

@@ -7,7 +7,7 @@
 //! the next one — group commit falls out of that.
 //!
 //! Durability protocol of a flush (what a crash at each step leaves):
-//! 1. rotation only: fdatasync the old segment, create and preallocate the
+//! 1. rotation only: fdatasync the old segment (whatever the policy), create and preallocate the
 //!    new one, fsync the directory — a crash leaves an unwritten segment,
 //!    which recovery removes;
 //! 2. write — a crash leaves a torn tail, which recovery truncates;
@@ -47,7 +47,8 @@ pub enum FsyncPolicy {
     Always,
     /// Every interval; writes are acknowledged once written.
     Interval(Duration),
-    /// Never (records are written, and synced only at clean shutdown).
+    /// Never per flush: records are written, and synced only when a segment
+    /// fills up and at clean shutdown.
     Never,
 }
 
@@ -150,7 +151,7 @@ impl Wal {
             staged: Vec::new(),
             staged_max_index: HashMap::new(),
             staged_meta: Vec::new(),
-            checkpoint: BTreeMap::new(),
+            checkpoint: recovered.latest_meta.into_iter().map(|r| (meta_key(&r), r)).collect(),
             next_batch: recovered.next_batch,
             flushing: false,
             poisoned: None,
@@ -242,8 +243,7 @@ impl Wal {
             record.encode_into(batch, self.config.fsync.syncs_each_flush(), &mut checkpoint);
         }
         for record in std::mem::take(&mut inner.staged_meta) {
-            let kind = if matches!(record, Record::HardState { .. }) { 0 } else { 1 };
-            inner.checkpoint.insert((record.group(), kind), record);
+            inner.checkpoint.insert(meta_key(&record), record);
         }
         FlushJob {
             records: std::mem::take(&mut inner.staged),
@@ -287,7 +287,7 @@ impl Wal {
             let mut bytes = Vec::with_capacity(seg.tail.len() + job.checkpoint.len() + job.records.len());
             if fresh_segment {
                 assert_eq!(seg.end, 0, "fresh segment");
-                bytes.extend_from_slice(&segment::encode_header(self.config.core, seg.seq));
+                bytes.extend_from_slice(&segment::encode_header(self.config.core, seg.seq, seg.capacity));
                 bytes.extend_from_slice(&job.checkpoint);
             } else {
                 bytes.extend_from_slice(&seg.tail);
@@ -325,9 +325,10 @@ impl Wal {
     async fn rotate(&self, seq: u64, job: &FlushJob) -> Result<(), WalError> {
         let old = self.inner.borrow_mut().current.take();
         if let Some(old) = old {
-            if self.config.fsync != FsyncPolicy::Never {
-                fdatasync(&old.file, &self.config.dir).await?;
-            }
+            // Under every policy, `never` included: only the newest segment
+            // may end in a torn write, or recovery could not tell a power
+            // loss from damage.
+            fdatasync(&old.file, &self.config.dir).await?;
         }
         let path = segment::path(&self.config.dir, seq);
         let needed = (SEGMENT_HEADER_BYTES + job.checkpoint.len() + job.records.len()) as u64;
@@ -379,7 +380,10 @@ impl Wal {
             inner.bytes_since_compaction = 0;
             let current = inner.current.as_ref().map(|s| s.seq);
             let mut doomed = Vec::new();
-            while let Some(front) = inner.segments.front() {
+            // Never the newest segment: during a rotation `current` is empty
+            // while the old segment is still the last one on disk.
+            while inner.segments.len() > 1 {
+                let front = inner.segments.front().expect("len > 1");
                 let covered = front.max_index.iter().all(|(g, max)| *max <= snapshot_index(*g));
                 if Some(front.seq) == current || !covered {
                     break;
@@ -402,6 +406,11 @@ impl Wal {
     pub fn segment_count(&self) -> usize {
         self.inner.borrow().segments.len()
     }
+}
+
+/// Checkpoint key of a hard or conf state record: (group, kind).
+fn meta_key(record: &Record) -> (u32, u8) {
+    (record.group(), if matches!(record, Record::HardState { .. }) { 0 } else { 1 })
 }
 
 async fn open_tail(dir: &Path, tail: &Tail) -> Result<Segment, WalError> {

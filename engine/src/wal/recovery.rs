@@ -59,6 +59,9 @@ pub struct Recovered {
     /// The batch number the writer uses next.
     pub next_batch: u64,
     pub records: u64,
+    /// The newest hard state and conf state record of each group: the
+    /// checkpoint the next new segment starts with.
+    pub latest_meta: Vec<Record>,
     /// Human-readable notes about torn tails truncated or files removed.
     pub warnings: Vec<String>,
 }
@@ -73,6 +76,15 @@ pub fn recover(
     let seqs = list_segments(dir)?;
     let mut out = Recovered { next_batch: 1, ..Recovered::default() };
     let mut last_batch = 0u64;
+    let mut latest_meta = std::collections::BTreeMap::new();
+    let mut visit = |record: Record| {
+        match &record {
+            Record::HardState { group, .. } => latest_meta.insert((*group, 0u8), record.clone()),
+            Record::ConfState { group, .. } => latest_meta.insert((*group, 1u8), record.clone()),
+            Record::Entry { .. } => None,
+        };
+        visit(record)
+    };
     for (i, &seq) in seqs.iter().enumerate() {
         if i > 0 && seq != seqs[i - 1] + 1 {
             return Err(WalError::Corrupt {
@@ -85,10 +97,19 @@ pub fn recover(
         let is_last = i + 1 == seqs.len();
         let path = segment::path(dir, seq);
         let data = std::fs::read(&path).map_err(|e| WalError::io(&path, "read segment", e))?;
-        match segment::check_header(&data, core, seq) {
-            Ok(()) => {}
-            Err(HeaderProblem::Unwritten) if is_last => {
-                let note = format!("{}: segment was created but never written; removed it", path.display());
+        let capacity = match segment::check_header(&data, core, seq) {
+            Ok(capacity) => capacity,
+            Err(problem @ (HeaderProblem::Unwritten | HeaderProblem::Truncated)) if is_last => {
+                let note = match problem {
+                    HeaderProblem::Unwritten => {
+                        format!("{}: segment was created but never written; removed it", path.display())
+                    }
+                    _ => format!(
+                        "{}: segment was cut to {} bytes, shorter than its header; removed it",
+                        path.display(),
+                        data.len()
+                    ),
+                };
                 warn!("{note}");
                 out.warnings.push(note);
                 std::fs::remove_file(&path).map_err(|e| WalError::io(&path, "remove unwritten segment", e))?;
@@ -98,14 +119,28 @@ pub fn recover(
             Err(HeaderProblem::Unwritten) => {
                 return Err(corrupt(&path, 0, "segment header was never written, but later segments exist"));
             }
+            Err(HeaderProblem::Truncated) => return Err(corrupt(&path, 0, "segment is shorter than its header")),
             Err(HeaderProblem::Invalid(why)) => return Err(corrupt(&path, 0, &why)),
+        };
+        if (data.len() as u64) < capacity {
+            // Preallocated files never shrink by themselves: this one was cut.
+            let why =
+                format!("segment is {} bytes, but was created with {capacity}: the file was truncated", data.len());
+            if !is_last {
+                return Err(corrupt(&path, data.len(), &why));
+            }
+            let note = format!("{}: {why}; records past the cut, if there were any, are lost", path.display());
+            warn!("{note}");
+            out.warnings.push(note);
+            restore_length(&path, capacity)?;
         }
         let mut meta = SegmentMeta { seq, path: path.clone(), max_index: HashMap::new() };
         let end = read_records(&data, &path, is_last, &mut last_batch, &mut meta, &mut out, &mut visit)?;
-        out.tail = Some(Tail { seq, end: end as u64, capacity: data.len() as u64 });
+        out.tail = Some(Tail { seq, end: end as u64, capacity });
         out.segments.push(meta);
     }
     out.next_batch = last_batch + 1;
+    out.latest_meta = latest_meta.into_values().collect();
     Ok(out)
 }
 
@@ -185,6 +220,16 @@ fn truncate_tail(path: &Path, data: &[u8], at: usize, problem: &str, out: &mut R
     // IMPORTANT: fsync — the repaired tail must be durable before new records
     // are appended after it.
     file.sync_data().map_err(|e| WalError::io(path, "fdatasync repaired segment", e))
+}
+
+/// Gives a cut segment its size back (the cut part reads as zeros), so the
+/// repair is reported once, not at every start.
+fn restore_length(path: &Path, capacity: u64) -> Result<(), WalError> {
+    let file = OpenOptions::new().write(true).open(path).map_err(|e| WalError::io(path, "open segment", e))?;
+    file.set_len(capacity).map_err(|e| WalError::io(path, "restore segment length", e))?;
+    // IMPORTANT: fsync — the restored length must be durable before new
+    // records are written into it.
+    file.sync_all().map_err(|e| WalError::io(path, "fsync segment", e))
 }
 
 fn list_segments(dir: &Path) -> Result<Vec<u64>, WalError> {

@@ -10,8 +10,15 @@
 //! 8  4  format version (1)
 //! 12 4  core index
 //! 16 8  segment sequence number
-//! 24 4  crc32 of bytes 0..24
-//! 28 …  zeros up to SEGMENT_HEADER_BYTES
+//! 24 8  capacity: the preallocated file size
+//! 32 4  crc32 of bytes 0..32
+//! 36 …  zeros up to SEGMENT_HEADER_BYTES
+//! ```
+//!
+//! The capacity lets recovery tell a truncated file (damage: a torn write
+//! never shortens a preallocated file) from a clean one.
+//!
+//! ```text
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -50,35 +57,42 @@ pub fn parse_name(name: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
-pub fn encode_header(core: u32, seq: u64) -> [u8; SEGMENT_HEADER_BYTES] {
+pub fn encode_header(core: u32, seq: u64, capacity: u64) -> [u8; SEGMENT_HEADER_BYTES] {
     let mut h = [0u8; SEGMENT_HEADER_BYTES];
     h[0..8].copy_from_slice(MAGIC);
     h[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
     h[12..16].copy_from_slice(&core.to_le_bytes());
     h[16..24].copy_from_slice(&seq.to_le_bytes());
-    let crc = crc32fast::hash(&h[0..24]);
-    h[24..28].copy_from_slice(&crc.to_le_bytes());
+    h[24..32].copy_from_slice(&capacity.to_le_bytes());
+    let crc = crc32fast::hash(&h[0..32]);
+    h[32..36].copy_from_slice(&crc.to_le_bytes());
     h
 }
 
 /// Why a header did not check out.
 #[derive(Debug, PartialEq, Eq)]
 pub enum HeaderProblem {
-    /// All zeros (or the file is shorter than a header): never written.
+    /// Empty or all zeros: created, never written.
     Unwritten,
+    /// Shorter than a header block but not empty: the file was cut.
+    Truncated,
     /// Written, but not by this format, this core, or with this name.
     Invalid(String),
 }
 
-pub fn check_header(buf: &[u8], core: u32, seq: u64) -> Result<(), HeaderProblem> {
-    if buf.len() < SEGMENT_HEADER_BYTES || buf[..SEGMENT_HEADER_BYTES].iter().all(|&b| b == 0) {
+/// Checks a segment's header; returns the capacity it records.
+pub fn check_header(buf: &[u8], core: u32, seq: u64) -> Result<u64, HeaderProblem> {
+    if buf[..buf.len().min(SEGMENT_HEADER_BYTES)].iter().all(|&b| b == 0) {
         return Err(HeaderProblem::Unwritten);
+    }
+    if buf.len() < SEGMENT_HEADER_BYTES {
+        return Err(HeaderProblem::Truncated);
     }
     let u32_at = |at: usize| u32::from_le_bytes(buf[at..at + 4].try_into().expect("4 bytes"));
     if &buf[0..8] != MAGIC {
         return Err(HeaderProblem::Invalid("bad magic: not a kvd WAL segment".into()));
     }
-    if crc32fast::hash(&buf[0..24]) != u32_at(24) {
+    if crc32fast::hash(&buf[0..32]) != u32_at(32) {
         return Err(HeaderProblem::Invalid("header checksum mismatch".into()));
     }
     if u32_at(8) != FORMAT_VERSION {
@@ -91,7 +105,7 @@ pub fn check_header(buf: &[u8], core: u32, seq: u64) -> Result<(), HeaderProblem
     if found != seq {
         return Err(HeaderProblem::Invalid(format!("header says segment {found}, file name says {seq}")));
     }
-    Ok(())
+    Ok(u64::from_le_bytes(buf[24..32].try_into().expect("8 bytes")))
 }
 
 #[cfg(test)]
@@ -108,8 +122,10 @@ mod tests {
 
     #[test]
     fn header_checks() {
-        let h = encode_header(1, 9);
-        assert_eq!(check_header(&h, 1, 9), Ok(()));
+        let h = encode_header(1, 9, 1 << 20);
+        assert_eq!(check_header(&h, 1, 9), Ok(1 << 20));
+        assert_eq!(check_header(&h[..100], 1, 9), Err(HeaderProblem::Truncated));
+        assert_eq!(check_header(&[], 1, 9), Err(HeaderProblem::Unwritten));
         assert!(matches!(check_header(&h, 2, 9), Err(HeaderProblem::Invalid(_))));
         assert!(matches!(check_header(&h, 1, 8), Err(HeaderProblem::Invalid(_))));
         assert_eq!(check_header(&[0u8; SEGMENT_HEADER_BYTES], 1, 9), Err(HeaderProblem::Unwritten));

@@ -319,3 +319,46 @@ fn a_large_record_gets_a_segment_of_its_own() {
     assert_eq!(records.last(), Some(&big));
     assert_eq!(recovered.segments.len(), 2);
 }
+
+/// Regression: compaction racing a rotation deleted the segment being
+/// rotated out (the newest on disk), losing every group's hard state.
+#[test]
+fn compaction_during_a_rotation_keeps_the_newest_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_path_buf();
+    run(move || async move {
+        let wal = std::rc::Rc::new(
+            Wal::open(config(&d, segment::SEGMENT_BYTES_MIN), recover(&d, 0, |_| Ok(())).unwrap()).await.unwrap(),
+        );
+        wal.append(&entry(0, 1, 10));
+        wal.append(&hard_state(0, 1));
+        wal.flush().await.unwrap();
+        // A batch too big for segment 1: its flush rotates.
+        wal.append(&entry(0, 2, 100 * 1024));
+        let w = wal.clone();
+        let flushing = glommio::spawn_local(async move { w.flush().await });
+        futures_lite::future::yield_now().await;
+        assert!(wal.is_flushing(), "the rotating flush is under way");
+        assert_eq!(wal.compact(|_| 3).await.unwrap(), 0, "nothing deletable mid-rotation");
+        flushing.await.unwrap();
+    });
+    let (records, _) = read_all(dir.path()).unwrap();
+    assert!(records.contains(&hard_state(0, 1)), "hard state survives: {records:?}");
+}
+
+/// Regression: a last segment cut at a record boundary recovered silently.
+#[test]
+fn a_truncated_last_segment_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let batches: Vec<Vec<Record>> = (1..=10).map(|i| vec![entry(0, i, 200)]).collect();
+    write_batches(dir.path(), segment::SEGMENT_BYTES_DEFAULT, batches);
+    let path = only_segment(dir.path());
+    let boundary = SEGMENT_HEADER_BYTES + 6 * record::align_up(RECORD_HEADER + 200);
+    std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(boundary as u64).unwrap();
+    let (records, recovered) = read_all(dir.path()).unwrap();
+    assert_eq!(records.len(), 6);
+    let warning = recovered.warnings.join("\n");
+    assert!(warning.contains("truncated") && warning.contains(path.to_str().unwrap()), "{warning}");
+    // Reported once: the repair restored the file's length.
+    assert!(read_all(dir.path()).unwrap().1.warnings.is_empty());
+}

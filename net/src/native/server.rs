@@ -95,7 +95,8 @@ async fn serve_connection(mut stream: TcpStream, svc: &Rc<Service>) -> io::Resul
     }
     // A second handle on the same socket lets the writer task write while
     // the reader reads, with no lock between them.
-    let fd = unsafe { libc::dup(stream.as_raw_fd()) };
+    // SAFETY: duplicating a descriptor we own; close-on-exec like the original.
+    let fd = unsafe { libc::fcntl(stream.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -160,6 +161,12 @@ async fn read_loop(stream: &mut TcpStream, svc: &Rc<Service>, outbox: &Rc<Outbox
     let mut want = READ_CHUNK_BYTES;
     loop {
         loop {
+            // Checked before every request: a client that keeps its pipeline
+            // full always has data ready, so the read below never yields to
+            // the shutdown signal by itself.
+            if svc.shutdown.is_triggered() {
+                return Ok(());
+            }
             let header = match codec::parse_header(&buf, svc.limits.frame_bytes_max) {
                 Ok(Some(h)) => h,
                 Ok(None) => break,
@@ -178,7 +185,11 @@ async fn read_loop(stream: &mut TcpStream, svc: &Rc<Service>, outbox: &Rc<Outbox
                 break;
             }
             let frame = buf.split_to(header.frame_bytes).freeze();
-            if outbox.permits.acquire(1).await.is_err() {
+            let slot = futures_lite::future::or(async { outbox.permits.acquire(1).await.is_ok() }, async {
+                svc.shutdown.wait().await;
+                false
+            });
+            if !slot.await {
                 return Ok(());
             }
             dispatch(svc, outbox, header.id, header.code, frame);
