@@ -69,7 +69,7 @@ impl Conn {
             Protocol::Native => {
                 let key = Bytes::copy_from_slice(key);
                 let req = match op {
-                    Op::Get => Request::Get { key },
+                    Op::Get => Request::Get { key, consistency: kv_replication::Consistency::Lease },
                     Op::Set => Request::Put { key, value: Bytes::copy_from_slice(value), condition: Condition::Always },
                 };
                 codec::encode_request(self.next_id, &req, &mut self.out);

@@ -10,8 +10,10 @@
 //! Everything is validated once, at startup, into [`Settings`]; errors say
 //! which setting is wrong and what would be accepted.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
@@ -101,6 +103,19 @@ pub struct Options {
     /// io_uring buffer memory per core in bytes [default: 1048576].
     #[arg(long, env = "KVD_IO_MEMORY_BYTES")]
     pub io_memory_bytes: Option<usize>,
+    /// Every node of the cluster with its peer address (this node's too):
+    /// `1=HOST:PORT,2=HOST:PORT,...`. Core c of a node uses PORT + c. Empty: a single node.
+    #[arg(long, env = "KVD_PEERS")]
+    pub peers: Option<String>,
+    /// Where this node's peer listener binds [default: its entry in --peers].
+    #[arg(long, env = "KVD_PEER_LISTEN")]
+    pub peer_listen: Option<String>,
+    /// Replicas per shard, at most the number of nodes [default: min(3, nodes)].
+    #[arg(long, env = "KVD_REPLICATION_FACTOR")]
+    pub replication_factor: Option<u32>,
+    /// File holding the secret every node of the cluster shares (at least 16 bytes).
+    #[arg(long, env = "KVD_CLUSTER_SECRET_FILE")]
+    pub cluster_secret_file: Option<PathBuf>,
 }
 
 /// Fills every `None` of `a` from `b`.
@@ -191,9 +206,25 @@ pub struct Settings {
     pub wal_segment_bytes: u64,
     pub snapshot_wal_bytes: u64,
     pub io_memory_bytes: usize,
+    /// `None` for a single node.
+    pub cluster: Option<ClusterSettings>,
     /// The resolved options, defaults filled in (for `--print-config`).
     pub effective: Options,
 }
+
+/// A node's place in a cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    /// Peer address (core 0) of every node, this one included.
+    pub peers: BTreeMap<u64, SocketAddr>,
+    /// Where this node's core 0 peer listener binds.
+    pub peer_listen: SocketAddr,
+    pub replication_factor: u32,
+    pub secret: Arc<Vec<u8>>,
+}
+
+/// Shortest cluster secret accepted.
+pub const CLUSTER_SECRET_BYTES_MIN: usize = 16;
 
 impl Settings {
     pub fn from_options(options: Options) -> Result<Settings, String> {
@@ -238,10 +269,18 @@ impl Settings {
         if !(1..=1024).contains(&shards_per_core) {
             return Err(format!("shards_per_core: {shards_per_core} is not between 1 and 1024"));
         }
+        let cpus = parse_cores(&get(&o.cores))?;
+        let cluster = parse_cluster(&o, node_id, cpus.len())?;
+        if cluster.is_some() && !persistent {
+            return Err("persistence: none cannot be used in a cluster: a node that forgets its Raft votes \
+                        on restart can elect two leaders"
+                .to_string());
+        }
         Ok(Settings {
             data_dir: o.data_dir.clone().expect("default"),
             listen,
-            cpus: parse_cores(&get(&o.cores))?,
+            cpus,
+            cluster,
             fsync: parse_fsync(&get(&o.fsync))?,
             persistent,
             node_id,
@@ -259,6 +298,53 @@ impl Settings {
     pub fn to_toml(&self) -> String {
         toml::to_string(&self.effective).expect("options serialise")
     }
+}
+
+/// `1=HOST:PORT,2=HOST:PORT`.
+pub fn parse_peers(s: &str) -> Result<BTreeMap<u64, SocketAddr>, String> {
+    let mut peers = BTreeMap::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let err = || format!("peers: {part:?} is not ID=IP:PORT (e.g. 2=127.0.0.1:7480)");
+        let (id, addr) = part.split_once('=').ok_or_else(err)?;
+        let id: u64 = id.trim().parse().map_err(|_| err())?;
+        let addr: SocketAddr = addr.trim().parse().map_err(|_| err())?;
+        if id == 0 || peers.insert(id, addr).is_some() {
+            return Err(format!("peers: node id {id} is zero or listed twice"));
+        }
+    }
+    Ok(peers)
+}
+
+fn parse_cluster(o: &Options, node_id: u64, cores: usize) -> Result<Option<ClusterSettings>, String> {
+    let peers = parse_peers(o.peers.as_deref().unwrap_or(""))?;
+    if peers.is_empty() {
+        return Ok(None);
+    }
+    let own = *peers.get(&node_id).ok_or_else(|| format!("peers: this node's id {node_id} is not in the list"))?;
+    let peer_listen = match &o.peer_listen {
+        Some(a) => a.parse().map_err(|_| format!("peer_listen: {a:?} is not an IP:PORT address"))?,
+        None => own,
+    };
+    for (id, addr) in peers.iter().map(|(i, a)| (*i, *a)).chain([(node_id, peer_listen)]) {
+        if addr.port() == 0 || addr.port() as usize + cores > 65536 {
+            return Err(format!("peers: node {id}'s port {} leaves no room for {cores} per-core ports", addr.port()));
+        }
+    }
+    let nodes = peers.len() as u32;
+    let replication_factor = o.replication_factor.unwrap_or(nodes.min(3));
+    if replication_factor == 0 || replication_factor > nodes {
+        return Err(format!("replication_factor: {replication_factor} must be between 1 and the {nodes} nodes"));
+    }
+    let path = o.cluster_secret_file.as_ref().ok_or("cluster_secret_file: a cluster needs a shared secret file")?;
+    let secret = std::fs::read(path).map_err(|e| format!("cluster_secret_file {}: {e}", path.display()))?;
+    let secret = secret.trim_ascii().to_vec();
+    if secret.len() < CLUSTER_SECRET_BYTES_MIN {
+        return Err(format!(
+            "cluster_secret_file {}: the secret must be at least {CLUSTER_SECRET_BYTES_MIN} bytes",
+            path.display()
+        ));
+    }
+    Ok(Some(ClusterSettings { peers, peer_listen, replication_factor, secret: Arc::new(secret) }))
 }
 
 /// `always`, `never` or `interval:<ms>`.
@@ -358,6 +444,57 @@ mod tests {
         let from_file = Settings::from_options(Options::from_file(&path).unwrap()).unwrap();
         let defaults = Settings::from_options(Options::default()).unwrap();
         assert_eq!(from_file.to_toml(), defaults.to_toml());
+    }
+
+    #[test]
+    fn cluster_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "0123456789abcdef0123\n").unwrap();
+        let peers = "1=127.0.0.1:7480,2=127.0.0.1:7490,3=127.0.0.1:7500";
+        let ok = Options::try_parse_from([
+            "kvd",
+            "--cores",
+            "0",
+            "--peers",
+            peers,
+            "--cluster-secret-file",
+            secret.to_str().unwrap(),
+        ])
+        .unwrap();
+        let c = Settings::from_options(ok).unwrap().cluster.expect("a cluster");
+        assert_eq!((c.peers.len(), c.replication_factor, c.peer_listen.port()), (3, 3, 7480));
+        assert_eq!(c.secret.len(), 20, "trailing newline trimmed");
+        let bad = [
+            (vec!["--peers", peers], "secret"),
+            (vec!["--peers", "2=127.0.0.1:7490"], "not in the list"),
+            (vec!["--peers", "1=nowhere"], "ID=IP:PORT"),
+            (
+                vec!["--peers", peers, "--cluster-secret-file", secret.to_str().unwrap(), "--replication-factor", "4"],
+                "replication_factor",
+            ),
+            (
+                vec!["--peers", peers, "--cluster-secret-file", secret.to_str().unwrap(), "--persistence", "none"],
+                "persistence",
+            ),
+        ];
+        for (args, needle) in bad {
+            let cli = Options::try_parse_from(["kvd", "--cores", "0"].into_iter().chain(args.iter().copied())).unwrap();
+            let err = Settings::from_options(cli).unwrap_err();
+            assert!(err.contains(needle), "{args:?}: {err}");
+        }
+        std::fs::write(&secret, "short").unwrap();
+        let cli = Options::try_parse_from([
+            "kvd",
+            "--cores",
+            "0",
+            "--peers",
+            peers,
+            "--cluster-secret-file",
+            secret.to_str().unwrap(),
+        ])
+        .unwrap();
+        assert!(Settings::from_options(cli).unwrap_err().contains("at least 16"));
     }
 
     #[test]

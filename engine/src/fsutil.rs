@@ -19,8 +19,27 @@ pub fn create_dir_durable(dir: &Path) -> io::Result<()> {
         return Ok(());
     }
     std::fs::create_dir_all(dir)?;
-    if let Some(parent) = dir.parent() {
-        sync_dir(parent)?;
+    match dir.parent() {
+        // A relative name like "data" has the empty path as its parent.
+        Some(parent) if parent.as_os_str().is_empty() => sync_dir(Path::new(".")),
+        Some(parent) => sync_dir(parent),
+        None => Ok(()),
     }
-    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn creates_relative_and_nested_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        let nested = dir.path().join("a/b/c");
+        super::create_dir_durable(&nested).unwrap();
+        assert!(nested.is_dir());
+        // A bare relative name (parent is the empty path).
+        let cwd = std::env::current_dir().unwrap();
+        let name = format!("kvd-fsutil-test-{}", std::process::id());
+        super::create_dir_durable(std::path::Path::new(&name)).unwrap();
+        assert!(cwd.join(&name).is_dir());
+        std::fs::remove_dir(cwd.join(&name)).unwrap();
+    }
 }

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use kv_engine::Condition;
+use kv_replication::Consistency;
 
 use crate::native::codec::{self, Hello, Request, Response, Status, Welcome, WelcomeStatus};
 
@@ -165,11 +166,25 @@ impl Client {
         }
     }
 
-    /// The value and its version, or `None` if the key does not exist.
+    /// The value and its version, or `None` if the key does not exist
+    /// (a lease read).
     pub fn get(&mut self, key: &[u8]) -> Result<Option<(Vec<u8>, u64)>, ClientError> {
-        match self.call(&Request::Get { key: Bytes::copy_from_slice(key) })? {
+        self.get_with(key, Consistency::Lease)
+    }
+
+    /// A read at the given consistency.
+    pub fn get_with(&mut self, key: &[u8], consistency: Consistency) -> Result<Option<(Vec<u8>, u64)>, ClientError> {
+        match self.call(&Request::Get { key: Bytes::copy_from_slice(key), consistency })? {
             Response::Value { version, value } => Ok(Some((value.to_vec(), version))),
             Response::NotFound => Ok(None),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// The answering node's view of the cluster, as JSON text.
+    pub fn status(&mut self) -> Result<String, ClientError> {
+        match self.call(&Request::Status)? {
+            Response::Status(json) => Ok(json),
             other => Err(unexpected(other)),
         }
     }

@@ -5,6 +5,8 @@
 //!   locally or forwarded over the [`mesh`] of cross-core channels.
 //! - [`listener`]: `SO_REUSEPORT` sockets, one per core, and accept loops.
 //! - [`node`]: one core's life from start to clean stop.
+//! - [`peer`]: the authenticated node-to-node transport (Raft messages,
+//!   forwarded requests); [`route`]: serving or forwarding to the leader.
 //! - [`client`]: the blocking Rust client `kvctl` uses.
 //! - [`limits`]: request limits enforced at the edge.
 //!
@@ -17,4 +19,6 @@ pub mod listener;
 pub mod mesh;
 pub mod native;
 pub mod node;
+pub mod peer;
+pub mod route;
 pub mod service;

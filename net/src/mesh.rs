@@ -12,7 +12,9 @@ use std::rc::Rc;
 use bytes::Bytes;
 use glommio::channels::shared_channel::{self, ConnectedReceiver, ConnectedSender, SharedReceiver, SharedSender};
 use kv_engine::{Command, Outcome, Stored};
-use kv_replication::{oneshot, Core, CoreError};
+use kv_replication::{oneshot, Consistency, CoreError};
+
+use crate::route::{self, Owner};
 
 /// Requests in flight from one core to another before senders wait.
 pub const MESH_CHANNEL_DEPTH: usize = 1024;
@@ -20,14 +22,20 @@ pub const MESH_CHANNEL_DEPTH: usize = 1024;
 /// An operation on one shard.
 #[derive(Debug, Clone)]
 pub enum Op {
-    Get { key: Bytes },
+    Get {
+        key: Bytes,
+        consistency: Consistency,
+    },
     Write(Command),
+    /// This core's groups and links, as JSON.
+    Status,
 }
 
 #[derive(Debug, Clone)]
 pub enum Reply {
     Value(Option<Stored>),
     Outcome(Outcome),
+    Status(String),
 }
 
 pub struct CrossRequest {
@@ -113,9 +121,9 @@ impl MeshEnds {
 }
 
 impl ConnectedEnds {
-    /// Starts the tasks that serve other cores' requests with `core` and
+    /// Starts the tasks that serve other cores' requests with `owner` and
     /// route replies back to their waiters.
-    pub fn start(self, core: Core) -> Rc<Mesh> {
+    pub fn start(self, owner: Rc<Owner>) -> Rc<Mesh> {
         let mesh = Rc::new(Mesh {
             core: self.core,
             requests_to: self.requests_to,
@@ -124,7 +132,7 @@ impl ConnectedEnds {
         });
         let pairs = self.requests_from.into_iter().zip(self.replies_to);
         for (rx, tx) in pairs.filter_map(|(rx, tx)| Some((rx?, tx?))) {
-            glommio::spawn_local(serve_peer(rx, Rc::new(tx), core.clone())).detach();
+            glommio::spawn_local(serve_peer(rx, Rc::new(tx), owner.clone())).detach();
         }
         for rx in self.replies_from.into_iter().flatten() {
             glommio::spawn_local(route_replies(rx, mesh.clone())).detach();
@@ -169,19 +177,15 @@ impl Mesh {
     }
 }
 
-/// Executes an operation against this core's groups.
-pub async fn execute_local(core: &Core, shard: u32, op: Op) -> Result<Reply, CoreError> {
-    match op {
-        Op::Get { key } => core.read(shard, &key).map(Reply::Value),
-        Op::Write(command) => core.write(shard, command).await.map(Reply::Outcome),
-    }
-}
-
-async fn serve_peer(requests: ConnectedReceiver<CrossRequest>, replies: Rc<ConnectedSender<CrossReply>>, core: Core) {
+async fn serve_peer(
+    requests: ConnectedReceiver<CrossRequest>,
+    replies: Rc<ConnectedSender<CrossReply>>,
+    owner: Rc<Owner>,
+) {
     while let Some(req) = requests.recv().await {
-        let (core, replies) = (core.clone(), replies.clone());
+        let (owner, replies) = (owner.clone(), replies.clone());
         glommio::spawn_local(async move {
-            let result = execute_local(&core, req.shard, req.op).await;
+            let result = route::execute(&owner, req.shard, req.op, 0).await;
             // The requesting core is gone only when the node is stopping.
             let _ = replies.send(CrossReply { id: req.id, result }).await;
         })

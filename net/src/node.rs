@@ -16,13 +16,15 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kv_replication::transport::NoPeers;
+use kv_replication::transport::{NoPeers, Transport};
 use kv_replication::{Core, CoreConfig};
 
 use crate::limits::Limits;
 use crate::mesh::MeshEnds;
+use crate::peer::{PeerConfig, PeerTransport, Peers};
+use crate::route::Owner;
 use crate::service::{Service, Shutdown};
-use crate::{listener, native};
+use crate::{listener, native, peer};
 
 /// How often a core looks at the process-wide flags.
 const FLAG_POLL_INTERVAL: Duration = Duration::from_millis(20);
@@ -51,6 +53,8 @@ pub struct CoreSetup {
     pub native_listener: TcpListener,
     pub mesh: MeshEnds,
     pub signals: Arc<NodeSignals>,
+    /// Peers and this core's peer listener; `None` on a single node.
+    pub peer: Option<(PeerConfig, TcpListener)>,
 }
 
 /// Runs one core. Returns an error message if it could not start or stop
@@ -66,21 +70,38 @@ pub async fn run_core(setup: CoreSetup) -> Result<(), String> {
 }
 
 async fn run(setup: CoreSetup) -> Result<(), String> {
-    let CoreSetup { config, limits, native_listener, mesh, signals } = setup;
+    let CoreSetup { config, limits, native_listener, mesh, signals, peer } = setup;
     let core_index = config.core;
-    let layout = config.layout;
+    let layout = config.layout.clone();
     let mesh = mesh.connect().await;
-    let core = Core::open(config, Box::new(NoPeers)).await.map_err(|e| format!("core {core_index}: {e}"))?;
-    let mesh = mesh.start(core.clone());
+    let (peers, peer_listener) = match peer {
+        Some((peer_config, l)) => (Some(Peers::start(peer_config)), Some(l)),
+        None => (None, None),
+    };
+    let transport: Box<dyn Transport> = match &peers {
+        Some(p) => Box::new(PeerTransport(p.clone())),
+        None => Box::new(NoPeers),
+    };
+    let core = Core::open(config, transport).await.map_err(|e| format!("core {core_index}: {e}"))?;
+    let owner = Rc::new(Owner { core: core.clone(), layout: layout.clone(), peers: peers.clone() });
+    let mesh = mesh.start(owner.clone());
     let svc = Rc::new(Service {
         core_index,
-        layout,
-        core: core.clone(),
+        layout: layout.clone(),
+        owner,
         mesh,
         limits,
         shutdown: Shutdown::default(),
         connections: std::cell::Cell::new(0),
     });
+    let peer_acceptor = match (peer_listener, &peers) {
+        (Some(l), Some(p)) => {
+            // SAFETY: the fd comes from a listening socket this function owns.
+            let l = unsafe { glommio::net::TcpListener::from_raw_fd(l.into_raw_fd()) };
+            Some(glommio::spawn_local(peer::accept_loop(l, p.clone(), svc.clone())))
+        }
+        _ => None,
+    };
     core.wait_ready(READY_TIMEOUT).await.map_err(|e| format!("core {core_index}: {e}"))?;
     // SAFETY: the fd comes from a listening socket this function owns.
     let native = unsafe { glommio::net::TcpListener::from_raw_fd(native_listener.into_raw_fd()) };
@@ -96,7 +117,14 @@ async fn run(setup: CoreSetup) -> Result<(), String> {
     signals.drained.fetch_add(1, Ordering::SeqCst);
     let cores = layout.cores as usize;
     wait_until(|| signals.drained.load(Ordering::SeqCst) >= cores || signals.failed.load(Ordering::SeqCst)).await;
-    core.shutdown().await.map_err(|e| format!("core {core_index}: {e}"))?;
+    let stopped = core.shutdown().await.map_err(|e| format!("core {core_index}: {e}"));
+    if let Some(p) = &peers {
+        p.stop();
+    }
+    if let Some(a) = peer_acceptor {
+        a.await;
+    }
+    stopped?;
     tracing::debug!(core = core_index, "core stopped");
     Ok(())
 }

@@ -7,16 +7,17 @@ use std::cell::Cell;
 use std::rc::Rc;
 
 use glommio::sync::Semaphore;
-use kv_replication::{Core, CoreError, Layout};
+use kv_replication::{Consistency, CoreError, Layout};
 
 use crate::limits::Limits;
-use crate::mesh::{self, Mesh, Op, Reply};
+use crate::mesh::{Mesh, Op, Reply};
+use crate::route::{self, Owner};
 
 /// Per-core state shared by every connection on the core.
 pub struct Service {
     pub core_index: u32,
     pub layout: Layout,
-    pub core: Core,
+    pub owner: Rc<Owner>,
     pub mesh: Rc<Mesh>,
     pub limits: Limits,
     pub shutdown: Shutdown,
@@ -39,18 +40,26 @@ impl Service {
     /// Runs `op` for `key` wherever its shard lives.
     pub async fn execute(&self, key: &[u8], op: Op) -> Result<Reply, CoreError> {
         let (shard, owner) = self.route(key);
+        self.execute_on(shard, owner, op).await
+    }
+
+    /// Runs `op` for `shard` from core `owner` of this node.
+    pub async fn execute_on(&self, shard: u32, owner: u32, op: Op) -> Result<Reply, CoreError> {
         if owner == self.core_index {
-            mesh::execute_local(&self.core, shard, op).await
+            route::execute(&self.owner, shard, op, 0).await
         } else {
             self.mesh.forward(owner as usize, shard, op).await
         }
     }
 
-    /// A read that can be answered without waiting: the key's shard is on
-    /// this core. `None` if it lives elsewhere.
-    pub fn try_read_local(&self, key: &[u8]) -> Option<Result<Reply, CoreError>> {
+    /// A read answered without waiting, when the key's shard is on this
+    /// core and this replica may serve it at `consistency`; `None` otherwise.
+    pub fn try_read_now(&self, key: &[u8], consistency: Consistency) -> Option<Reply> {
         let (shard, owner) = self.route(key);
-        (owner == self.core_index).then(|| self.core.read(shard, key).map(Reply::Value))
+        if owner != self.core_index || consistency == Consistency::Strict {
+            return None;
+        }
+        self.owner.core.read_now(shard, key, consistency).ok().map(Reply::Value)
     }
 }
 

@@ -33,6 +33,33 @@ const DRIVE_ROUNDS_MAX: usize = 8;
 /// How long shutdown waits for in-flight writes to finish.
 const SHUTDOWN_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How fresh a read must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Consistency {
+    /// Linearizable: the leader confirms with a quorum first (ReadIndex).
+    Strict,
+    /// Linearizable while the leader's lease holds (see `Group::lease_valid`).
+    #[default]
+    Lease,
+    /// Whatever this replica has applied; may be behind.
+    Stale,
+}
+
+/// One group as raft sees it, for `cluster status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupStatus {
+    pub shard: u32,
+    pub leader: Option<u64>,
+    pub is_leader: bool,
+    pub term: u64,
+    pub commit: u64,
+    pub applied: u64,
+    pub last_index: u64,
+    pub keys: usize,
+    /// On a leader: (follower, entries it lacks).
+    pub follower_lag: Vec<(u64, u64)>,
+}
+
 /// Counters a core keeps about itself (exported as metrics).
 #[derive(Debug, Default)]
 pub struct CoreStats {
@@ -45,9 +72,13 @@ pub struct CoreStats {
     pub leader_changes: Cell<u64>,
 }
 
+/// A Ready waiting for its WAL flush: group, Ready number, and the messages
+/// that may only leave once it is durable.
+type Persisting = (u32, u64, Vec<(u32, Message)>);
+
 pub(crate) struct DriverState {
     /// Readies staged since the last flush started: (group, number, messages).
-    unpersisted: Vec<(u32, u64, Vec<Message>)>,
+    unpersisted: Vec<Persisting>,
     flushing: bool,
     tick_due: bool,
     stopping: bool,
@@ -144,24 +175,105 @@ impl Core {
         rx.await.unwrap_or(Err(CoreError::ShuttingDown))
     }
 
-    /// Reads a key from the shard's map. On the leader, every acknowledged
-    /// write is already applied, so this is linearizable for a single voter.
-    pub fn read(&self, shard: u32, key: &[u8]) -> Result<Option<Stored>, CoreError> {
+    /// Reads a key without waiting, if `consistency` allows it here:
+    /// `Stale` on any replica, `Lease` on a leader whose lease holds.
+    /// `Strict` never answers here (see [`Core::read`]).
+    pub fn read_now(&self, shard: u32, key: &[u8], consistency: Consistency) -> Result<Option<Stored>, CoreError> {
         let groups = self.0.groups.borrow();
         let group = groups.get(&shard).ok_or(CoreError::WrongCore(shard))?;
-        if !group.is_leader() {
+        let allowed = match consistency {
+            Consistency::Stale => true,
+            Consistency::Lease => group.lease_valid(),
+            Consistency::Strict => false,
+        };
+        if !allowed {
             return Err(CoreError::NotLeader { leader: group.leader_id() });
         }
         Ok(group.map.get(key).cloned())
     }
 
-    /// Whether every group has a leader here and has committed and applied
-    /// its whole log (including the new leader's own first entry, which
-    /// proves the log is durable and writable).
+    /// Reads a key at `consistency`; `Strict` confirms leadership with a
+    /// quorum (ReadIndex) and waits for the map to catch up first.
+    pub async fn read(&self, shard: u32, key: &[u8], consistency: Consistency) -> Result<Option<Stored>, CoreError> {
+        if consistency != Consistency::Strict {
+            return self.read_now(shard, key, consistency);
+        }
+        let rx = {
+            if self.0.state.borrow().stopping {
+                return Err(CoreError::ShuttingDown);
+            }
+            let mut groups = self.0.groups.borrow_mut();
+            groups.get_mut(&shard).ok_or(CoreError::WrongCore(shard))?.read_index()?
+        };
+        self.0.notify();
+        rx.await.unwrap_or(Err(CoreError::ShuttingDown))?;
+        let groups = self.0.groups.borrow();
+        Ok(groups.get(&shard).expect("shard checked above").map.get(key).cloned())
+    }
+
+    /// Delivers a message from a peer to `group`. Unknown groups and
+    /// messages raft refuses are dropped (Raft tolerates loss).
+    pub fn step(&self, group: u32, message: Message) {
+        let stepped = match self.0.groups.borrow_mut().get_mut(&group) {
+            Some(g) => g.node.step(message).map_err(|e| e.to_string()),
+            None => Err(format!("no group {group} on this core")),
+        };
+        match stepped {
+            Ok(()) => self.0.notify(),
+            Err(e) => tracing::debug!(core = self.0.config.core, group, "dropped a peer message: {e}"),
+        }
+    }
+
+    /// The leader this core knows for `shard`, if any.
+    pub fn leader_of(&self, shard: u32) -> Option<u64> {
+        self.0.groups.borrow().get(&shard).and_then(|g| g.leader_id())
+    }
+
+    /// Raft's view of every group on this core, for status reports.
+    pub fn group_status(&self) -> Vec<GroupStatus> {
+        self.0
+            .groups
+            .borrow()
+            .values()
+            .map(|g| {
+                let raft = &g.node.raft;
+                let last_index = raft.raft_log.last_index();
+                let followers = if g.is_leader() {
+                    raft.prs()
+                        .iter()
+                        .filter(|(id, _)| **id != raft.id)
+                        .map(|(id, pr)| (*id, last_index.saturating_sub(pr.matched)))
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                GroupStatus {
+                    shard: g.id,
+                    leader: g.leader_id(),
+                    is_leader: g.is_leader(),
+                    term: raft.term,
+                    commit: raft.raft_log.committed,
+                    applied: g.map.applied_index(),
+                    last_index,
+                    keys: g.map.len(),
+                    follower_lag: followers,
+                }
+            })
+            .collect()
+    }
+
+    /// Whether every group has replayed its log: applied everything it knew
+    /// to be committed. A group with one voter (this node) must also lead
+    /// and have committed its whole log, including its own first entry as
+    /// leader, which proves the WAL is writable. Groups with peers do not
+    /// wait for a leader: that needs the other nodes.
     pub fn is_ready(&self) -> bool {
+        let me = self.0.config.layout.node_id;
         self.0.groups.borrow().values().all(|g| {
             let log = &g.node.raft.raft_log;
-            g.is_leader() && log.committed >= log.last_index() && g.map.applied_index() >= log.committed
+            let replayed = g.map.applied_index() >= log.committed;
+            let alone = g.storage.conf_state().voters == [me];
+            replayed && (!alone || (g.is_leader() && log.committed >= log.last_index()))
         })
     }
 
@@ -300,7 +412,7 @@ impl Inner {
     }
 
     /// Tells raft that these Readies are durable and sends what waited.
-    fn persisted(&self, batch: Vec<(u32, u64, Vec<Message>)>) {
+    fn persisted(&self, batch: Vec<Persisting>) {
         let mut outbox = Vec::new();
         {
             let mut groups = self.groups.borrow_mut();
@@ -312,7 +424,7 @@ impl Inner {
         self.transport.send(outbox);
     }
 
-    fn flushed(self: &Rc<Self>, batch: Vec<(u32, u64, Vec<Message>)>, result: Result<FlushStats, WalError>) {
+    fn flushed(self: &Rc<Self>, batch: Vec<Persisting>, result: Result<FlushStats, WalError>) {
         self.state.borrow_mut().flushing = false;
         match result {
             Ok(stats) => {
@@ -356,7 +468,7 @@ async fn driver_loop(inner: Rc<Inner>, wakeups: LocalReceiver<()>) {
     }
 }
 
-async fn flush(inner: Rc<Inner>, wal: Rc<Wal>, batch: Vec<(u32, u64, Vec<Message>)>) {
+async fn flush(inner: Rc<Inner>, wal: Rc<Wal>, batch: Vec<Persisting>) {
     let result = wal.flush().await;
     inner.flushed(batch, result);
 }

@@ -24,6 +24,10 @@ use crate::CoreError;
 pub const LOG_RETAIN_ENTRIES: u64 = 4096;
 
 pub(crate) type Reply = oneshot::Sender<Result<Outcome, CoreError>>;
+pub(crate) type ReadReply = oneshot::Sender<Result<(), CoreError>>;
+
+/// Strict reads waiting on one group before new ones get `Busy`.
+pub const READS_WAITING_MAX: usize = 65_536;
 
 struct Pending {
     term: u64,
@@ -38,13 +42,18 @@ pub(crate) struct Group {
     /// Index of the newest durable snapshot of `map` (0 if none).
     pub snapshot_index: u64,
     pending: BTreeMap<u64, Pending>,
+    /// Strict reads that asked raft for a read index, by request context.
+    reads_waiting_index: BTreeMap<u64, ReadReply>,
+    /// Strict reads that know their read index, waiting for it to apply.
+    reads_waiting_apply: Vec<(u64, ReadReply)>,
+    next_read_ctx: u64,
 }
 
 /// What handling one Ready left for the driver.
 pub(crate) struct Handled {
     pub number: u64,
     /// Messages that may only be sent once this Ready is persisted.
-    pub after_persist: Vec<Message>,
+    pub after_persist: Vec<(u32, Message)>,
 }
 
 impl Group {
@@ -55,7 +64,17 @@ impl Group {
         map: ShardMap,
         snapshot_index: u64,
     ) -> Group {
-        Group { id, node, storage, map, snapshot_index, pending: BTreeMap::new() }
+        Group {
+            id,
+            node,
+            storage,
+            map,
+            snapshot_index,
+            pending: BTreeMap::new(),
+            reads_waiting_index: BTreeMap::new(),
+            reads_waiting_apply: Vec::new(),
+            next_read_ctx: 1,
+        }
     }
 
     pub fn is_leader(&self) -> bool {
@@ -68,6 +87,51 @@ impl Group {
 
     pub fn pending_count(&self) -> usize {
         self.pending.len()
+    }
+
+    /// Whether a read served from this replica's map now is linearizable
+    /// under the lease rule: it leads, and it has committed an entry of its
+    /// own term (so its map holds every write acknowledged by any leader).
+    /// With check_quorum, a leader cut off from the majority steps down
+    /// within an election timeout; that timeout is the lease.
+    pub fn lease_valid(&self) -> bool {
+        self.is_leader() && self.node.raft.commit_to_current_term()
+    }
+
+    /// Starts a ReadIndex round (a strict read); the receiver resolves once
+    /// the map has applied everything committed when the read began.
+    pub fn read_index(&mut self) -> Result<oneshot::Receiver<Result<(), CoreError>>, CoreError> {
+        if !self.is_leader() {
+            return Err(CoreError::NotLeader { leader: self.leader_id() });
+        }
+        if self.reads_waiting_index.len() + self.reads_waiting_apply.len() >= READS_WAITING_MAX {
+            return Err(CoreError::Busy);
+        }
+        let ctx = self.next_read_ctx;
+        self.next_read_ctx += 1;
+        let (tx, rx) = oneshot::channel();
+        self.reads_waiting_index.insert(ctx, tx);
+        self.node.read_index(ctx.to_le_bytes().to_vec());
+        Ok(rx)
+    }
+
+    fn release_reads(&mut self) {
+        let applied = self.map.applied_index();
+        let (ready, waiting): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.reads_waiting_apply).into_iter().partition(|(index, _)| *index <= applied);
+        self.reads_waiting_apply = waiting;
+        for (_, reply) in ready {
+            reply.send(Ok(()));
+        }
+    }
+
+    fn fail_reads(&mut self, err: CoreError) {
+        for (_, reply) in std::mem::take(&mut self.reads_waiting_index) {
+            reply.send(Err(err.clone()));
+        }
+        for (_, reply) in std::mem::take(&mut self.reads_waiting_apply) {
+            reply.send(Err(err.clone()));
+        }
     }
 
     /// Proposes a command; the receiver resolves when it is applied.
@@ -86,9 +150,16 @@ impl Group {
 
     /// Handles one Ready (the caller checked `has_ready`). Messages that may
     /// go out now are pushed to `outbox`.
-    pub fn handle_ready(&mut self, wal: Option<&Wal>, outbox: &mut Vec<Message>) -> Handled {
+    pub fn handle_ready(&mut self, wal: Option<&Wal>, outbox: &mut Vec<(u32, Message)>) -> Handled {
         let mut rd = self.node.ready();
-        outbox.extend(rd.take_messages());
+        let id = self.id;
+        outbox.extend(rd.take_messages().into_iter().map(|m| (id, m)));
+        for rs in rd.take_read_states() {
+            let ctx = u64::from_le_bytes(rs.request_ctx.as_slice().try_into().expect("kvd read contexts are 8 bytes"));
+            if let Some(reply) = self.reads_waiting_index.remove(&ctx) {
+                self.reads_waiting_apply.push((rs.index, reply));
+            }
+        }
         assert!(
             rd.snapshot().is_empty(),
             "group {}: installing a snapshot from a leader needs a replication transport",
@@ -96,6 +167,7 @@ impl Group {
         );
         let committed = rd.take_committed_entries();
         self.apply(committed, wal);
+        self.release_reads();
         let entries = rd.take_entries();
         if !entries.is_empty() {
             self.storage.append(&entries);
@@ -111,8 +183,12 @@ impl Group {
                 wal.append(&Record::HardState { group: self.id, term: hs.term, vote: hs.vote, commit: hs.commit });
             }
         }
-        let handled = Handled { number: rd.number(), after_persist: rd.take_persisted_messages() };
+        let after_persist = rd.take_persisted_messages().into_iter().map(|m| (id, m)).collect();
+        let handled = Handled { number: rd.number(), after_persist };
         self.node.advance_append_async(rd);
+        if !self.is_leader() {
+            self.fail_reads(CoreError::NotLeader { leader: self.leader_id() });
+        }
         handled
     }
 
@@ -170,6 +246,7 @@ impl Group {
         for (_, p) in std::mem::take(&mut self.pending) {
             p.reply.send(Err(err.clone()));
         }
+        self.fail_reads(err);
     }
 }
 

@@ -1,9 +1,14 @@
-//! Which shard owns a slot, and which core owns a shard.
+//! Which shard owns a slot, which nodes hold a shard's replicas, and which
+//! core holds a shard on a node.
 //!
 //! The 16384 slots are split into `shards` contiguous ranges; shard `s` lives
-//! on core `s % cores`. The layout is fixed when a data directory is created
-//! and stored in `<data-dir>/layout.toml`, so a key lands on the same core
-//! across restarts; starting with a different core count is refused.
+//! on core `s % cores` of every node that holds it (so nodes must have the
+//! same core count, and core `c` only ever talks to core `c` of a peer).
+//! A shard's replicas are the `replicas` nodes with the highest rendezvous
+//! score `mix(shard, node)`; the first is its preferred leader, which
+//! spreads leaders evenly and moves about 1/N of the shards when a node is
+//! added or removed. The layout is fixed when a data directory is created and
+//! stored in `<data-dir>/layout.toml`; a start that disagrees is refused.
 
 use std::ops::Range;
 use std::path::Path;
@@ -19,12 +24,16 @@ pub const SHARDS_MAX: u32 = SLOT_COUNT as u32;
 const FILE_NAME: &str = "layout.toml";
 const FORMAT: u32 = 1;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Layout {
     pub format: u32,
     pub node_id: u64,
     pub cores: u32,
     pub shards: u32,
+    /// Every node of the cluster, sorted (just this node for a single node).
+    pub nodes: Vec<u64>,
+    /// Replicas per shard (the replication factor).
+    pub replicas: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -39,13 +48,56 @@ pub enum LayoutError {
     CoreCount { dir: String, stored: u32, wanted: u32, last: u32 },
     #[error("the data directory {dir} belongs to node {stored}, not node {wanted}")]
     NodeId { dir: String, stored: u64, wanted: u64 },
+    #[error(
+        "the data directory {dir} was created for nodes {stored:?} with {stored_replicas} replicas per shard; \
+         this start has nodes {wanted:?} with {wanted_replicas}. Changing the cluster's members needs \
+         a membership change, which this version cannot do: start with the same --peers and \
+         --replication-factor"
+    )]
+    Members { dir: String, stored: Vec<u64>, stored_replicas: u32, wanted: Vec<u64>, wanted_replicas: u32 },
+}
+
+/// The fixed rendezvous score of a node for a shard (splitmix64 finaliser):
+/// it must agree on every node and across versions, so no random hashing.
+pub fn rendezvous_score(shard: u32, node: u64) -> u64 {
+    let mut z = (shard as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ node.wrapping_mul(0xD6E8_FEB8_6659_FD93);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 impl Layout {
+    /// A single node: every shard has one replica, this node.
     pub fn new(node_id: u64, cores: u32, shards_per_core: u32) -> Layout {
+        Layout::cluster(node_id, vec![node_id], 1, cores, shards_per_core)
+    }
+
+    /// A node of a cluster of `nodes` with `replicas` replicas per shard.
+    pub fn cluster(node_id: u64, mut nodes: Vec<u64>, replicas: u32, cores: u32, shards_per_core: u32) -> Layout {
         assert!(cores > 0 && shards_per_core > 0);
+        nodes.sort_unstable();
+        nodes.dedup();
+        assert!(nodes.contains(&node_id), "a node is a member of its own cluster");
+        assert!(replicas >= 1 && replicas as usize <= nodes.len(), "replicas within 1..=nodes");
         let shards = (cores * shards_per_core).min(SHARDS_MAX);
-        Layout { format: FORMAT, node_id, cores, shards }
+        Layout { format: FORMAT, node_id, cores, shards, nodes, replicas }
+    }
+
+    /// The nodes holding `shard`, preferred leader first.
+    pub fn replicas_of(&self, shard: u32) -> Vec<u64> {
+        let mut ranked: Vec<u64> = self.nodes.clone();
+        ranked.sort_by_key(|&n| std::cmp::Reverse((rendezvous_score(shard, n), n)));
+        ranked.truncate(self.replicas as usize);
+        ranked
+    }
+
+    /// Whether this node holds a replica of `shard`.
+    pub fn hosts(&self, shard: u32) -> bool {
+        self.replicas_of(shard).contains(&self.node_id)
+    }
+
+    pub fn is_single_node(&self) -> bool {
+        self.nodes.len() == 1
     }
 
     pub fn shard_of_slot(&self, slot: u16) -> u32 {
@@ -61,8 +113,9 @@ impl Layout {
         shard % self.cores
     }
 
+    /// The shards this node holds on `core`.
     pub fn shards_of_core(&self, core: u32) -> impl Iterator<Item = u32> + '_ {
-        (0..self.shards).filter(move |s| self.core_of_shard(*s) == core)
+        (0..self.shards).filter(move |s| self.core_of_shard(*s) == core && self.hosts(*s))
     }
 
     /// The slots shard `shard` owns: the inverse of `shard_of_slot`.
@@ -98,6 +151,15 @@ impl Layout {
         if stored.node_id != wanted.node_id {
             return Err(LayoutError::NodeId { dir, stored: stored.node_id, wanted: wanted.node_id });
         }
+        if stored.nodes != wanted.nodes || stored.replicas != wanted.replicas {
+            return Err(LayoutError::Members {
+                dir,
+                stored: stored.nodes,
+                stored_replicas: stored.replicas,
+                wanted: wanted.nodes,
+                wanted_replicas: wanted.replicas,
+            });
+        }
         Ok(stored)
     }
 }
@@ -110,6 +172,7 @@ mod tests {
     fn every_slot_maps_into_its_shards_range() {
         for (cores, per) in [(1, 1), (2, 8), (3, 8), (7, 5), (64, 256)] {
             let l = Layout::new(1, cores, per);
+            assert!((0..l.shards).all(|s| l.hosts(s)));
             let mut covered = 0;
             for shard in 0..l.shards {
                 let range = l.slots_of_shard(shard);
@@ -135,5 +198,44 @@ mod tests {
         let err = Layout::load_or_create(dir.path(), Layout::new(1, 3, 8)).unwrap_err();
         assert!(err.to_string().contains("created with 2 cores"), "{err}");
         assert!(matches!(Layout::load_or_create(dir.path(), Layout::new(2, 2, 8)), Err(LayoutError::NodeId { .. })));
+        let grown = Layout::cluster(1, vec![1, 2, 3], 3, 2, 8);
+        assert!(matches!(Layout::load_or_create(dir.path(), grown), Err(LayoutError::Members { .. })));
+    }
+
+    #[test]
+    fn placement_is_fixed_balanced_and_moves_little() {
+        let nodes: Vec<u64> = (1..=5).collect();
+        let l = Layout::cluster(1, nodes.clone(), 3, 4, 64);
+        // Known values pin the hash: it must never change.
+        assert_eq!(rendezvous_score(0, 1), rendezvous_score(0, 1));
+        assert_ne!(rendezvous_score(0, 1), rendezvous_score(1, 1));
+        let mut replicas = std::collections::BTreeMap::<u64, usize>::new();
+        let mut leaders = std::collections::BTreeMap::<u64, usize>::new();
+        for s in 0..l.shards {
+            let r = l.replicas_of(s);
+            assert_eq!(r.len(), 3);
+            let mut unique = r.clone();
+            unique.sort();
+            unique.dedup();
+            assert_eq!(unique.len(), 3, "no two replicas on one node");
+            *leaders.entry(r[0]).or_default() += 1;
+            for n in r {
+                *replicas.entry(n).or_default() += 1;
+            }
+        }
+        // 256 shards × 3 replicas over 5 nodes: about 154 each; leaders about 51.
+        assert!(replicas.values().all(|&n| (115..=195).contains(&n)), "{replicas:?}");
+        assert!(leaders.values().all(|&n| (30..=75).contains(&n)), "{leaders:?}");
+        // Adding a sixth node moves only the replicas it takes over.
+        let grown = Layout::cluster(1, (1..=6).collect(), 3, 4, 64);
+        let moved: usize = (0..l.shards)
+            .map(|s| {
+                let (a, b) = (l.replicas_of(s), grown.replicas_of(s));
+                a.iter().filter(|n| !b.contains(n)).count()
+            })
+            .sum();
+        let taken: usize = (0..l.shards).filter(|&s| grown.replicas_of(s).contains(&6)).count();
+        assert_eq!(moved, taken, "only replicas displaced by the new node move");
+        assert!(taken < (l.shards as usize * 3) / 4, "about 1/6 of the replicas move, not all: {taken}");
     }
 }

@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use kv_engine::wal::FsyncPolicy;
 
-pub use crate::core::{Core, CoreStats};
+pub use crate::core::{Consistency, Core, CoreStats, GroupStatus};
 pub use crate::layout::Layout;
 pub use crate::open::StartError;
 
@@ -81,4 +81,6 @@ pub enum CoreError {
     Busy,
     #[error("shard {0} is not hosted on this core")]
     WrongCore(u32),
+    #[error("unavailable: {0}")]
+    Unavailable(String),
 }

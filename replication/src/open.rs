@@ -136,9 +136,11 @@ fn replay(restored: &mut BTreeMap<u32, Restored>, record: Record) -> Result<(), 
 fn build_group(config: &CoreConfig, id: u32, r: Restored, wal: Option<&Wal>) -> Result<Group, StartError> {
     let node_id = config.layout.node_id;
     let Restored { map, storage } = r;
+    let replicas = config.layout.replicas_of(id);
     if storage.conf_state().voters.is_empty() {
-        // A new shard: on a single node it is a group of one voter, us.
-        let cs = ConfState { voters: vec![node_id], ..ConfState::default() };
+        // A new shard: every replica starts the group with the same voters
+        // (on a single node, just us), like a statically bootstrapped etcd.
+        let cs = ConfState { voters: replicas.clone(), ..ConfState::default() };
         storage.set_conf_state(cs.clone());
         if let Some(wal) = wal {
             wal.append(&group::conf_state_record(id, 0, &cs));
@@ -172,8 +174,10 @@ fn build_group(config: &CoreConfig, id: u32, r: Restored, wal: Option<&Wal>) -> 
     let raft_err = |e: raft::Error| StartError::Raft { group: id, why: e.to_string() };
     raft_config.validate().map_err(raft_err)?;
     let mut node = RawNode::new(&raft_config, storage.clone(), &raft_logger(id)).map_err(raft_err)?;
-    let voters = storage.conf_state().voters;
-    if voters == [node_id] {
+    // The preferred leader (first replica) stands at once instead of waiting
+    // an election timeout; pre-vote keeps this from disturbing a leader
+    // that is already in office.
+    if replicas.first() == Some(&node_id) && storage.conf_state().voters.contains(&node_id) {
         node.campaign().map_err(raft_err)?;
     }
     let snapshot_index = map.applied_index();

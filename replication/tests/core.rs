@@ -10,7 +10,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 use kv_engine::wal::FsyncPolicy;
 use kv_engine::{Command, Condition, Outcome};
 use kv_replication::transport::NoPeers;
-use kv_replication::{Core, CoreConfig, Layout, Persistence, TICK_INTERVAL_DEFAULT};
+use kv_replication::{Consistency, Core, CoreConfig, Layout, Persistence, TICK_INTERVAL_DEFAULT};
 
 fn run<F, Fut, T>(f: F) -> T
 where
@@ -88,7 +88,11 @@ fn writes_survive_restart_with_their_versions() {
         let core = open(Some(&d), u64::MAX).await;
         for (i, version) in versions.into_iter().enumerate() {
             let key = format!("key-{i}");
-            let stored = core.read(shard(&core, &key), key.as_bytes()).unwrap().expect("key survives restart");
+            let stored = core
+                .read(shard(&core, &key), key.as_bytes(), Consistency::Strict)
+                .await
+                .unwrap()
+                .expect("key survives restart");
             assert_eq!(stored.value, Bytes::from(format!("v{i}")));
             assert_eq!(stored.version, version);
         }
@@ -150,7 +154,8 @@ fn snapshots_compact_the_wal_and_restore() {
         let core = open(Some(&d), u64::MAX).await;
         for i in 0..200 {
             let key = format!("key-{i}");
-            let stored = core.read(shard(&core, &key), key.as_bytes()).unwrap().expect("restored");
+            let stored =
+                core.read(shard(&core, &key), key.as_bytes(), Consistency::Strict).await.unwrap().expect("restored");
             assert!(stored.value.starts_with(b"2x"), "key {i} has the last round's value");
         }
         core.shutdown().await.unwrap();
@@ -163,7 +168,10 @@ fn in_memory_mode_keeps_no_files() {
         let core = open(None, u64::MAX).await;
         let out = core.write(shard(&core, "a"), put("a", "1")).await.unwrap();
         assert!(matches!(out, Outcome::Written { .. }));
-        assert_eq!(core.read(shard(&core, "a"), b"a").unwrap().unwrap().value, Bytes::from("1"));
+        assert_eq!(
+            core.read(shard(&core, "a"), b"a", Consistency::Lease).await.unwrap().unwrap().value,
+            Bytes::from("1")
+        );
         core.shutdown().await.unwrap();
     });
 }

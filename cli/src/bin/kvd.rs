@@ -15,6 +15,7 @@ use clap::Parser;
 use glommio::{LocalExecutorBuilder, Placement};
 use kv_cli::config::{Options, Settings};
 use kv_net::node::{self, CoreSetup, NodeSignals};
+use kv_net::peer::PeerConfig;
 use kv_replication::{CoreConfig, Layout, Persistence, TICK_INTERVAL_DEFAULT};
 
 fn main() -> ExitCode {
@@ -46,7 +47,16 @@ fn main() -> ExitCode {
 
 fn run(mut s: Settings) -> Result<(), String> {
     let cores = s.cpus.len() as u32;
-    let wanted = Layout::new(s.node_id, cores, s.shards_per_core);
+    let wanted = match &s.cluster {
+        Some(c) => Layout::cluster(
+            s.node_id,
+            c.peers.keys().copied().collect(),
+            c.replication_factor,
+            cores,
+            s.shards_per_core,
+        ),
+        None => Layout::new(s.node_id, cores, s.shards_per_core),
+    };
     let (layout, _lock) = if s.persistent {
         let lock = prepare_data_dir(&s.data_dir)?;
         // io_uring opens paths relative to no directory: make it absolute.
@@ -57,6 +67,10 @@ fn run(mut s: Settings) -> Result<(), String> {
     };
     let listeners = kv_net::listener::bind_reuseport(s.listen, cores as usize).map_err(|e| e.to_string())?;
     let listen = listeners[0].local_addr().map_err(|e| e.to_string())?;
+    let mut peer_listeners: Vec<Option<std::net::TcpListener>> = match &s.cluster {
+        Some(c) => bind_peer_listeners(c.peer_listen, cores)?.into_iter().map(Some).collect(),
+        None => (0..cores).map(|_| None).collect(),
+    };
     let signals = Arc::new(NodeSignals::default());
     watch_signals(signals.clone())?;
 
@@ -69,8 +83,22 @@ fn run(mut s: Settings) -> Result<(), String> {
             segment_bytes: s.wal_segment_bytes,
             snapshot_wal_bytes: s.snapshot_wal_bytes,
         });
-        let config = CoreConfig { core: i as u32, layout, persistence, tick: TICK_INTERVAL_DEFAULT };
-        let setup = CoreSetup { config, limits: s.limits, native_listener: listener, mesh, signals: signals.clone() };
+        let config = CoreConfig { core: i as u32, layout: layout.clone(), persistence, tick: TICK_INTERVAL_DEFAULT };
+        let peer = s.cluster.as_ref().map(|c| {
+            let peer_config = PeerConfig {
+                node_id: s.node_id,
+                core: i as u32,
+                cores,
+                shards: layout.shards,
+                secret: c.secret.clone(),
+                peers: c.peers.iter().filter(|(id, _)| **id != s.node_id).map(|(id, a)| (*id, *a)).collect(),
+                // A Raft entry carries at most one maximal request.
+                payload_bytes_max: s.limits.frame_bytes_max + PEER_FRAME_SLACK_BYTES,
+            };
+            (peer_config, peer_listeners[i].take().expect("one peer listener per core"))
+        });
+        let setup =
+            CoreSetup { config, limits: s.limits, native_listener: listener, mesh, signals: signals.clone(), peer };
         let handle = LocalExecutorBuilder::new(Placement::Fixed(*cpu))
             .name(&format!("kvd-core-{i}"))
             .io_memory(s.io_memory_bytes)
@@ -83,8 +111,17 @@ fn run(mut s: Settings) -> Result<(), String> {
     }
     if !signals.stop.load(Ordering::SeqCst) {
         let fsync = if s.persistent { format!("{:?}", s.fsync).to_lowercase() } else { "none (in-memory)".into() };
+        let cluster = match &s.cluster {
+            Some(c) => format!(
+                ", peers on {} ({} nodes, {} replicas per shard)",
+                c.peer_listen,
+                layout.nodes.len(),
+                layout.replicas
+            ),
+            None => String::new(),
+        };
         tracing::info!(
-            "kvd ready: native protocol on {listen}, node {}, {cores} cores (CPUs {:?}), {} shards, data dir {}, fsync {fsync}",
+            "kvd ready: native protocol on {listen}, node {}, {cores} cores (CPUs {:?}), {} shards, data dir {}, fsync {fsync}{cluster}",
             layout.node_id,
             s.cpus,
             layout.shards,
@@ -105,6 +142,22 @@ fn run(mut s: Settings) -> Result<(), String> {
     } else {
         Err(errors.join("; "))
     }
+}
+
+/// Room in a peer frame beside the largest client request (Raft and
+/// forwarding headers).
+const PEER_FRAME_SLACK_BYTES: usize = 1024 * 1024;
+
+/// One peer listener per core: core c on the base port + c.
+fn bind_peer_listeners(base: std::net::SocketAddr, cores: u32) -> Result<Vec<std::net::TcpListener>, String> {
+    (0..cores)
+        .map(|c| {
+            let addr = kv_net::peer::core_addr(base, c);
+            kv_net::listener::bind_reuseport(addr, 1)
+                .map(|mut v| v.pop().expect("one listener"))
+                .map_err(|e| format!("peer listener: {e}"))
+        })
+        .collect()
 }
 
 /// A panic is a broken invariant. One core dying while the others serve

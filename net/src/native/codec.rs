@@ -4,6 +4,7 @@
 
 use bytes::{Buf, Bytes};
 use kv_engine::Condition;
+use kv_replication::Consistency;
 
 /// First bytes of both handshake messages.
 pub const MAGIC: [u8; 4] = *b"KVDN";
@@ -28,6 +29,8 @@ pub enum Opcode {
     Get = 2,
     Put = 3,
     Delete = 4,
+    /// The answering node's view of the cluster, as JSON.
+    Status = 5,
 }
 
 impl Opcode {
@@ -37,6 +40,7 @@ impl Opcode {
             2 => Opcode::Get,
             3 => Opcode::Put,
             4 => Opcode::Delete,
+            5 => Opcode::Status,
             _ => return None,
         })
     }
@@ -228,13 +232,23 @@ fn put_header(out: &mut Vec<u8>, body_bytes: usize, code: u8, echo: u8, id: u64)
     out.extend_from_slice(&id.to_le_bytes());
 }
 
+/// Header byte 5 of a GET: how fresh the read must be.
+fn consistency_byte(c: Consistency) -> u8 {
+    match c {
+        Consistency::Lease => 0,
+        Consistency::Strict => 1,
+        Consistency::Stale => 2,
+    }
+}
+
 /// A decoded request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
     Ping,
-    Get { key: Bytes },
+    Get { key: Bytes, consistency: Consistency },
     Put { key: Bytes, value: Bytes, condition: Condition },
     Delete { key: Bytes, condition: Condition },
+    Status,
 }
 
 impl Request {
@@ -244,13 +258,14 @@ impl Request {
             Request::Get { .. } => Opcode::Get,
             Request::Put { .. } => Opcode::Put,
             Request::Delete { .. } => Opcode::Delete,
+            Request::Status => Opcode::Status,
         }
     }
 
     pub fn key(&self) -> Option<&Bytes> {
         match self {
-            Request::Ping => None,
-            Request::Get { key } | Request::Put { key, .. } | Request::Delete { key, .. } => Some(key),
+            Request::Ping | Request::Status => None,
+            Request::Get { key, .. } | Request::Put { key, .. } | Request::Delete { key, .. } => Some(key),
         }
     }
 }
@@ -267,8 +282,9 @@ fn condition_code(c: Condition) -> (u8, u64) {
 pub fn encode_request(id: u64, req: &Request, out: &mut Vec<u8>) {
     match req {
         Request::Ping => put_header(out, 0, Opcode::Ping as u8, 0, id),
-        Request::Get { key } => {
-            put_header(out, GET_FIXED_BYTES + key.len(), Opcode::Get as u8, 0, id);
+        Request::Status => put_header(out, 0, Opcode::Status as u8, 0, id),
+        Request::Get { key, consistency } => {
+            put_header(out, GET_FIXED_BYTES + key.len(), Opcode::Get as u8, consistency_byte(*consistency), id);
             out.extend_from_slice(&(key.len() as u32).to_le_bytes());
             out.extend_from_slice(key);
         }
@@ -304,15 +320,29 @@ fn bad(message: &str) -> Refusal {
     Refusal { status: Status::BadRequest, message: message.to_string() }
 }
 
-/// Checks the reserved bytes (5..8) of a request header.
-pub fn check_request_header(frame: &[u8]) -> Result<(), Refusal> {
-    if frame[5..8] != [0; 3] {
-        return Err(bad("reserved header bytes 5..8 of a request must be zero"));
+/// Decodes a request frame (header included).
+pub fn decode_request_frame(frame: &Bytes) -> Result<Request, Refusal> {
+    if frame[6..8] != [0; 2] {
+        return Err(bad("reserved header bytes 6..8 of a request must be zero"));
     }
-    Ok(())
+    let request = decode_request(frame[4], frame.slice(FRAME_HEADER_BYTES..))?;
+    match (request, frame[5]) {
+        (Request::Get { key, .. }, flags) => {
+            let consistency = match flags {
+                0 => Consistency::Lease,
+                1 => Consistency::Strict,
+                2 => Consistency::Stale,
+                _ => return Err(bad("GET consistency (header byte 5) must be 0 lease, 1 strict or 2 stale")),
+            };
+            Ok(Request::Get { key, consistency })
+        }
+        (request, 0) => Ok(request),
+        _ => Err(bad("header byte 5 must be zero except for GET")),
+    }
 }
 
-/// Decodes a request body (the frame minus its header).
+/// Decodes a request body (the frame minus its header); a GET's consistency
+/// comes from the header (see [`decode_request_frame`]) and is `Lease` here.
 pub fn decode_request(opcode: u8, mut body: Bytes) -> Result<Request, Refusal> {
     let Some(op) = Opcode::from_u8(opcode) else {
         return Err(Refusal { status: Status::UnknownOpcode, message: format!("unknown opcode {opcode}") });
@@ -320,6 +350,8 @@ pub fn decode_request(opcode: u8, mut body: Bytes) -> Result<Request, Refusal> {
     match op {
         Opcode::Ping if body.is_empty() => Ok(Request::Ping),
         Opcode::Ping => Err(bad("PING takes no body")),
+        Opcode::Status if body.is_empty() => Ok(Request::Status),
+        Opcode::Status => Err(bad("STATUS takes no body")),
         Opcode::Get => {
             if body.len() < GET_FIXED_BYTES {
                 return Err(bad("GET body shorter than its fixed part"));
@@ -328,7 +360,7 @@ pub fn decode_request(opcode: u8, mut body: Bytes) -> Result<Request, Refusal> {
             if key_len != body.len() {
                 return Err(bad("GET key length does not match the body"));
             }
-            Ok(Request::Get { key: body })
+            Ok(Request::Get { key: body, consistency: Consistency::Lease })
         }
         Opcode::Put => {
             if body.len() < PUT_FIXED_BYTES {
@@ -383,18 +415,36 @@ fn decode_condition(body: &mut Bytes) -> Result<Condition, Refusal> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Response {
     Pong,
-    Value { version: u64, value: Bytes },
+    /// The cluster as the answering node sees it (JSON).
+    Status(String),
+    Value {
+        version: u64,
+        value: Bytes,
+    },
     NotFound,
-    Written { version: u64 },
-    Deleted { version: u64 },
-    ConditionFailed { current_version: Option<u64> },
-    Error { status: Status, message: String },
+    Written {
+        version: u64,
+    },
+    Deleted {
+        version: u64,
+    },
+    ConditionFailed {
+        current_version: Option<u64>,
+    },
+    Error {
+        status: Status,
+        message: String,
+    },
 }
 
 /// Encodes an answer; `echo` is the opcode byte of the request answered.
 pub fn encode_response(id: u64, echo: u8, resp: &Response, out: &mut Vec<u8>) {
     match resp {
         Response::Pong => put_header(out, 0, Status::Ok as u8, echo, id),
+        Response::Status(json) => {
+            put_header(out, json.len(), Status::Ok as u8, echo, id);
+            out.extend_from_slice(json.as_bytes());
+        }
         Response::Value { version, value } => {
             put_header(out, 8 + value.len(), Status::Ok as u8, echo, id);
             out.extend_from_slice(&version.to_le_bytes());
@@ -427,6 +477,7 @@ pub fn decode_response(status: u8, opcode: u8, mut body: Bytes) -> Result<Respon
         (Status::Ok, Some(Opcode::Get)) => Ok(Response::Value { version: version(&mut body)?, value: body }),
         (Status::Ok, Some(Opcode::Put)) => Ok(Response::Written { version: version(&mut body)? }),
         (Status::Ok, Some(Opcode::Delete)) => Ok(Response::Deleted { version: version(&mut body)? }),
+        (Status::Ok, Some(Opcode::Status)) => Ok(Response::Status(String::from_utf8_lossy(&body).into_owned())),
         (Status::Ok, None) => Err(format!("OK for unknown opcode {opcode}")),
         (Status::NotFound, _) => Ok(Response::NotFound),
         (Status::ConditionFailed, _) if body.len() == 9 => {
@@ -446,7 +497,8 @@ mod tests {
     fn requests() -> Vec<Request> {
         vec![
             Request::Ping,
-            Request::Get { key: Bytes::from_static(b"k") },
+            Request::Get { key: Bytes::from_static(b"k"), consistency: Consistency::Strict },
+            Request::Status,
             Request::Put {
                 key: Bytes::from_static(b"key"),
                 value: Bytes::from_static(b"\x00v"),
@@ -464,8 +516,7 @@ mod tests {
             encode_request(i as u64, &req, &mut buf);
             let h = parse_header(&buf, 1 << 20).unwrap().unwrap();
             assert_eq!((h.frame_bytes, h.id, h.code), (buf.len(), i as u64, req.opcode() as u8));
-            let body = Bytes::copy_from_slice(&buf[FRAME_HEADER_BYTES..]);
-            assert_eq!(decode_request(h.code, body).unwrap(), req);
+            assert_eq!(decode_request_frame(&Bytes::from(buf)).unwrap(), req);
         }
     }
 
@@ -473,6 +524,7 @@ mod tests {
     fn responses_round_trip() {
         let cases = [
             (Opcode::Ping, Response::Pong),
+            (Opcode::Status, Response::Status("{\"node\":1}".into())),
             (Opcode::Get, Response::Value { version: 7, value: Bytes::from_static(b"v") }),
             (Opcode::Get, Response::NotFound),
             (Opcode::Put, Response::Written { version: 3 }),
@@ -492,7 +544,7 @@ mod tests {
 
     #[test]
     fn every_truncated_body_is_refused_not_panicking() {
-        for req in requests().into_iter().skip(1) {
+        for req in requests().into_iter().filter(|r| r.key().is_some()) {
             let mut buf = Vec::new();
             encode_request(1, &req, &mut buf);
             for cut in FRAME_HEADER_BYTES..buf.len() {

@@ -216,9 +216,7 @@ async fn read_loop(stream: &mut TcpStream, svc: &Rc<Service>, outbox: &Rc<Outbox
 /// Starts one request: answered at once if it needs no waiting, otherwise
 /// in a task of its own.
 fn dispatch(svc: &Rc<Service>, outbox: &Rc<Outbox>, id: u64, opcode: u8, frame: Bytes) {
-    let decoded = codec::check_request_header(&frame)
-        .and_then(|()| codec::decode_request(opcode, frame.slice(codec::FRAME_HEADER_BYTES..)))
-        .and_then(|r| check_limits(svc, r));
+    let decoded = codec::decode_request_frame(&frame).and_then(|r| check_limits(svc, r));
     let req = match decoded {
         Ok(req) => req,
         Err(refusal) => {
@@ -228,11 +226,23 @@ fn dispatch(svc: &Rc<Service>, outbox: &Rc<Outbox>, id: u64, opcode: u8, frame: 
     };
     let (key, op) = match req {
         Request::Ping => return outbox.push(id, opcode, &Response::Pong),
-        Request::Get { key } => {
-            if let Some(result) = svc.try_read_local(&key) {
-                return outbox.push(id, opcode, &to_response(result));
+        Request::Status => {
+            let (svc, outbox) = (svc.clone(), outbox.clone());
+            glommio::spawn_local(async move {
+                let resp = match node_status(&svc).await {
+                    Ok(json) => Response::Status(json),
+                    Err(e) => to_response(Err(e)),
+                };
+                outbox.push(id, opcode, &resp);
+            })
+            .detach();
+            return;
+        }
+        Request::Get { key, consistency } => {
+            if let Some(reply) = svc.try_read_now(&key, consistency) {
+                return outbox.push(id, opcode, &to_response(Ok(reply)));
             }
-            (key.clone(), Op::Get { key })
+            (key.clone(), Op::Get { key, consistency })
         }
         Request::Put { key, value, condition } => (key.clone(), Op::Write(Command::Put { key, value, condition })),
         Request::Delete { key, condition } => (key.clone(), Op::Write(Command::Delete { key, condition })),
@@ -243,6 +253,24 @@ fn dispatch(svc: &Rc<Service>, outbox: &Rc<Outbox>, id: u64, opcode: u8, frame: 
         outbox.push(id, opcode, &to_response(result));
     })
     .detach();
+}
+
+/// This node's view: every core's groups and peer links.
+async fn node_status(svc: &Service) -> Result<String, CoreError> {
+    let mut cores = Vec::new();
+    for core in 0..svc.layout.cores {
+        match svc.execute_on(0, core, Op::Status).await? {
+            Reply::Status(json) => {
+                cores.push(serde_json::from_str::<serde_json::Value>(&json).expect("status is JSON"))
+            }
+            other => unreachable!("status answered with {other:?}"),
+        }
+    }
+    let status = serde_json::json!({
+        "node": svc.layout.node_id, "nodes": svc.layout.nodes, "replicas": svc.layout.replicas,
+        "shards": svc.layout.shards, "cores": cores,
+    });
+    Ok(status.to_string())
 }
 
 fn check_limits(svc: &Service, req: Request) -> Result<Request, codec::Refusal> {
@@ -273,10 +301,11 @@ fn to_response(result: Result<Reply, CoreError>) -> Response {
         Ok(Reply::Outcome(Outcome::ConditionFailed { current_version })) => {
             Response::ConditionFailed { current_version }
         }
+        Ok(Reply::Status(json)) => Response::Status(json),
         Err(e) => {
             let status = match e {
                 CoreError::NotLeader { .. } => Status::NotLeader,
-                CoreError::Poisoned(_) => Status::Unavailable,
+                CoreError::Poisoned(_) | CoreError::Unavailable(_) => Status::Unavailable,
                 CoreError::ShuttingDown => Status::ShuttingDown,
                 CoreError::Dropped | CoreError::Busy => Status::Retry,
                 CoreError::WrongCore(_) => Status::Internal,

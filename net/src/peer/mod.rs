@@ -1,0 +1,472 @@
+//! The peer transport: how a core talks to the same core of other nodes.
+//!
+//! Each core keeps one outbound connection per peer node ([`Link`]), opened
+//! on demand and re-opened after failures with a bounded backoff. Raft
+//! messages queued by the core's driver go out batched: everything queued
+//! for a node while the previous write was in flight leaves in the next one,
+//! so the heartbeats of all groups to one node share a frame. Requests
+//! forwarded to a leader travel on the same link; their replies come back on
+//! it. Inbound connections are authenticated (see [`wire`]) before a single
+//! message is decoded, and a Raft message is only accepted from the node
+//! that authenticated, addressed to this node.
+//!
+//! Messages to an unreachable node are dropped: Raft retransmits.
+
+pub mod wire;
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
+use glommio::net::TcpStream;
+use glommio::sync::Semaphore;
+use kv_replication::{oneshot, CoreError};
+use raft::eraftpb::Message;
+
+use crate::mesh::{Op, Reply};
+use crate::route::Owner;
+use wire::{Challenge, Forward, PeerHello};
+
+/// Time allowed to connect and complete the handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Wait after a failed connect before trying that node again.
+const RECONNECT_BACKOFF: Duration = Duration::from_millis(250);
+/// Raft messages queued for one node before new ones are dropped.
+const LINK_QUEUE_MESSAGES_MAX: usize = 65_536;
+/// Forwarded requests one inbound connection runs at once.
+const INBOUND_FORWARDS_MAX: u64 = 4096;
+const READ_CHUNK_BYTES: usize = 64 * 1024;
+
+/// What a core needs to know about its peers.
+#[derive(Debug, Clone)]
+pub struct PeerConfig {
+    pub node_id: u64,
+    pub core: u32,
+    pub cores: u32,
+    pub shards: u32,
+    pub secret: Arc<Vec<u8>>,
+    /// Peer address of core 0 of every other node; core `c` is at port + c.
+    pub peers: BTreeMap<u64, SocketAddr>,
+    /// Largest frame payload accepted (fits the largest entry).
+    pub payload_bytes_max: usize,
+}
+
+/// The per-core address of a node's peer listener.
+pub fn core_addr(base: SocketAddr, core: u32) -> SocketAddr {
+    SocketAddr::new(base.ip(), base.port() + core as u16)
+}
+
+struct Link {
+    node: u64,
+    addr: SocketAddr,
+    raft: RefCell<Vec<(u32, Message)>>,
+    forwards: RefCell<Vec<u8>>,
+    forward_ids: RefCell<Vec<u64>>,
+    wake: LocalSender<()>,
+    up: Cell<bool>,
+    broken: Cell<bool>,
+}
+
+/// A forwarded request waiting for its reply: the node asked, and the waiter.
+type Waiting = (u64, oneshot::Sender<Result<Reply, CoreError>>);
+
+/// One core's peer transport.
+pub struct Peers {
+    config: PeerConfig,
+    links: BTreeMap<u64, Rc<Link>>,
+    waiting: RefCell<HashMap<u64, Waiting>>,
+    next_id: Cell<u64>,
+    stopping: Cell<bool>,
+}
+
+/// The [`kv_replication::transport::Transport`] face of [`Peers`].
+pub struct PeerTransport(pub Rc<Peers>);
+
+impl kv_replication::transport::Transport for PeerTransport {
+    fn send(&self, messages: Vec<(u32, Message)>) {
+        let mut touched = Vec::new();
+        for (group, m) in messages {
+            let Some(link) = self.0.links.get(&m.to) else {
+                tracing::warn!(to = m.to, "a raft message for a node that is not a peer");
+                continue;
+            };
+            let mut queue = link.raft.borrow_mut();
+            if queue.len() < LINK_QUEUE_MESSAGES_MAX {
+                queue.push((group, m));
+                touched.push(link.clone());
+            }
+        }
+        for link in touched {
+            let _ = link.wake.try_send(());
+        }
+    }
+}
+
+impl Peers {
+    /// Creates the links and starts their writer tasks.
+    pub fn start(config: PeerConfig) -> Rc<Peers> {
+        let mut links = BTreeMap::new();
+        let mut wakeups = Vec::new();
+        for (&node, &base) in &config.peers {
+            let (wake, woken) = local_channel::new_bounded(1);
+            let link = Rc::new(Link {
+                node,
+                addr: core_addr(base, config.core),
+                raft: RefCell::new(Vec::new()),
+                forwards: RefCell::new(Vec::new()),
+                forward_ids: RefCell::new(Vec::new()),
+                wake,
+                up: Cell::new(false),
+                broken: Cell::new(false),
+            });
+            wakeups.push((link.clone(), woken));
+            links.insert(node, link);
+        }
+        let peers = Rc::new(Peers {
+            config,
+            links,
+            waiting: RefCell::new(HashMap::new()),
+            next_id: Cell::new(1),
+            stopping: Cell::new(false),
+        });
+        for (link, woken) in wakeups {
+            glommio::spawn_local(link_writer(peers.clone(), link, woken)).detach();
+        }
+        peers
+    }
+
+    pub fn node_id(&self) -> u64 {
+        self.config.node_id
+    }
+
+    /// Whether each peer's link is connected, by node.
+    pub fn link_states(&self) -> Vec<(u64, SocketAddr, bool)> {
+        self.links.values().map(|l| (l.node, l.addr, l.up.get())).collect()
+    }
+
+    pub fn stop(&self) {
+        self.stopping.set(true);
+        for link in self.links.values() {
+            let _ = link.wake.try_send(());
+        }
+    }
+
+    /// Runs `op` for `shard` on node `node` (same core), `hops` forwards so far.
+    pub async fn forward(&self, node: u64, shard: u32, op: Op, hops: u8) -> Result<Reply, CoreError> {
+        let link = self.links.get(&node).ok_or_else(|| CoreError::Unavailable(format!("node {node} is not a peer")))?;
+        let id = self.next_id.get();
+        self.next_id.set(id + 1);
+        let (tx, rx) = oneshot::channel();
+        self.waiting.borrow_mut().insert(id, (node, tx));
+        wire::put_frame(
+            &mut link.forwards.borrow_mut(),
+            wire::FRAME_FORWARD,
+            &wire::encode_forward(&Forward { id, shard, hops, op }),
+        );
+        link.forward_ids.borrow_mut().push(id);
+        let _ = link.wake.try_send(());
+        rx.await.unwrap_or_else(|_| Err(CoreError::Unavailable(format!("node {node} went away"))))
+    }
+
+    fn fail(&self, ids: impl IntoIterator<Item = u64>, why: &str) {
+        for id in ids {
+            if let Some((_, tx)) = self.waiting.borrow_mut().remove(&id) {
+                tx.send(Err(CoreError::Unavailable(why.to_string())));
+            }
+        }
+    }
+
+    fn fail_node(&self, node: u64, why: &str) {
+        let ids: Vec<u64> = self.waiting.borrow().iter().filter(|(_, (n, _))| *n == node).map(|(id, _)| *id).collect();
+        self.fail(ids, why);
+    }
+}
+
+async fn link_writer(peers: Rc<Peers>, link: Rc<Link>, woken: LocalReceiver<()>) {
+    let mut conn: Option<TcpStream> = None;
+    let mut retry_at = Instant::now();
+    while woken.recv().await.is_some() {
+        if peers.stopping.get() {
+            break;
+        }
+        let raft = std::mem::take(&mut *link.raft.borrow_mut());
+        let forwards = std::mem::take(&mut *link.forwards.borrow_mut());
+        let ids = std::mem::take(&mut *link.forward_ids.borrow_mut());
+        if raft.is_empty() && forwards.is_empty() {
+            continue;
+        }
+        if link.broken.replace(false) {
+            conn = None;
+        }
+        if conn.is_none() {
+            if Instant::now() < retry_at {
+                peers.fail(ids, &format!("node {} is unreachable", link.node));
+                continue;
+            }
+            match connect(&peers, &link).await {
+                Ok(stream) => {
+                    if !link.up.replace(true) {
+                        tracing::info!(core = peers.config.core, node = link.node, addr = %link.addr, "peer link up");
+                    }
+                    conn = Some(stream);
+                }
+                Err(e) => {
+                    if link.up.replace(false) {
+                        tracing::warn!(core = peers.config.core, node = link.node, "peer link down: {e}");
+                    } else {
+                        tracing::debug!(core = peers.config.core, node = link.node, "cannot reach peer: {e}");
+                    }
+                    retry_at = Instant::now() + RECONNECT_BACKOFF;
+                    peers.fail(ids, &format!("node {} is unreachable: {e}", link.node));
+                    continue;
+                }
+            }
+        }
+        let mut out = Vec::new();
+        wire::put_raft_frames(&mut out, &raft, peers.config.payload_bytes_max);
+        out.extend_from_slice(&forwards);
+        let stream = conn.as_mut().expect("connected above");
+        if let Err(e) = stream.write_all(&out).await {
+            tracing::warn!(core = peers.config.core, node = link.node, "peer link down: {e}");
+            link.up.set(false);
+            conn = None;
+            peers.fail(ids, &format!("lost the connection to node {}", link.node));
+        }
+    }
+    peers.fail_node(link.node, "shutting down");
+}
+
+fn io_err(e: impl std::fmt::Display) -> io::Error {
+    io::Error::other(e.to_string())
+}
+
+/// Opens an authenticated connection to `link`'s node and starts the task
+/// that reads forward replies from it.
+async fn connect(peers: &Rc<Peers>, link: &Rc<Link>) -> io::Result<TcpStream> {
+    let c = &peers.config;
+    let handshake = async {
+        let mut stream = TcpStream::connect(link.addr).await?;
+        stream.set_nodelay(true)?;
+        let nonce: [u8; wire::NONCE_BYTES] = rand::random();
+        let hello = PeerHello {
+            version: wire::PEER_VERSION,
+            node: c.node_id,
+            core: c.core,
+            cores: c.cores,
+            shards: c.shards,
+            nonce,
+        };
+        stream.write_all(&hello.encode()).await?;
+        let mut buf = [0u8; wire::CHALLENGE_BYTES];
+        stream.read_exact(&mut buf).await?;
+        let ch = Challenge::decode(&buf).ok_or_else(|| io_err("not a kvd peer (bad magic)"))?;
+        match ch.status {
+            wire::STATUS_OK => {}
+            wire::STATUS_SHAPE_MISMATCH => return Err(io_err("the peer has a different number of cores or shards")),
+            wire::STATUS_UNKNOWN_NODE => return Err(io_err(format!("the peer does not know node {}", c.node_id))),
+            s => return Err(io_err(format!("the peer refused the handshake (status {s})"))),
+        }
+        if ch.node != link.node
+            || !wire::proof_matches(&c.secret, "server", link.node, c.node_id, c.core, (&nonce, &ch.nonce), &ch.mac)
+        {
+            return Err(io_err("the peer failed authentication: is the cluster secret the same everywhere?"));
+        }
+        stream.write_all(&wire::proof(&c.secret, "client", c.node_id, link.node, c.core, (&ch.nonce, &nonce))).await?;
+        Ok::<TcpStream, io::Error>(stream)
+    };
+    let stream =
+        glommio::timer::timeout(HANDSHAKE_TIMEOUT, async { handshake.await.map_err(glommio::GlommioError::from) })
+            .await
+            .map_err(io_err)?;
+    let reader = dup(&stream)?;
+    glommio::spawn_local(read_replies(peers.clone(), link.clone(), reader)).detach();
+    Ok(stream)
+}
+
+fn dup(stream: &TcpStream) -> io::Result<TcpStream> {
+    // SAFETY: duplicating a descriptor we own, close-on-exec.
+    let fd = unsafe { libc::fcntl(stream.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh duplicate of a connected TCP socket.
+    Ok(unsafe { TcpStream::from_raw_fd(fd) })
+}
+
+async fn read_replies(peers: Rc<Peers>, link: Rc<Link>, mut stream: TcpStream) {
+    let mut buf = Vec::new();
+    let result: Result<(), String> = async {
+        loop {
+            while let Some((kind, payload, used)) =
+                wire::take_frame(&buf, peers.config.payload_bytes_max).map_err(|e| e.to_string())?
+            {
+                if kind != wire::FRAME_FORWARD_REPLY {
+                    return Err(format!("unexpected frame type {kind} on an outbound link"));
+                }
+                let (id, result) = wire::decode_reply(payload)?;
+                let waiter = peers.waiting.borrow_mut().remove(&id);
+                if let Some((_, tx)) = waiter {
+                    tx.send(result);
+                }
+                buf.drain(..used);
+            }
+            if read_more(&mut stream, &mut buf).await.map_err(|e| e.to_string())? == 0 {
+                return Err("closed by the peer".into());
+            }
+        }
+    }
+    .await;
+    if let Err(e) = result {
+        tracing::debug!(core = peers.config.core, node = link.node, "peer link reader ended: {e}");
+    }
+    link.broken.set(true);
+    link.up.set(false);
+    peers.fail_node(link.node, &format!("lost the connection to node {}", link.node));
+}
+
+async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
+    let len = buf.len();
+    buf.resize(len + READ_CHUNK_BYTES, 0);
+    let n = stream.read(&mut buf[len..]).await;
+    buf.truncate(len + *n.as_ref().unwrap_or(&0));
+    n
+}
+
+/// Accepts peer connections for this core until the node stops accepting.
+/// Connections already open keep running: the node's own writes in flight
+/// still need its followers' answers.
+pub async fn accept_loop(listener: glommio::net::TcpListener, peers: Rc<Peers>, svc: Rc<crate::service::Service>) {
+    let owner = svc.owner.clone();
+    loop {
+        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+            svc.shutdown.wait().await;
+            None
+        });
+        match accepted.await {
+            None => return,
+            Some(Ok(stream)) => {
+                let (peers, owner) = (peers.clone(), owner.clone());
+                glommio::spawn_local(async move {
+                    if let Err(e) = serve_inbound(stream, &peers, &owner).await {
+                        tracing::debug!(core = peers.config.core, "peer connection closed: {e}");
+                    }
+                })
+                .detach();
+            }
+            Some(Err(e)) => {
+                tracing::warn!(core = peers.config.core, "peer accept failed: {e}");
+                glommio::timer::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// The acceptor's half of the handshake; returns the authenticated node.
+async fn accept_handshake(stream: &mut TcpStream, c: &PeerConfig) -> io::Result<u64> {
+    let mut buf = [0u8; wire::HELLO_BYTES];
+    stream.read_exact(&mut buf).await?;
+    let hello = PeerHello::decode(&buf).ok_or_else(|| io_err("not a kvd peer (bad magic)"))?;
+    let status = if !c.peers.contains_key(&hello.node) {
+        wire::STATUS_UNKNOWN_NODE
+    } else if hello.cores != c.cores || hello.shards != c.shards {
+        wire::STATUS_SHAPE_MISMATCH
+    } else if hello.core != c.core || hello.version != wire::PEER_VERSION {
+        wire::STATUS_WRONG_CORE
+    } else {
+        wire::STATUS_OK
+    };
+    let nonce: [u8; wire::NONCE_BYTES] = rand::random();
+    let mac = wire::proof(&c.secret, "server", c.node_id, hello.node, c.core, (&hello.nonce, &nonce));
+    stream.write_all(&Challenge { status, node: c.node_id, nonce, mac }.encode()).await?;
+    if status != wire::STATUS_OK {
+        return Err(io_err(format!("refused node {} (status {status})", hello.node)));
+    }
+    let mut proof = [0u8; wire::MAC_BYTES];
+    stream.read_exact(&mut proof).await?;
+    if !wire::proof_matches(&c.secret, "client", hello.node, c.node_id, c.core, (&nonce, &hello.nonce), &proof) {
+        tracing::warn!(core = c.core, claimed = hello.node, "a peer failed authentication (wrong cluster secret?)");
+        return Err(io_err("authentication failed"));
+    }
+    Ok(hello.node)
+}
+
+async fn serve_inbound(mut stream: TcpStream, peers: &Rc<Peers>, owner: &Rc<Owner>) -> io::Result<()> {
+    stream.set_nodelay(true)?;
+    let handshake = glommio::timer::timeout(HANDSHAKE_TIMEOUT, async {
+        accept_handshake(&mut stream, &peers.config).await.map_err(glommio::GlommioError::from)
+    });
+    let from = handshake.await.map_err(io_err)?;
+    let me = peers.config.node_id;
+    let replies = Rc::new(RefCell::new(Vec::new()));
+    let (wake, woken) = local_channel::new_bounded(1);
+    let wake = Rc::new(wake);
+    let slots = Rc::new(Semaphore::new(INBOUND_FORWARDS_MAX));
+    let writer = glommio::spawn_local(write_replies(dup(&stream)?, replies.clone(), woken));
+    let mut buf = Vec::new();
+    let result: io::Result<()> = async {
+        loop {
+            while let Some((kind, payload, used)) =
+                wire::take_frame(&buf, peers.config.payload_bytes_max).map_err(io_err)?
+            {
+                match kind {
+                    wire::FRAME_RAFT => {
+                        for (group, m) in wire::decode_raft(payload).map_err(io_err)? {
+                            if m.from != from || m.to != me {
+                                tracing::warn!(
+                                    from,
+                                    claimed = m.from,
+                                    to = m.to,
+                                    "dropped a raft message with a forged address"
+                                );
+                                continue;
+                            }
+                            owner.core.step(group, m);
+                        }
+                    }
+                    wire::FRAME_FORWARD => {
+                        let f = wire::decode_forward(payload).map_err(io_err)?;
+                        slots.acquire(1).await.map_err(io_err)?;
+                        let (owner, replies, wake, slots) =
+                            (owner.clone(), replies.clone(), wake.clone(), slots.clone());
+                        glommio::spawn_local(async move {
+                            let result = crate::route::execute(&owner, f.shard, f.op, f.hops).await;
+                            wire::put_frame(
+                                &mut replies.borrow_mut(),
+                                wire::FRAME_FORWARD_REPLY,
+                                &wire::encode_reply(f.id, &result),
+                            );
+                            let _ = wake.try_send(());
+                            slots.signal(1);
+                        })
+                        .detach();
+                    }
+                    k => return Err(io_err(format!("unexpected frame type {k} from node {from}"))),
+                }
+                buf.drain(..used);
+            }
+            if read_more(&mut stream, &mut buf).await? == 0 {
+                return Ok(());
+            }
+        }
+    }
+    .await;
+    drop(wake);
+    writer.await;
+    result
+}
+
+async fn write_replies(mut stream: TcpStream, replies: Rc<RefCell<Vec<u8>>>, woken: LocalReceiver<()>) {
+    while woken.recv().await.is_some() {
+        let bytes = std::mem::take(&mut *replies.borrow_mut());
+        if !bytes.is_empty() && stream.write_all(&bytes).await.is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,492 @@
+//! Bytes of the peer protocol (node ↔ node). Pure functions; no IO.
+//! Described in docs/protocol.md, "Peer protocol".
+//!
+//! A connection goes from core `c` of one node to core `c` of another (a
+//! shard lives on the same core index on every node). The opener sends a
+//! [`PeerHello`]; the acceptor answers with a [`Challenge`] proving it knows
+//! the cluster secret; the opener answers with a proof of its own. Nothing
+//! else is read from a connection before both proofs check out, and frame
+//! lengths are bounded before any byte of a frame is decoded (raft-rs's
+//! protobuf decoder must only ever see bounded input from authenticated
+//! peers).
+//!
+//! Frame: `u32 payload length | u32 crc32 of type byte + payload | u8 type |
+//! 3 reserved zero bytes | payload`.
+
+use bytes::{Buf, Bytes};
+use hmac::{Hmac, Mac};
+use kv_engine::{Command, Outcome, Stored};
+use kv_replication::{Consistency, CoreError};
+use protobuf::Message as _;
+use raft::eraftpb::Message;
+use sha2::Sha256;
+
+use crate::mesh::{Op, Reply};
+
+pub const PEER_MAGIC: [u8; 4] = *b"KVDP";
+pub const PEER_VERSION: u16 = 1;
+pub const NONCE_BYTES: usize = 16;
+pub const MAC_BYTES: usize = 32;
+pub const HELLO_BYTES: usize = 44;
+pub const CHALLENGE_BYTES: usize = 64;
+pub const FRAME_HEADER_BYTES: usize = 12;
+
+const _: () = assert!(HELLO_BYTES == 28 + NONCE_BYTES);
+
+pub const FRAME_RAFT: u8 = 1;
+pub const FRAME_FORWARD: u8 = 2;
+pub const FRAME_FORWARD_REPLY: u8 = 3;
+
+/// Handshake refusals in a [`Challenge`].
+pub const STATUS_OK: u16 = 0;
+pub const STATUS_SHAPE_MISMATCH: u16 = 1;
+pub const STATUS_UNKNOWN_NODE: u16 = 2;
+pub const STATUS_WRONG_CORE: u16 = 3;
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// Opener → acceptor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerHello {
+    pub version: u16,
+    pub node: u64,
+    pub core: u32,
+    pub cores: u32,
+    pub shards: u32,
+    pub nonce: [u8; NONCE_BYTES],
+}
+
+impl PeerHello {
+    pub fn encode(&self) -> [u8; HELLO_BYTES] {
+        let mut b = [0u8; HELLO_BYTES];
+        b[0..4].copy_from_slice(&PEER_MAGIC);
+        b[4..6].copy_from_slice(&self.version.to_le_bytes());
+        b[8..16].copy_from_slice(&self.node.to_le_bytes());
+        b[16..20].copy_from_slice(&self.core.to_le_bytes());
+        b[20..24].copy_from_slice(&self.cores.to_le_bytes());
+        b[24..28].copy_from_slice(&self.shards.to_le_bytes());
+        b[28..HELLO_BYTES].copy_from_slice(&self.nonce);
+        b
+    }
+
+    pub fn decode(b: &[u8; HELLO_BYTES]) -> Option<PeerHello> {
+        if b[0..4] != PEER_MAGIC || b[6..8] != [0, 0] {
+            return None;
+        }
+        let u32_at = |at: usize| u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"));
+        Some(PeerHello {
+            version: u16::from_le_bytes([b[4], b[5]]),
+            node: u64::from_le_bytes(b[8..16].try_into().expect("8 bytes")),
+            core: u32_at(16),
+            cores: u32_at(20),
+            shards: u32_at(24),
+            nonce: b[28..HELLO_BYTES].try_into().expect("nonce"),
+        })
+    }
+}
+
+/// Acceptor → opener: its identity, its nonce, and its proof.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Challenge {
+    pub status: u16,
+    pub node: u64,
+    pub nonce: [u8; NONCE_BYTES],
+    pub mac: [u8; MAC_BYTES],
+}
+
+impl Challenge {
+    pub fn encode(&self) -> [u8; CHALLENGE_BYTES] {
+        let mut b = [0u8; CHALLENGE_BYTES];
+        b[0..4].copy_from_slice(&PEER_MAGIC);
+        b[4..6].copy_from_slice(&self.status.to_le_bytes());
+        b[8..16].copy_from_slice(&self.node.to_le_bytes());
+        b[16..32].copy_from_slice(&self.nonce);
+        b[32..64].copy_from_slice(&self.mac);
+        b
+    }
+
+    pub fn decode(b: &[u8; CHALLENGE_BYTES]) -> Option<Challenge> {
+        (b[0..4] == PEER_MAGIC).then(|| Challenge {
+            status: u16::from_le_bytes([b[4], b[5]]),
+            node: u64::from_le_bytes(b[8..16].try_into().expect("8 bytes")),
+            nonce: b[16..32].try_into().expect("nonce"),
+            mac: b[32..64].try_into().expect("mac"),
+        })
+    }
+}
+
+/// The proof one side sends: HMAC-SHA256 over who is talking to whom on
+/// which core and both nonces, so it cannot be replayed on another
+/// connection or reflected back.
+pub fn proof(secret: &[u8], role: &str, from: u64, to: u64, core: u32, nonces: (&[u8], &[u8])) -> [u8; MAC_BYTES] {
+    let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC takes keys of any length");
+    mac.update(b"kvd-peer-v1 ");
+    mac.update(role.as_bytes());
+    mac.update(&from.to_le_bytes());
+    mac.update(&to.to_le_bytes());
+    mac.update(&core.to_le_bytes());
+    mac.update(nonces.0);
+    mac.update(nonces.1);
+    mac.finalize().into_bytes().into()
+}
+
+/// Constant-time comparison of a received proof with the expected one.
+pub fn proof_matches(
+    secret: &[u8],
+    role: &str,
+    from: u64,
+    to: u64,
+    core: u32,
+    nonces: (&[u8], &[u8]),
+    got: &[u8],
+) -> bool {
+    let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC takes keys of any length");
+    mac.update(b"kvd-peer-v1 ");
+    mac.update(role.as_bytes());
+    mac.update(&from.to_le_bytes());
+    mac.update(&to.to_le_bytes());
+    mac.update(&core.to_le_bytes());
+    mac.update(nonces.0);
+    mac.update(nonces.1);
+    mac.verify_slice(got).is_ok()
+}
+
+/// Appends one frame.
+pub fn put_frame(out: &mut Vec<u8>, kind: u8, payload: &[u8]) {
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&[kind]);
+    crc.update(payload);
+    out.extend_from_slice(&u32::try_from(payload.len()).expect("frame fits u32").to_le_bytes());
+    out.extend_from_slice(&crc.finalize().to_le_bytes());
+    out.extend_from_slice(&[kind, 0, 0, 0]);
+    out.extend_from_slice(payload);
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum FrameError {
+    TooLarge(usize),
+    Checksum,
+    Reserved,
+}
+
+impl std::fmt::Display for FrameError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FrameError::TooLarge(n) => write!(f, "peer frame of {n} bytes exceeds the limit"),
+            FrameError::Checksum => write!(f, "peer frame checksum mismatch"),
+            FrameError::Reserved => write!(f, "peer frame reserved bytes are not zero"),
+        }
+    }
+}
+
+/// A frame found in a buffer: its type, payload, and bytes used.
+pub type Taken<'a> = (u8, &'a [u8], usize);
+
+/// The frame at the start of `buf`: `Ok(None)` if incomplete, else its type,
+/// payload and total length. The length is checked before anything else.
+pub fn take_frame(buf: &[u8], payload_bytes_max: usize) -> Result<Option<Taken<'_>>, FrameError> {
+    if buf.len() < FRAME_HEADER_BYTES {
+        return Ok(None);
+    }
+    let len = u32::from_le_bytes(buf[0..4].try_into().expect("4 bytes")) as usize;
+    if len > payload_bytes_max {
+        return Err(FrameError::TooLarge(len));
+    }
+    if buf.len() < FRAME_HEADER_BYTES + len {
+        return Ok(None);
+    }
+    if buf[9..12] != [0, 0, 0] {
+        return Err(FrameError::Reserved);
+    }
+    let (kind, payload) = (buf[8], &buf[FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + len]);
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&[kind]);
+    crc.update(payload);
+    if crc.finalize() != u32::from_le_bytes(buf[4..8].try_into().expect("4 bytes")) {
+        return Err(FrameError::Checksum);
+    }
+    Ok(Some((kind, payload, FRAME_HEADER_BYTES + len)))
+}
+
+/// Appends Raft messages as frames of at most `payload_bytes_max` each
+/// (a single larger message gets a frame of its own).
+pub fn put_raft_frames(out: &mut Vec<u8>, messages: &[(u32, Message)], payload_bytes_max: usize) {
+    let mut payload = Vec::new();
+    let mut count = 0u32;
+    let flush = |out: &mut Vec<u8>, payload: &mut Vec<u8>, count: &mut u32| {
+        if *count > 0 {
+            let mut framed = count.to_le_bytes().to_vec();
+            framed.append(payload);
+            put_frame(out, FRAME_RAFT, &framed);
+            *count = 0;
+        }
+    };
+    for (group, m) in messages {
+        let bytes = m.write_to_bytes().expect("raft messages encode");
+        if count > 0 && payload.len() + bytes.len() + 8 > payload_bytes_max {
+            flush(out, &mut payload, &mut count);
+        }
+        payload.extend_from_slice(&group.to_le_bytes());
+        payload.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+        payload.extend_from_slice(&bytes);
+        count += 1;
+    }
+    flush(out, &mut payload, &mut count);
+}
+
+/// Decodes a Raft frame's payload into `(group, message)` pairs.
+pub fn decode_raft(mut payload: &[u8]) -> Result<Vec<(u32, Message)>, String> {
+    if payload.len() < 4 {
+        return Err("raft frame shorter than its count".into());
+    }
+    let count = payload.get_u32_le() as usize;
+    let mut out = Vec::with_capacity(count.min(4096));
+    for _ in 0..count {
+        if payload.len() < 8 {
+            return Err("raft frame truncated".into());
+        }
+        let group = payload.get_u32_le();
+        let len = payload.get_u32_le() as usize;
+        if payload.len() < len {
+            return Err("raft message truncated".into());
+        }
+        let m = Message::parse_from_bytes(&payload[..len]).map_err(|e| format!("raft message does not decode: {e}"))?;
+        payload.advance(len);
+        out.push((group, m));
+    }
+    if !payload.is_empty() {
+        return Err("bytes after the last raft message".into());
+    }
+    Ok(out)
+}
+
+/// A request forwarded to the node that can serve it.
+#[derive(Debug, Clone)]
+pub struct Forward {
+    pub id: u64,
+    pub shard: u32,
+    pub hops: u8,
+    pub op: Op,
+}
+
+fn consistency_code(c: Consistency) -> u8 {
+    match c {
+        Consistency::Lease => 0,
+        Consistency::Strict => 1,
+        Consistency::Stale => 2,
+    }
+}
+
+pub fn consistency_from(code: u8) -> Option<Consistency> {
+    Some(match code {
+        0 => Consistency::Lease,
+        1 => Consistency::Strict,
+        2 => Consistency::Stale,
+        _ => return None,
+    })
+}
+
+pub fn encode_forward(f: &Forward) -> Vec<u8> {
+    let mut p = Vec::new();
+    p.extend_from_slice(&f.id.to_le_bytes());
+    p.extend_from_slice(&f.shard.to_le_bytes());
+    p.push(f.hops);
+    match &f.op {
+        Op::Get { key, consistency } => {
+            p.extend_from_slice(&[1, consistency_code(*consistency)]);
+            p.extend_from_slice(key);
+        }
+        Op::Write(command) => {
+            p.extend_from_slice(&[2, 0]);
+            p.extend_from_slice(&command.encode());
+        }
+        Op::Status => p.extend_from_slice(&[3, 0]),
+    }
+    p
+}
+
+pub fn decode_forward(payload: &[u8]) -> Result<Forward, String> {
+    if payload.len() < 15 {
+        return Err("forward shorter than its header".into());
+    }
+    let id = u64::from_le_bytes(payload[0..8].try_into().expect("8 bytes"));
+    let shard = u32::from_le_bytes(payload[8..12].try_into().expect("4 bytes"));
+    let hops = payload[12];
+    let body = Bytes::copy_from_slice(&payload[15..]);
+    let op = match payload[13] {
+        1 => Op::Get { key: body, consistency: consistency_from(payload[14]).ok_or("unknown consistency")? },
+        2 => Op::Write(Command::decode(&body).map_err(|e| e.to_string())?),
+        3 => Op::Status,
+        k => return Err(format!("unknown forward kind {k}")),
+    };
+    Ok(Forward { id, shard, hops, op })
+}
+
+fn put_opt(p: &mut Vec<u8>, v: Option<u64>) {
+    p.push(v.is_some() as u8);
+    p.extend_from_slice(&v.unwrap_or(0).to_le_bytes());
+}
+
+fn put_text(p: &mut Vec<u8>, tag: u8, text: &str) {
+    p.push(tag);
+    p.extend_from_slice(text.as_bytes());
+}
+
+pub fn encode_reply(id: u64, result: &Result<Reply, CoreError>) -> Vec<u8> {
+    let mut p = id.to_le_bytes().to_vec();
+    match result {
+        Ok(Reply::Value(None)) => p.push(1),
+        Ok(Reply::Value(Some(s))) => {
+            p.push(2);
+            p.extend_from_slice(&s.version.to_le_bytes());
+            p.extend_from_slice(&s.value);
+        }
+        Ok(Reply::Outcome(Outcome::Written { version })) => {
+            p.push(3);
+            p.extend_from_slice(&version.to_le_bytes());
+        }
+        Ok(Reply::Outcome(Outcome::Deleted { version })) => {
+            p.push(4);
+            p.extend_from_slice(&version.to_le_bytes());
+        }
+        Ok(Reply::Outcome(Outcome::NotFound)) => p.push(5),
+        Ok(Reply::Outcome(Outcome::ConditionFailed { current_version })) => {
+            p.push(6);
+            put_opt(&mut p, *current_version);
+        }
+        Ok(Reply::Status(json)) => put_text(&mut p, 7, json),
+        Err(CoreError::NotLeader { leader }) => {
+            p.push(16);
+            put_opt(&mut p, *leader);
+        }
+        Err(CoreError::Poisoned(why)) => put_text(&mut p, 17, why),
+        Err(CoreError::ShuttingDown) => p.push(18),
+        Err(CoreError::Dropped) => p.push(19),
+        Err(CoreError::Busy) => p.push(20),
+        Err(CoreError::WrongCore(shard)) => {
+            p.push(21);
+            p.extend_from_slice(&shard.to_le_bytes());
+        }
+        Err(CoreError::Unavailable(why)) => put_text(&mut p, 22, why),
+    }
+    p
+}
+
+pub fn decode_reply(payload: &[u8]) -> Result<(u64, Result<Reply, CoreError>), String> {
+    if payload.len() < 9 {
+        return Err("forward reply shorter than its header".into());
+    }
+    let id = u64::from_le_bytes(payload[0..8].try_into().expect("8 bytes"));
+    let rest = &payload[9..];
+    let u64_at = |b: &[u8]| b.get(..8).map(|s| u64::from_le_bytes(s.try_into().expect("8 bytes"))).ok_or("short reply");
+    let opt = |b: &[u8]| -> Result<Option<u64>, String> {
+        let v = u64_at(b.get(1..).ok_or("short reply")?)?;
+        Ok((b[0] != 0).then_some(v))
+    };
+    let text = || String::from_utf8_lossy(rest).into_owned();
+    let result = match payload[8] {
+        1 => Ok(Reply::Value(None)),
+        2 => Ok(Reply::Value(Some(Stored { version: u64_at(rest)?, value: Bytes::copy_from_slice(&rest[8..]) }))),
+        3 => Ok(Reply::Outcome(Outcome::Written { version: u64_at(rest)? })),
+        4 => Ok(Reply::Outcome(Outcome::Deleted { version: u64_at(rest)? })),
+        5 => Ok(Reply::Outcome(Outcome::NotFound)),
+        6 => Ok(Reply::Outcome(Outcome::ConditionFailed { current_version: opt(rest)? })),
+        7 => Ok(Reply::Status(text())),
+        16 => Err(CoreError::NotLeader { leader: opt(rest)? }),
+        17 => Err(CoreError::Poisoned(text())),
+        18 => Err(CoreError::ShuttingDown),
+        19 => Err(CoreError::Dropped),
+        20 => Err(CoreError::Busy),
+        21 => Err(CoreError::WrongCore(u32::from_le_bytes(rest.get(..4).ok_or("short reply")?.try_into().expect("4")))),
+        22 => Err(CoreError::Unavailable(text())),
+        t => return Err(format!("unknown reply tag {t}")),
+    };
+    Ok((id, result))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kv_engine::Condition;
+
+    #[test]
+    fn handshake_messages_round_trip_and_proofs_bind_everything() {
+        let h = PeerHello { version: 1, node: 3, core: 1, cores: 2, shards: 16, nonce: [7; NONCE_BYTES] };
+        assert_eq!(PeerHello::decode(&h.encode()), Some(h));
+        let c = Challenge { status: 0, node: 2, nonce: [9; NONCE_BYTES], mac: [1; MAC_BYTES] };
+        assert_eq!(Challenge::decode(&c.encode()), Some(c));
+        let p = proof(b"secret", "server", 2, 3, 1, (&[1; 16], &[2; 16]));
+        assert!(proof_matches(b"secret", "server", 2, 3, 1, (&[1; 16], &[2; 16]), &p));
+        for (secret, role, from, to, core) in [
+            (&b"other"[..], "server", 2, 3, 1),
+            (b"secret", "client", 2, 3, 1),
+            (b"secret", "server", 3, 2, 1),
+            (b"secret", "server", 2, 3, 0),
+        ] {
+            assert!(!proof_matches(secret, role, from, to, core, (&[1; 16], &[2; 16]), &p));
+        }
+        assert!(!proof_matches(b"secret", "server", 2, 3, 1, (&[2; 16], &[1; 16]), &p), "nonce order matters");
+    }
+
+    #[test]
+    fn frames_are_bounded_and_checksummed() {
+        let mut out = Vec::new();
+        put_frame(&mut out, FRAME_FORWARD, b"payload");
+        assert_eq!(take_frame(&out, 100).unwrap(), Some((FRAME_FORWARD, &b"payload"[..], out.len())));
+        assert_eq!(take_frame(&out[..out.len() - 1], 100).unwrap(), None);
+        assert_eq!(take_frame(&out, 3), Err(FrameError::TooLarge(7)));
+        let mut bad = out.clone();
+        bad[14] ^= 1;
+        assert_eq!(take_frame(&bad, 100), Err(FrameError::Checksum));
+    }
+
+    #[test]
+    fn raft_batches_split_and_round_trip() {
+        let msgs: Vec<(u32, Message)> = (0..50)
+            .map(|i| {
+                let mut m = Message::default();
+                m.to = 2;
+                m.from = 1;
+                m.term = i;
+                m.context = vec![i as u8; 100].into();
+                (i as u32 % 7, m)
+            })
+            .collect();
+        let mut out = Vec::new();
+        put_raft_frames(&mut out, &msgs, 1000);
+        let mut at = 0;
+        let mut got = Vec::new();
+        while let Some((kind, payload, used)) = take_frame(&out[at..], 1000 + 200).unwrap() {
+            assert_eq!(kind, FRAME_RAFT);
+            got.extend(decode_raft(payload).unwrap());
+            at += used;
+        }
+        assert_eq!(got, msgs);
+        assert!(decode_raft(&[5, 0, 0, 0, 1]).is_err());
+    }
+
+    #[test]
+    fn forwards_and_replies_round_trip() {
+        let ops = [
+            Op::Get { key: Bytes::from_static(b"k"), consistency: Consistency::Strict },
+            Op::Write(Command::Put { key: "k".into(), value: "v".into(), condition: Condition::IfVersion(3) }),
+            Op::Status,
+        ];
+        for op in ops {
+            let f = decode_forward(&encode_forward(&Forward { id: 9, shard: 4, hops: 1, op: op.clone() })).unwrap();
+            assert_eq!((f.id, f.shard, f.hops, format!("{:?}", f.op)), (9, 4, 1, format!("{op:?}")));
+        }
+        let results: Vec<Result<Reply, CoreError>> = vec![
+            Ok(Reply::Value(Some(Stored { value: "v".into(), version: 5 }))),
+            Ok(Reply::Value(None)),
+            Ok(Reply::Outcome(Outcome::ConditionFailed { current_version: Some(2) })),
+            Ok(Reply::Status("{}".into())),
+            Err(CoreError::NotLeader { leader: Some(3) }),
+            Err(CoreError::Unavailable("no leader".into())),
+        ];
+        for r in results {
+            let (id, back) = decode_reply(&encode_reply(7, &r)).unwrap();
+            assert_eq!((id, format!("{back:?}")), (7, format!("{r:?}")));
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! Running an operation on the core that owns its shard, wherever the
+//! shard's leader is.
+//!
+//! The owning core tries its own replica first. If that replica cannot
+//! serve the request (it is not the leader, or a lease read found no valid
+//! lease), the request goes to the leader this replica knows of, over the
+//! peer link between the two nodes' owning cores. If no leader is known (an
+//! election is under way) it waits for one, boundedly. A node that holds no
+//! replica of the shard sends the request to the shard's replicas in
+//! preference order. A request is forwarded at most [`HOPS_MAX`] times.
+//!
+//! A write is only forwarded when it was refused before being proposed
+//! (`NotLeader`); a write whose fate is unknown (`Dropped`) is reported to
+//! the client as a retryable error, never replayed here.
+
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use kv_replication::{Core, CoreError, Layout};
+
+use crate::mesh::{Op, Reply};
+use crate::peer::Peers;
+
+/// Forwards a request may take (a node without the shard → a replica →
+/// its leader).
+pub const HOPS_MAX: u8 = 3;
+/// How long a request waits for a shard to elect a leader.
+pub const ELECTION_WAIT: Duration = Duration::from_secs(5);
+const ELECTION_POLL: Duration = Duration::from_millis(10);
+
+/// What one core needs to serve or forward an operation.
+pub struct Owner {
+    pub core: Core,
+    pub layout: Layout,
+    /// `None` on a single node.
+    pub peers: Option<Rc<Peers>>,
+}
+
+impl Owner {
+    /// A JSON status of this core's groups and links (for `cluster status`).
+    pub fn status(&self) -> serde_json::Value {
+        let groups: Vec<serde_json::Value> = self
+            .core
+            .group_status()
+            .into_iter()
+            .map(|g| {
+                let lag: serde_json::Map<String, serde_json::Value> =
+                    g.follower_lag.iter().map(|(n, l)| (n.to_string(), (*l).into())).collect();
+                serde_json::json!({
+                    "shard": g.shard, "leader": g.leader, "is_leader": g.is_leader, "term": g.term,
+                    "commit": g.commit, "applied": g.applied, "last_index": g.last_index, "keys": g.keys,
+                    "replicas": self.layout.replicas_of(g.shard), "follower_lag": lag,
+                })
+            })
+            .collect();
+        let links: Vec<serde_json::Value> = self
+            .peers
+            .iter()
+            .flat_map(|p| p.link_states())
+            .map(|(node, addr, up)| serde_json::json!({"node": node, "addr": addr.to_string(), "connected": up}))
+            .collect();
+        serde_json::json!({"core": self.core.config().core, "groups": groups, "links": links})
+    }
+}
+
+/// Runs `op` on `shard` from its owning core on this node.
+pub async fn execute(owner: &Owner, shard: u32, op: Op, hops: u8) -> Result<Reply, CoreError> {
+    if let Op::Status = op {
+        return Ok(Reply::Status(owner.status().to_string()));
+    }
+    if !owner.layout.hosts(shard) {
+        return forward_to_replicas(owner, shard, op, hops).await;
+    }
+    let deadline = Instant::now() + ELECTION_WAIT;
+    loop {
+        let local = match &op {
+            Op::Get { key, consistency } => owner.core.read(shard, key, *consistency).await.map(Reply::Value),
+            Op::Write(command) => owner.core.write(shard, command.clone()).await.map(Reply::Outcome),
+            Op::Status => unreachable!("answered above"),
+        };
+        let leader = match local {
+            Err(CoreError::NotLeader { leader }) => leader,
+            other => return other,
+        };
+        match (leader, &owner.peers) {
+            (Some(l), Some(peers)) if l != owner.layout.node_id => {
+                if hops >= HOPS_MAX {
+                    return Err(CoreError::NotLeader { leader: Some(l) });
+                }
+                return peers.forward(l, shard, op, hops + 1).await;
+            }
+            // No leader known, or this node is the leader but its lease is
+            // not yet valid (a new leader has not committed in its term):
+            // wait, boundedly, and try again.
+            _ if Instant::now() < deadline => glommio::timer::sleep(ELECTION_POLL).await,
+            _ => return Err(CoreError::Unavailable(format!("shard {shard} has no leader"))),
+        }
+    }
+}
+
+async fn forward_to_replicas(owner: &Owner, shard: u32, op: Op, hops: u8) -> Result<Reply, CoreError> {
+    let Some(peers) = &owner.peers else {
+        return Err(CoreError::WrongCore(shard));
+    };
+    if hops >= HOPS_MAX {
+        return Err(CoreError::Unavailable(format!("shard {shard}: too many forwards")));
+    }
+    let mut last = CoreError::Unavailable(format!("no replica of shard {shard} is reachable"));
+    for node in owner.layout.replicas_of(shard) {
+        match peers.forward(node, shard, op.clone(), hops + 1).await {
+            Err(e @ CoreError::Unavailable(_)) => last = e,
+            other => return other,
+        }
+    }
+    Err(last)
+}
