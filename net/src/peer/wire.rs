@@ -444,11 +444,7 @@ mod tests {
     fn raft_batches_split_and_round_trip() {
         let msgs: Vec<(u32, Message)> = (0..50)
             .map(|i| {
-                let mut m = Message::default();
-                m.to = 2;
-                m.from = 1;
-                m.term = i;
-                m.context = vec![i as u8; 100].into();
+                let m = Message { to: 2, from: 1, term: i, context: vec![i as u8; 100].into(), ..Message::default() };
                 (i as u32 % 7, m)
             })
             .collect();
