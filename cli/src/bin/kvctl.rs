@@ -12,6 +12,7 @@ use base64::Engine as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use kv_engine::Condition;
 use kv_net::client::{Client, ClientError, WriteResult};
+use kv_replication::Consistency;
 use serde_json::json;
 
 const EXIT_CODES: &str = "Exit codes:
@@ -54,7 +55,12 @@ enum Output {
 #[derive(Subcommand)]
 enum Command {
     /// Print a key's value (raw: the bytes exactly as stored).
-    Get { key: OsString },
+    Get {
+        key: OsString,
+        /// strict (confirmed with a quorum), lease (leader's lease; default), stale (any replica).
+        #[arg(long, value_enum, default_value_t = ReadLevel::Lease)]
+        consistency: ReadLevel,
+    },
     /// Store a value (from VALUE, --file, or stdin); prints the new version.
     Put {
         key: OsString,
@@ -89,6 +95,35 @@ enum Command {
     },
     /// Check that a server answers.
     Ping,
+    /// Cluster administration.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Nodes and links as the answering node sees them, and per shard its
+    /// leader, term, commit and applied index, and follower lag.
+    Status,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ReadLevel {
+    Strict,
+    Lease,
+    Stale,
+}
+
+impl From<ReadLevel> for Consistency {
+    fn from(r: ReadLevel) -> Consistency {
+        match r {
+            ReadLevel::Strict => Consistency::Strict,
+            ReadLevel::Lease => Consistency::Lease,
+            ReadLevel::Stale => Consistency::Stale,
+        }
+    }
 }
 
 /// A failed command: what to print and how to exit.
@@ -144,9 +179,18 @@ fn run(cli: Cli) -> Result<(), Failure> {
             print_ping(out, client.endpoint(), rtt);
             Ok(())
         }
-        Command::Get { key } => {
+        Command::Cluster { command: ClusterCommand::Status } => {
+            let status: serde_json::Value = serde_json::from_str(&client.status()?)
+                .map_err(|e| fail(EXIT_SERVER, format!("the server sent a malformed status: {e}")))?;
+            match out {
+                Output::Json => println!("{status}"),
+                Output::Raw | Output::Table => print_status(&status),
+            }
+            Ok(())
+        }
+        Command::Get { key, consistency } => {
             let key = key.as_bytes();
-            match client.get(key)? {
+            match client.get_with(key, consistency.into())? {
                 Some((value, version)) => {
                     print_value(out, key, &value, version);
                     Ok(())
@@ -271,6 +315,69 @@ fn print_ping(out: Output, endpoint: &str, rtt: Duration) {
         Output::Table => {
             print_table(&["ENDPOINT", "RTT_MS"], &[endpoint.to_string(), format!("{:.3}", rtt.as_secs_f64() * 1000.0)])
         }
+    }
+}
+
+/// The status as tables: links, then one row per shard.
+fn print_status(s: &serde_json::Value) {
+    let text = |v: &serde_json::Value| match v {
+        serde_json::Value::Null => "-".to_string(),
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    println!(
+        "node {} of nodes {} ({} replicas per shard, {} shards)",
+        s["node"],
+        text(&s["nodes"]),
+        s["replicas"],
+        s["shards"]
+    );
+    let mut links = vec![];
+    let mut shards = vec![];
+    for core in s["cores"].as_array().into_iter().flatten() {
+        for l in core["links"].as_array().into_iter().flatten() {
+            let up = if l["connected"] == true { "up" } else { "down" };
+            links.push(vec![format!("{}/{}", text(&l["node"]), text(&core["core"])), text(&l["addr"]), up.to_string()]);
+        }
+        for g in core["groups"].as_array().into_iter().flatten() {
+            let lag = g["follower_lag"]
+                .as_object()
+                .map(|m| m.iter().map(|(n, l)| format!("{n}:{l}")).collect::<Vec<_>>().join(","));
+            shards.push(vec![
+                text(&g["shard"]),
+                text(&core["core"]),
+                text(&g["replicas"]),
+                text(&g["leader"]),
+                text(&g["term"]),
+                text(&g["commit"]),
+                text(&g["applied"]),
+                text(&g["keys"]),
+                lag.filter(|l| !l.is_empty()).unwrap_or_else(|| "-".into()),
+            ]);
+        }
+    }
+    if !links.is_empty() {
+        println!();
+        print_rows(&["PEER/CORE", "ADDR", "LINK"], &links);
+    }
+    println!();
+    print_rows(&["SHARD", "CORE", "REPLICAS", "LEADER", "TERM", "COMMIT", "APPLIED", "KEYS", "FOLLOWER_LAG"], &shards);
+}
+
+fn print_rows(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let padded: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        println!("{}", padded.join("  ").trim_end());
+    };
+    line(header.iter().map(|s| s.to_string()).collect());
+    for row in rows {
+        line(row.clone());
     }
 }
 
