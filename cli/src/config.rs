@@ -103,6 +103,9 @@ pub struct Options {
     /// io_uring buffer memory per core in bytes [default: 1048576].
     #[arg(long, env = "KVD_IO_MEMORY_BYTES")]
     pub io_memory_bytes: Option<usize>,
+    /// Applied Raft entries each shard keeps in memory for lagging followers [default: 4096].
+    #[arg(long, env = "KVD_RAFT_LOG_RETAIN_ENTRIES")]
+    pub raft_log_retain_entries: Option<u64>,
     /// Every node of the cluster with its peer address (this node's too):
     /// `1=HOST:PORT,2=HOST:PORT,...`. Core c of a node uses PORT + c. Empty: a single node.
     #[arg(long, env = "KVD_PEERS")]
@@ -160,6 +163,11 @@ impl Options {
             wal_segment_bytes,
             snapshot_wal_bytes,
             io_memory_bytes,
+            raft_log_retain_entries,
+            peers,
+            peer_listen,
+            replication_factor,
+            cluster_secret_file,
         );
     }
 
@@ -184,6 +192,7 @@ impl Options {
             wal_segment_bytes: Some(SEGMENT_BYTES_DEFAULT),
             snapshot_wal_bytes: Some(SNAPSHOT_WAL_BYTES_DEFAULT),
             io_memory_bytes: Some(IO_MEMORY_BYTES_DEFAULT),
+            raft_log_retain_entries: Some(kv_replication::LOG_RETAIN_ENTRIES_DEFAULT),
             ..Options::default()
         }
     }
@@ -206,6 +215,7 @@ pub struct Settings {
     pub wal_segment_bytes: u64,
     pub snapshot_wal_bytes: u64,
     pub io_memory_bytes: usize,
+    pub raft_log_retain_entries: u64,
     /// `None` for a single node.
     pub cluster: Option<ClusterSettings>,
     /// The resolved options, defaults filled in (for `--print-config`).
@@ -291,6 +301,7 @@ impl Settings {
             wal_segment_bytes,
             snapshot_wal_bytes: o.snapshot_wal_bytes.expect("default").max(1),
             io_memory_bytes: o.io_memory_bytes.expect("default"),
+            raft_log_retain_entries: o.raft_log_retain_entries.expect("default").max(1),
             effective: o,
         })
     }
@@ -495,6 +506,28 @@ mod tests {
         ])
         .unwrap();
         assert!(Settings::from_options(cli).unwrap_err().contains("at least 16"));
+    }
+
+    #[test]
+    fn every_setting_can_come_from_the_file() {
+        // Each key the file accepts must survive the merge: a key missing
+        // from `fill!` would be parsed and then silently ignored.
+        let dir = tempfile::tempdir().unwrap();
+        let text = "data_dir = \"/d\"\nlisten = \"127.0.0.9:1\"\ncores = \"0\"\nfsync = \"never\"\n\
+                    persistence = \"wal\"\nnode_id = 2\nlog_level = \"warn\"\nlog_format = \"json\"\n\
+                    shards_per_core = 3\nmax_key_bytes = 10\nmax_value_bytes = 20\nmax_frame_bytes = 999\n\
+                    max_pipeline_depth = 7\nmax_connections = 8\nwal_segment_bytes = 1048576\n\
+                    snapshot_wal_bytes = 5\nio_memory_bytes = 6\nraft_log_retain_entries = 9\n\
+                    peers = \"2=127.0.0.1:7480\"\npeer_listen = \"127.0.0.1:7480\"\nreplication_factor = 1\n\
+                    cluster_secret_file = \"/s\"\n";
+        let path = dir.path().join("all.toml");
+        std::fs::write(&path, text).unwrap();
+        let file: toml::Value = toml::from_str(text).unwrap();
+        let merged = Options { config: Some(path), ..Options::default() }.resolve().unwrap();
+        let merged: toml::Value = toml::from_str(&toml::to_string(&merged).unwrap()).unwrap();
+        for (key, value) in file.as_table().unwrap() {
+            assert_eq!(merged.get(key), Some(value), "{key} was dropped by the merge");
+        }
     }
 
     #[test]

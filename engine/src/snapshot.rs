@@ -28,8 +28,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use futures_lite::AsyncWriteExt;
-use glommio::io::{DmaFile, DmaStreamWriterBuilder, OpenOptions};
+use futures_lite::{AsyncWrite, AsyncWriteExt};
+use glommio::io::{DmaFile, DmaStreamWriter, DmaStreamWriterBuilder, OpenOptions};
 
 use crate::shard::Stored;
 
@@ -102,10 +102,69 @@ fn total_len(meta: &SnapshotMeta, entries: &[(Bytes, Stored)]) -> u64 {
     (HEADER_BYTES + meta.conf_state.len() + body + TRAILER_BYTES) as u64
 }
 
+/// Streams the encoding of a snapshot into `out`, yielding to other tasks
+/// between entries so a large shard does not stall its core.
+async fn encode_into<W: AsyncWrite + Unpin>(
+    meta: &SnapshotMeta,
+    entries: &[(Bytes, Stored)],
+    out: &mut W,
+) -> std::io::Result<()> {
+    let mut crc = crc32fast::Hasher::new();
+    let mut header = Vec::with_capacity(HEADER_BYTES + meta.conf_state.len());
+    header.extend_from_slice(MAGIC);
+    header.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    header.extend_from_slice(&meta.group.to_le_bytes());
+    header.extend_from_slice(&meta.index.to_le_bytes());
+    header.extend_from_slice(&meta.term.to_le_bytes());
+    header.extend_from_slice(&(entries.len() as u64).to_le_bytes());
+    header.extend_from_slice(&total_len(meta, entries).to_le_bytes());
+    header.extend_from_slice(&(meta.conf_state.len() as u32).to_le_bytes());
+    header.extend_from_slice(&meta.conf_state);
+    crc.update(&header);
+    out.write_all(&header).await?;
+    for (i, (key, stored)) in entries.iter().enumerate() {
+        let mut head = [0u8; ENTRY_HEADER_BYTES];
+        head[0..4].copy_from_slice(&(key.len() as u32).to_le_bytes());
+        head[4..8].copy_from_slice(&(stored.value.len() as u32).to_le_bytes());
+        head[8..16].copy_from_slice(&stored.version.to_le_bytes());
+        for part in [&head[..], key, &stored.value] {
+            crc.update(part);
+            out.write_all(part).await?;
+        }
+        if i % ENTRIES_PER_YIELD_CHECK == 0 {
+            glommio::yield_if_needed().await;
+        }
+    }
+    let mut trailer = [0u8; TRAILER_BYTES];
+    trailer[0..4].copy_from_slice(&crc.finalize().to_le_bytes());
+    trailer[4..12].copy_from_slice(TRAILER_MAGIC);
+    out.write_all(&trailer).await
+}
+
+/// A snapshot's bytes in memory (what a leader sends a lagging follower).
+pub async fn encode(meta: &SnapshotMeta, entries: &[(Bytes, Stored)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(total_len(meta, entries) as usize);
+    encode_into(meta, entries, &mut out).await.expect("writing to memory cannot fail");
+    out
+}
+
 /// Writes a snapshot durably and returns its path. `entries` is the shard's
 /// content at `meta.index` (a cheap copy: values are reference-counted).
 pub async fn write(dir: &Path, meta: &SnapshotMeta, entries: Vec<(Bytes, Stored)>) -> Result<PathBuf, SnapshotError> {
-    let path = dir.join(file_name(meta.group, meta.index));
+    let (tmp, mut writer) = create_tmp(dir, meta).await?;
+    encode_into(meta, &entries, &mut writer).await.map_err(io_err(&tmp, "write snapshot"))?;
+    commit(dir, meta, tmp, writer).await
+}
+
+/// Writes a snapshot received as bytes (already verified with [`decode`])
+/// durably and returns its path.
+pub async fn write_encoded(dir: &Path, meta: &SnapshotMeta, bytes: &[u8]) -> Result<PathBuf, SnapshotError> {
+    let (tmp, mut writer) = create_tmp(dir, meta).await?;
+    writer.write_all(bytes).await.map_err(io_err(&tmp, "write snapshot"))?;
+    commit(dir, meta, tmp, writer).await
+}
+
+async fn create_tmp(dir: &Path, meta: &SnapshotMeta) -> Result<(PathBuf, DmaStreamWriter), SnapshotError> {
     let tmp = dir.join(format!("{}.tmp", file_name(meta.group, meta.index)));
     let file = OpenOptions::new()
         .read(true)
@@ -115,40 +174,19 @@ pub async fn write(dir: &Path, meta: &SnapshotMeta, entries: Vec<(Bytes, Stored)
         .dma_open(&tmp)
         .await
         .map_err(|e| io_err(&tmp, "create snapshot")(e.into()))?;
-    let mut writer = DmaStreamWriterBuilder::new(file).with_buffer_size(WRITE_BUFFER_BYTES).build();
-    let mut crc = crc32fast::Hasher::new();
-    let mut header = Vec::with_capacity(HEADER_BYTES + meta.conf_state.len());
-    header.extend_from_slice(MAGIC);
-    header.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-    header.extend_from_slice(&meta.group.to_le_bytes());
-    header.extend_from_slice(&meta.index.to_le_bytes());
-    header.extend_from_slice(&meta.term.to_le_bytes());
-    header.extend_from_slice(&(entries.len() as u64).to_le_bytes());
-    header.extend_from_slice(&total_len(meta, &entries).to_le_bytes());
-    header.extend_from_slice(&(meta.conf_state.len() as u32).to_le_bytes());
-    header.extend_from_slice(&meta.conf_state);
-    let werr = |e: std::io::Error| io_err(&tmp, "write snapshot")(e);
-    crc.update(&header);
-    writer.write_all(&header).await.map_err(werr)?;
-    for (i, (key, stored)) in entries.iter().enumerate() {
-        let mut head = [0u8; ENTRY_HEADER_BYTES];
-        head[0..4].copy_from_slice(&(key.len() as u32).to_le_bytes());
-        head[4..8].copy_from_slice(&(stored.value.len() as u32).to_le_bytes());
-        head[8..16].copy_from_slice(&stored.version.to_le_bytes());
-        for part in [&head[..], key, &stored.value] {
-            crc.update(part);
-            writer.write_all(part).await.map_err(werr)?;
-        }
-        if i % ENTRIES_PER_YIELD_CHECK == 0 {
-            glommio::yield_if_needed().await;
-        }
-    }
-    let mut trailer = [0u8; TRAILER_BYTES];
-    trailer[0..4].copy_from_slice(&crc.finalize().to_le_bytes());
-    trailer[4..12].copy_from_slice(TRAILER_MAGIC);
-    writer.write_all(&trailer).await.map_err(werr)?;
+    Ok((tmp, DmaStreamWriterBuilder::new(file).with_buffer_size(WRITE_BUFFER_BYTES).build()))
+}
+
+/// Makes the temporary file durable and renames it into place.
+async fn commit(
+    dir: &Path,
+    meta: &SnapshotMeta,
+    tmp: PathBuf,
+    mut writer: DmaStreamWriter,
+) -> Result<PathBuf, SnapshotError> {
+    let path = dir.join(file_name(meta.group, meta.index));
     // close() fdatasyncs, then truncates the block padding away.
-    writer.close().await.map_err(werr)?;
+    writer.close().await.map_err(io_err(&tmp, "write snapshot"))?;
     // IMPORTANT: fsync — make the truncated length durable too.
     let reopened = DmaFile::open(&tmp).await.map_err(|e| io_err(&tmp, "reopen snapshot")(e.into()))?;
     reopened.fdatasync().await.map_err(|e| io_err(&tmp, "fdatasync snapshot")(e.into()))?;
@@ -163,6 +201,12 @@ pub async fn write(dir: &Path, meta: &SnapshotMeta, entries: Vec<(Bytes, Stored)
 /// Reads and verifies a snapshot file.
 pub fn read(path: &Path) -> Result<(SnapshotMeta, Vec<(Bytes, Stored)>), SnapshotError> {
     let data = std::fs::read(path).map_err(io_err(path, "read snapshot"))?;
+    decode(&data, path)
+}
+
+/// Verifies and decodes a snapshot's bytes; `path` names where they came
+/// from in errors.
+pub fn decode(data: &[u8], path: &Path) -> Result<(SnapshotMeta, Vec<(Bytes, Stored)>), SnapshotError> {
     let corrupt = |reason: &str| SnapshotError::Corrupt { path: path.to_path_buf(), reason: reason.to_string() };
     if data.len() < HEADER_BYTES + TRAILER_BYTES || &data[0..8] != MAGIC {
         return Err(corrupt("not a kvd snapshot (bad magic or too short)"));
@@ -253,6 +297,20 @@ mod tests {
         let (got_meta, got) = read(&listed[&3][0].1).unwrap();
         assert_eq!(got_meta, meta);
         assert_eq!(got, sample(5000));
+    }
+
+    #[test]
+    fn encoded_bytes_decode_and_install_as_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_path_buf();
+        let meta = SnapshotMeta { group: 1, index: 77, term: 2, conf_state: Bytes::from_static(b"c") };
+        let m = meta.clone();
+        let path = run(move || async move {
+            let bytes = encode(&m, &sample(300)).await;
+            assert_eq!(decode(&bytes, Path::new("memory")).unwrap(), (m.clone(), sample(300)));
+            write_encoded(&d, &m, &bytes).await.unwrap()
+        });
+        assert_eq!(read(&path).unwrap(), (meta, sample(300)));
     }
 
     #[test]

@@ -83,6 +83,10 @@ async fn run(setup: CoreSetup) -> Result<(), String> {
         None => Box::new(NoPeers),
     };
     let core = Core::open(config, transport).await.map_err(|e| format!("core {core_index}: {e}"))?;
+    if let Some(p) = &peers {
+        let core = core.clone();
+        p.on_snapshot_sent(Box::new(move |group, to, sent| core.report_snapshot(group, to, sent)));
+    }
     let owner = Rc::new(Owner { core: core.clone(), layout: layout.clone(), peers: peers.clone() });
     let mesh = mesh.start(owner.clone());
     let svc = Rc::new(Service {

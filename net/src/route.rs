@@ -27,6 +27,8 @@ pub const HOPS_MAX: u8 = 3;
 /// How long a request waits for a shard to elect a leader.
 pub const ELECTION_WAIT: Duration = Duration::from_secs(5);
 const ELECTION_POLL: Duration = Duration::from_millis(10);
+/// Pause before asking again when the known leader was unreachable.
+const UNREACHABLE_RETRY: Duration = Duration::from_millis(100);
 
 /// What one core needs to serve or forward an operation.
 pub struct Owner {
@@ -87,7 +89,21 @@ pub async fn execute(owner: &Owner, shard: u32, op: Op, hops: u8) -> Result<Repl
                 if hops >= HOPS_MAX {
                     return Err(CoreError::NotLeader { leader: Some(l) });
                 }
-                return peers.forward(l, shard, op, hops + 1).await;
+                let is_read = matches!(op, Op::Get { .. });
+                match peers.forward(l, shard, op.clone(), hops + 1).await {
+                    // The leader we know of is unreachable: it may be dead,
+                    // and the others are about to elect a new one. The
+                    // request never left, so trying again is safe; a read
+                    // whose outcome is unknown may be retried too, a write
+                    // may not (it may have been applied).
+                    Err(CoreError::Unavailable(_)) if Instant::now() < deadline => {
+                        glommio::timer::sleep(UNREACHABLE_RETRY).await;
+                    }
+                    Err(CoreError::Dropped) if is_read && Instant::now() < deadline => {
+                        glommio::timer::sleep(UNREACHABLE_RETRY).await;
+                    }
+                    other => return other,
+                }
             }
             // No leader known, or this node is the leader but its lease is
             // not yet valid (a new leader has not committed in its term):

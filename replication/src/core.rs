@@ -9,19 +9,21 @@
 //! and the next flush carries everything that arrived meanwhile.
 //!
 //! Everything here runs on one executor: state is `Rc<RefCell<_>>`, and no
-//! borrow is ever held across an `.await`.
+//! borrow is ever held across an `.await` — nor across `spawn_local`, which
+//! in glommio polls the new task at once.
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use kv_engine::snapshot::{self, SnapshotMeta};
 use kv_engine::wal::{FlushStats, FsyncPolicy, Wal, WalError};
 use kv_engine::{Command, Outcome, Stored};
 use protobuf::Message as _;
-use raft::eraftpb::Message;
+use raft::eraftpb::{Message, SnapshotMetadata};
 
 use crate::group::Group;
 use crate::transport::Transport;
@@ -72,9 +74,19 @@ pub struct CoreStats {
     pub leader_changes: Cell<u64>,
 }
 
-/// A Ready waiting for its WAL flush: group, Ready number, and the messages
-/// that may only leave once it is durable.
-type Persisting = (u32, u64, Vec<(u32, Message)>);
+/// A Ready waiting for its WAL flush.
+struct Persisting {
+    group: u32,
+    number: u64,
+    /// Messages that may only leave once the Ready is durable.
+    after_persist: Vec<(u32, Message)>,
+    /// A snapshot installed from the leader: its file is written first.
+    installed: Option<(SnapshotMeta, Bytes)>,
+}
+
+/// How long a snapshot prepared for lagging followers is kept (it holds a
+/// copy of the shard) before it is dropped.
+const PREPARED_SNAPSHOT_TTL: Duration = Duration::from_secs(60);
 
 pub(crate) struct DriverState {
     /// Readies staged since the last flush started: (group, number, messages).
@@ -85,6 +97,9 @@ pub(crate) struct DriverState {
     stopped: bool,
     snapshotting: bool,
     poisoned: Option<String>,
+    /// Groups whose snapshot for followers is being encoded, and when each
+    /// prepared snapshot was made.
+    preparing: BTreeMap<u32, Option<std::time::Instant>>,
 }
 
 pub(crate) struct Inner {
@@ -117,6 +132,7 @@ impl Core {
             stopped: false,
             snapshotting: false,
             poisoned: None,
+            preparing: BTreeMap::new(),
         };
         let inner = Rc::new(Inner {
             config,
@@ -222,6 +238,15 @@ impl Core {
             Ok(()) => self.0.notify(),
             Err(e) => tracing::debug!(core = self.0.config.core, group, "dropped a peer message: {e}"),
         }
+    }
+
+    /// Tells raft whether a snapshot message reached the transport.
+    pub fn report_snapshot(&self, group: u32, to: u64, sent: bool) {
+        let status = if sent { raft::SnapshotStatus::Finish } else { raft::SnapshotStatus::Failure };
+        if let Some(g) = self.0.groups.borrow_mut().get_mut(&group) {
+            g.node.report_snapshot(to, status);
+        }
+        self.0.notify();
     }
 
     /// The leader this core knows for `shard`, if any.
@@ -357,10 +382,11 @@ impl Inner {
                 }
                 return;
             }
+            let installs = state.unpersisted.iter().any(|p| p.installed.is_some());
             match &self.wal {
                 // Nothing staged and nothing in flight before these Readies:
                 // they are as durable as they will ever be.
-                Some(wal) if wal.staged_bytes() > 0 => {
+                Some(wal) if wal.staged_bytes() > 0 || installs => {
                     state.flushing = true;
                     let batch = std::mem::take(&mut state.unpersisted);
                     drop(state);
@@ -378,10 +404,11 @@ impl Inner {
     }
 
     /// One Ready per group that has one. Returns whether any was handled.
-    fn handle_readies(&self) -> bool {
+    fn handle_readies(self: &Rc<Self>) -> bool {
         let tick = std::mem::take(&mut self.state.borrow_mut().tick_due);
         let mut outbox = Vec::new();
         let mut handled = Vec::new();
+        let mut wanted = Vec::new();
         {
             let mut groups = self.groups.borrow_mut();
             for group in groups.values_mut() {
@@ -402,13 +429,85 @@ impl Inner {
                         "role changed"
                     );
                 }
-                handled.push((group.id, h.number, h.after_persist));
+                handled.push(Persisting {
+                    group: group.id,
+                    number: h.number,
+                    after_persist: h.after_persist,
+                    installed: h.installed,
+                });
+                if group.storage.take_snapshot_wanted() {
+                    wanted.push(group.id);
+                }
             }
+        }
+        // After the groups borrow ends: glommio runs a spawned task at once.
+        for id in wanted {
+            self.prepare_snapshot(id);
         }
         self.transport.send(outbox);
         let progressed = !handled.is_empty();
         self.state.borrow_mut().unpersisted.extend(handled);
+        if tick {
+            self.expire_prepared();
+        }
         progressed
+    }
+
+    /// Starts encoding a snapshot of `group` for a lagging follower.
+    fn prepare_snapshot(self: &Rc<Self>, group: u32) {
+        {
+            let mut state = self.state.borrow_mut();
+            if matches!(state.preparing.get(&group), Some(None)) {
+                return;
+            }
+            state.preparing.insert(group, None);
+        }
+        let Some((meta, entries, conf_state)) = self.groups.borrow().get(&group).map(|g| g.snapshot_source()) else {
+            return;
+        };
+        let inner = self.clone();
+        glommio::spawn_local(async move {
+            let data = snapshot::encode(&meta, &entries).await;
+            let metadata = SnapshotMetadata {
+                conf_state: Some(conf_state).into(),
+                index: meta.index,
+                term: meta.term,
+                ..Default::default()
+            };
+            let snap =
+                raft::eraftpb::Snapshot { data: data.into(), metadata: Some(metadata).into(), ..Default::default() };
+            if let Some(g) = inner.groups.borrow().get(&meta.group) {
+                g.storage.set_prepared(snap);
+            }
+            inner.state.borrow_mut().preparing.insert(meta.group, Some(std::time::Instant::now()));
+            tracing::debug!(
+                core = inner.config.core,
+                group = meta.group,
+                index = meta.index,
+                "snapshot prepared for a follower"
+            );
+            inner.notify();
+        })
+        .detach();
+    }
+
+    /// Drops snapshots prepared for followers that are long caught up.
+    fn expire_prepared(&self) {
+        let now = std::time::Instant::now();
+        let expired: Vec<u32> = self
+            .state
+            .borrow()
+            .preparing
+            .iter()
+            .filter(|(_, made)| made.is_some_and(|t| now.duration_since(t) > PREPARED_SNAPSHOT_TTL))
+            .map(|(g, _)| *g)
+            .collect();
+        for g in expired {
+            self.state.borrow_mut().preparing.remove(&g);
+            if let Some(group) = self.groups.borrow().get(&g) {
+                group.storage.drop_prepared();
+            }
+        }
     }
 
     /// Tells raft that these Readies are durable and sends what waited.
@@ -416,9 +515,16 @@ impl Inner {
         let mut outbox = Vec::new();
         {
             let mut groups = self.groups.borrow_mut();
-            for (id, number, messages) in batch {
-                groups.get_mut(&id).expect("group of a Ready exists").node.on_persist_ready(number);
-                outbox.extend(messages);
+            for p in batch {
+                let group = groups.get_mut(&p.group).expect("group of a Ready exists");
+                group.node.on_persist_ready(p.number);
+                if let Some((meta, _)) = p.installed {
+                    // The snapshot is durable: raft may count it applied, and
+                    // WAL segments it covers may go.
+                    group.node.advance_apply_to(meta.index);
+                    group.snapshot_index = group.snapshot_index.max(meta.index);
+                }
+                outbox.extend(p.after_persist);
             }
         }
         self.transport.send(outbox);
@@ -450,11 +556,13 @@ impl Inner {
 
     fn maybe_snapshot(self: &Rc<Self>) {
         let (Some(wal), Some(p)) = (&self.wal, &self.config.persistence) else { return };
-        let mut state = self.state.borrow_mut();
-        if state.snapshotting || state.stopping || wal.bytes_since_compaction() < p.snapshot_wal_bytes {
-            return;
+        {
+            let mut state = self.state.borrow_mut();
+            if state.snapshotting || state.stopping || wal.bytes_since_compaction() < p.snapshot_wal_bytes {
+                return;
+            }
+            state.snapshotting = true;
         }
-        state.snapshotting = true;
         glommio::spawn_local(snapshot_and_compact(self.clone(), wal.clone())).detach();
     }
 }
@@ -469,6 +577,18 @@ async fn driver_loop(inner: Rc<Inner>, wakeups: LocalReceiver<()>) {
 }
 
 async fn flush(inner: Rc<Inner>, wal: Rc<Wal>, batch: Vec<Persisting>) {
+    // Snapshots installed from a leader become durable before the WAL
+    // records that follow them (their hard state commits up to them).
+    for (meta, bytes) in batch.iter().filter_map(|p| p.installed.as_ref()) {
+        let dir = inner.config.persistence.as_ref().expect("a WAL implies persistence").dir.join("snap");
+        if let Err(e) = snapshot::write_encoded(&dir, meta, bytes).await {
+            inner.flushed(batch, Err(WalError::Poisoned(format!("installing a snapshot from the leader: {e}"))));
+            return;
+        }
+        if let Err(e) = snapshot::remove_older(&dir, meta.group, meta.index).await {
+            tracing::warn!(core = inner.config.core, group = meta.group, "could not remove an old snapshot: {e}");
+        }
+    }
     let result = wal.flush().await;
     inner.flushed(batch, result);
 }

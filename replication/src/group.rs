@@ -9,19 +9,21 @@
 
 use std::collections::BTreeMap;
 
+use bytes::Bytes;
+use kv_engine::snapshot::{self, SnapshotMeta};
 use kv_engine::wal::{Record, Wal};
-use kv_engine::{Command, Outcome, ShardMap};
+use kv_engine::{Command, Outcome, ShardMap, Stored};
 use protobuf::Message as _;
-use raft::eraftpb::{ConfChange, ConfChangeV2, ConfState, Entry, EntryType, Message};
+use raft::eraftpb::{ConfChange, ConfChangeV2, ConfState, Entry, EntryType, Message, Snapshot};
 use raft::{RawNode, StateRole};
 
 use crate::oneshot;
 use crate::storage::GroupStorage;
 use crate::CoreError;
 
-/// Entries kept in memory after they are applied, so a follower that is a
-/// little behind can be served from memory instead of a snapshot.
-pub const LOG_RETAIN_ENTRIES: u64 = 4096;
+/// Entries kept in memory after they are applied by default, so a follower
+/// that is a little behind can be served from memory instead of a snapshot.
+pub const LOG_RETAIN_ENTRIES_DEFAULT: u64 = 4096;
 
 pub(crate) type Reply = oneshot::Sender<Result<Outcome, CoreError>>;
 pub(crate) type ReadReply = oneshot::Sender<Result<(), CoreError>>;
@@ -41,6 +43,7 @@ pub(crate) struct Group {
     pub map: ShardMap,
     /// Index of the newest durable snapshot of `map` (0 if none).
     pub snapshot_index: u64,
+    log_retain_entries: u64,
     pending: BTreeMap<u64, Pending>,
     /// Strict reads that asked raft for a read index, by request context.
     reads_waiting_index: BTreeMap<u64, ReadReply>,
@@ -54,6 +57,9 @@ pub(crate) struct Handled {
     pub number: u64,
     /// Messages that may only be sent once this Ready is persisted.
     pub after_persist: Vec<(u32, Message)>,
+    /// A snapshot installed from the leader, to be written before the Ready
+    /// counts as persisted.
+    pub installed: Option<(SnapshotMeta, Bytes)>,
 }
 
 impl Group {
@@ -63,6 +69,7 @@ impl Group {
         storage: GroupStorage,
         map: ShardMap,
         snapshot_index: u64,
+        log_retain_entries: u64,
     ) -> Group {
         Group {
             id,
@@ -70,6 +77,7 @@ impl Group {
             storage,
             map,
             snapshot_index,
+            log_retain_entries,
             pending: BTreeMap::new(),
             reads_waiting_index: BTreeMap::new(),
             reads_waiting_apply: Vec::new(),
@@ -160,11 +168,7 @@ impl Group {
                 self.reads_waiting_apply.push((rs.index, reply));
             }
         }
-        assert!(
-            rd.snapshot().is_empty(),
-            "group {}: installing a snapshot from a leader needs a replication transport",
-            self.id
-        );
+        let installed = (!rd.snapshot().is_empty()).then(|| self.install_snapshot(rd.snapshot()));
         let committed = rd.take_committed_entries();
         self.apply(committed, wal);
         self.release_reads();
@@ -184,12 +188,56 @@ impl Group {
             }
         }
         let after_persist = rd.take_persisted_messages().into_iter().map(|m| (id, m)).collect();
-        let handled = Handled { number: rd.number(), after_persist };
+        let handled = Handled { number: rd.number(), after_persist, installed };
         self.node.advance_append_async(rd);
         if !self.is_leader() {
             self.fail_reads(CoreError::NotLeader { leader: self.leader_id() });
         }
         handled
+    }
+
+    /// Replaces the map and the log with a snapshot the leader sent. The
+    /// snapshot's bytes are returned so the driver writes them as this
+    /// shard's snapshot file before the Ready counts as persisted.
+    fn install_snapshot(&mut self, snap: &Snapshot) -> (SnapshotMeta, Bytes) {
+        let meta = snap.get_metadata();
+        let origin = format!("the snapshot of shard {} sent by its leader", self.id);
+        let (smeta, entries) = snapshot::decode(&snap.data, std::path::Path::new(&origin))
+            .unwrap_or_else(|e| panic!("a checksummed snapshot from the leader does not decode: {e}"));
+        assert_eq!(
+            (smeta.group, smeta.index, smeta.term),
+            (self.id, meta.index, meta.term),
+            "snapshot metadata agrees"
+        );
+        tracing::info!(
+            group = self.id,
+            index = meta.index,
+            keys = entries.len(),
+            "installing a snapshot from the leader"
+        );
+        self.map.restore(meta.index, entries);
+        self.storage.apply_snapshot(meta);
+        // Writes waiting here were overtaken by the leader's history.
+        for (_, p) in std::mem::take(&mut self.pending) {
+            p.reply.send(Err(CoreError::Dropped));
+        }
+        (smeta, snap.data.clone())
+    }
+
+    /// A point-in-time copy of the shard at its applied index, encoded as a
+    /// snapshot for a lagging follower. The copy is of reference-counted
+    /// values; the encoding runs later, yielding to other tasks.
+    pub fn snapshot_source(&self) -> (SnapshotMeta, Vec<(Bytes, Stored)>, ConfState) {
+        let index = self.map.applied_index();
+        let term = self.storage.term_of(index).expect("the applied index is in the log window");
+        let conf_state = self.storage.conf_state();
+        let meta = SnapshotMeta {
+            group: self.id,
+            index,
+            term,
+            conf_state: conf_state.write_to_bytes().expect("encodes").into(),
+        };
+        (meta, self.map.iter().map(|(k, v)| (k.clone(), v.clone())).collect(), conf_state)
     }
 
     /// Applies committed entries to the map and answers their proposers.
@@ -221,8 +269,8 @@ impl Group {
             }
         }
         self.node.advance_apply_to(last);
-        if last > self.storage.first_index() + 2 * LOG_RETAIN_ENTRIES {
-            self.storage.compact(last - LOG_RETAIN_ENTRIES);
+        if last > self.storage.first_index() + 2 * self.log_retain_entries {
+            self.storage.compact(last - self.log_retain_entries);
         }
     }
 

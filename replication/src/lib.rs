@@ -28,6 +28,7 @@ use std::time::Duration;
 use kv_engine::wal::FsyncPolicy;
 
 pub use crate::core::{Consistency, Core, CoreStats, GroupStatus};
+pub use crate::group::LOG_RETAIN_ENTRIES_DEFAULT;
 pub use crate::layout::Layout;
 pub use crate::open::StartError;
 
@@ -64,6 +65,9 @@ pub struct CoreConfig {
     /// `None`: a pure in-memory cache, no files at all.
     pub persistence: Option<Persistence>,
     pub tick: Duration,
+    /// Applied entries each group keeps in memory for lagging followers
+    /// (beyond them, a follower gets a snapshot).
+    pub log_retain_entries: u64,
 }
 
 /// Why a request could not be served by the core.
@@ -75,7 +79,7 @@ pub enum CoreError {
     Poisoned(String),
     #[error("the server is shutting down")]
     ShuttingDown,
-    #[error("the write was dropped because leadership changed; retry it")]
+    #[error("the write's outcome is unknown (leadership changed or a node was lost); retry it if it is idempotent")]
     Dropped,
     #[error("too many writes are waiting on this shard; retry later")]
     Busy,

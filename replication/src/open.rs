@@ -181,5 +181,5 @@ fn build_group(config: &CoreConfig, id: u32, r: Restored, wal: Option<&Wal>) -> 
         node.campaign().map_err(raft_err)?;
     }
     let snapshot_index = map.applied_index();
-    Ok(Group::new(id, node, storage, map, snapshot_index))
+    Ok(Group::new(id, node, storage, map, snapshot_index, config.log_retain_entries.max(1)))
 }

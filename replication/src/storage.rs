@@ -12,7 +12,7 @@ use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::rc::Rc;
 
-use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, StorageError};
 
 #[derive(Debug, Default)]
@@ -22,6 +22,10 @@ struct LogState {
     compacted_index: u64,
     compacted_term: u64,
     entries: VecDeque<Entry>,
+    /// A snapshot of the shard ready to send to a lagging follower.
+    prepared: Option<Snapshot>,
+    /// raft-rs asked for a snapshot that is not prepared yet.
+    snapshot_wanted: bool,
 }
 
 impl LogState {
@@ -49,7 +53,15 @@ impl GroupStorage {
     /// Starts the log after a snapshot (or at 0 for a new group).
     pub fn new(compacted_index: u64, compacted_term: u64, conf_state: ConfState) -> GroupStorage {
         let hard_state = HardState { term: compacted_term, commit: compacted_index, ..HardState::default() };
-        let state = LogState { hard_state, conf_state, compacted_index, compacted_term, entries: VecDeque::new() };
+        let state = LogState {
+            hard_state,
+            conf_state,
+            compacted_index,
+            compacted_term,
+            entries: VecDeque::new(),
+            prepared: None,
+            snapshot_wanted: false,
+        };
         GroupStorage(Rc::new(RefCell::new(state)))
     }
 
@@ -119,6 +131,43 @@ impl GroupStorage {
         Some(s.entries[(index - s.first_index()) as usize].term)
     }
 
+    /// Whether raft-rs asked for a snapshot since the last call.
+    pub fn take_snapshot_wanted(&self) -> bool {
+        std::mem::take(&mut self.0.borrow_mut().snapshot_wanted)
+    }
+
+    /// Offers a snapshot for raft-rs to send to lagging followers.
+    pub fn set_prepared(&self, snapshot: Snapshot) {
+        self.0.borrow_mut().prepared = Some(snapshot);
+    }
+
+    /// Forgets the prepared snapshot (it holds a copy of the shard).
+    pub fn drop_prepared(&self) {
+        self.0.borrow_mut().prepared = None;
+    }
+
+    pub fn has_prepared(&self) -> bool {
+        self.0.borrow().prepared.is_some()
+    }
+
+    /// Replaces the log with a snapshot's point (a follower installing what
+    /// its leader sent): everything up to `meta.index` is in the snapshot.
+    pub fn apply_snapshot(&self, meta: &SnapshotMetadata) {
+        let mut s = self.0.borrow_mut();
+        assert!(
+            meta.index >= s.compacted_index,
+            "snapshot {} older than the log start {}",
+            meta.index,
+            s.compacted_index
+        );
+        s.entries.clear();
+        s.compacted_index = meta.index;
+        s.compacted_term = meta.term;
+        s.conf_state = meta.get_conf_state().clone();
+        s.hard_state.commit = s.hard_state.commit.max(meta.index);
+        s.hard_state.term = s.hard_state.term.max(meta.term);
+    }
+
     /// Drops entries up to and including `index` from memory. The caller
     /// MUST only pass an index that has been applied.
     pub fn compact(&self, index: u64) {
@@ -180,10 +229,17 @@ impl raft::Storage for GroupStorage {
         Ok(self.0.borrow().last_index())
     }
 
-    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        // Only a leader with followers asks for a snapshot; a single-voter
-        // group never does. Snapshot transfer to followers is generated from
-        // the shard map by the replication transport.
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        // A follower is too far behind for the log window. The core's driver
+        // prepares a snapshot of the shard map off the request path; raft-rs
+        // asks again on its next attempt to replicate.
+        let mut s = self.0.borrow_mut();
+        if let Some(snap) = &s.prepared {
+            if snap.get_metadata().index >= request_index && snap.get_metadata().index >= s.compacted_index {
+                return Ok(snap.clone());
+            }
+        }
+        s.snapshot_wanted = true;
         Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable))
     }
 }

@@ -10,7 +10,9 @@ use glommio::{LocalExecutorBuilder, Placement};
 use kv_engine::wal::FsyncPolicy;
 use kv_engine::{Command, Condition, Outcome};
 use kv_replication::transport::NoPeers;
-use kv_replication::{Consistency, Core, CoreConfig, Layout, Persistence, TICK_INTERVAL_DEFAULT};
+use kv_replication::{
+    Consistency, Core, CoreConfig, Layout, Persistence, LOG_RETAIN_ENTRIES_DEFAULT, TICK_INTERVAL_DEFAULT,
+};
 
 fn run<F, Fut, T>(f: F) -> T
 where
@@ -37,6 +39,7 @@ fn config(dir: Option<&Path>, snapshot_wal_bytes: u64) -> CoreConfig {
             snapshot_wal_bytes,
         }),
         tick: TICK_INTERVAL_DEFAULT,
+        log_retain_entries: LOG_RETAIN_ENTRIES_DEFAULT,
     }
 }
 

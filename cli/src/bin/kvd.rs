@@ -83,7 +83,13 @@ fn run(mut s: Settings) -> Result<(), String> {
             segment_bytes: s.wal_segment_bytes,
             snapshot_wal_bytes: s.snapshot_wal_bytes,
         });
-        let config = CoreConfig { core: i as u32, layout: layout.clone(), persistence, tick: TICK_INTERVAL_DEFAULT };
+        let config = CoreConfig {
+            core: i as u32,
+            layout: layout.clone(),
+            persistence,
+            tick: TICK_INTERVAL_DEFAULT,
+            log_retain_entries: s.raft_log_retain_entries,
+        };
         let peer = s.cluster.as_ref().map(|c| {
             let peer_config = PeerConfig {
                 node_id: s.node_id,

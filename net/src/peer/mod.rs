@@ -77,9 +77,13 @@ struct Link {
 /// A forwarded request waiting for its reply: the node asked, and the waiter.
 type Waiting = (u64, oneshot::Sender<Result<Reply, CoreError>>);
 
+/// Called when a snapshot message was sent (true) or could not be (false).
+pub type SnapshotReport = Box<dyn Fn(u32, u64, bool)>;
+
 /// One core's peer transport.
 pub struct Peers {
     config: PeerConfig,
+    snapshot_report: RefCell<Option<SnapshotReport>>,
     links: BTreeMap<u64, Rc<Link>>,
     waiting: RefCell<HashMap<u64, Waiting>>,
     next_id: Cell<u64>,
@@ -131,6 +135,7 @@ impl Peers {
         }
         let peers = Rc::new(Peers {
             config,
+            snapshot_report: RefCell::new(None),
             links,
             waiting: RefCell::new(HashMap::new()),
             next_id: Cell::new(1),
@@ -144,6 +149,22 @@ impl Peers {
 
     pub fn node_id(&self) -> u64 {
         self.config.node_id
+    }
+
+    /// Sets who learns the fate of snapshot messages (raft-rs must be told,
+    /// or a follower whose snapshot was lost is never sent another).
+    pub fn on_snapshot_sent(&self, report: SnapshotReport) {
+        *self.snapshot_report.borrow_mut() = Some(report);
+    }
+
+    fn report_snapshots(&self, messages: &[(u32, Message)], sent: bool) {
+        if let Some(report) = self.snapshot_report.borrow().as_ref() {
+            for (group, m) in
+                messages.iter().filter(|(_, m)| m.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot)
+            {
+                report(*group, m.to, sent);
+            }
+        }
     }
 
     /// Whether each peer's link is connected, by node.
@@ -175,17 +196,25 @@ impl Peers {
         rx.await.unwrap_or_else(|_| Err(CoreError::Unavailable(format!("node {node} went away"))))
     }
 
+    /// Fails forwards that never left this node: safe to retry anywhere.
     fn fail(&self, ids: impl IntoIterator<Item = u64>, why: &str) {
+        self.fail_with(ids, CoreError::Unavailable(why.to_string()));
+    }
+
+    fn fail_with(&self, ids: impl IntoIterator<Item = u64>, err: CoreError) {
         for id in ids {
-            if let Some((_, tx)) = self.waiting.borrow_mut().remove(&id) {
-                tx.send(Err(CoreError::Unavailable(why.to_string())));
+            let waiter = self.waiting.borrow_mut().remove(&id);
+            if let Some((_, tx)) = waiter {
+                tx.send(Err(err.clone()));
             }
         }
     }
 
-    fn fail_node(&self, node: u64, why: &str) {
+    /// Fails every forward waiting on `node`: they may have run there, so
+    /// their outcome is unknown.
+    fn fail_node(&self, node: u64) {
         let ids: Vec<u64> = self.waiting.borrow().iter().filter(|(_, (n, _))| *n == node).map(|(id, _)| *id).collect();
-        self.fail(ids, why);
+        self.fail_with(ids, CoreError::Dropped);
     }
 }
 
@@ -208,6 +237,7 @@ async fn link_writer(peers: Rc<Peers>, link: Rc<Link>, woken: LocalReceiver<()>)
         if conn.is_none() {
             if Instant::now() < retry_at {
                 peers.fail(ids, &format!("node {} is unreachable", link.node));
+                peers.report_snapshots(&raft, false);
                 continue;
             }
             match connect(&peers, &link).await {
@@ -225,6 +255,7 @@ async fn link_writer(peers: Rc<Peers>, link: Rc<Link>, woken: LocalReceiver<()>)
                     }
                     retry_at = Instant::now() + RECONNECT_BACKOFF;
                     peers.fail(ids, &format!("node {} is unreachable: {e}", link.node));
+                    peers.report_snapshots(&raft, false);
                     continue;
                 }
             }
@@ -233,14 +264,17 @@ async fn link_writer(peers: Rc<Peers>, link: Rc<Link>, woken: LocalReceiver<()>)
         wire::put_raft_frames(&mut out, &raft, peers.config.payload_bytes_max);
         out.extend_from_slice(&forwards);
         let stream = conn.as_mut().expect("connected above");
-        if let Err(e) = stream.write_all(&out).await {
+        let written = stream.write_all(&out).await;
+        peers.report_snapshots(&raft, written.is_ok());
+        if let Err(e) = written {
             tracing::warn!(core = peers.config.core, node = link.node, "peer link down: {e}");
             link.up.set(false);
             conn = None;
-            peers.fail(ids, &format!("lost the connection to node {}", link.node));
+            // Part of the batch may have arrived: outcome unknown.
+            peers.fail_with(ids, CoreError::Dropped);
         }
     }
-    peers.fail_node(link.node, "shutting down");
+    peers.fail_node(link.node);
 }
 
 fn io_err(e: impl std::fmt::Display) -> io::Error {
@@ -328,7 +362,7 @@ async fn read_replies(peers: Rc<Peers>, link: Rc<Link>, mut stream: TcpStream) {
     }
     link.broken.set(true);
     link.up.set(false);
-    peers.fail_node(link.node, &format!("lost the connection to node {}", link.node));
+    peers.fail_node(link.node);
 }
 
 async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {

@@ -36,6 +36,13 @@ const _: () = assert!(HELLO_BYTES == 28 + NONCE_BYTES);
 pub const FRAME_RAFT: u8 = 1;
 pub const FRAME_FORWARD: u8 = 2;
 pub const FRAME_FORWARD_REPLY: u8 = 3;
+/// A piece of one Raft message too large for a frame (a shard snapshot):
+/// `group u32 | total u64 | offset u64 | bytes`. Pieces of a message are
+/// sent back to back on one connection.
+pub const FRAME_RAFT_PART: u8 = 4;
+const PART_HEADER_BYTES: usize = 20;
+/// Largest Raft message accepted in pieces (a shard's snapshot).
+pub const RAFT_MESSAGE_BYTES_MAX: u64 = 64 << 30;
 
 /// Handshake refusals in a [`Challenge`].
 pub const STATUS_OK: u16 = 0;
@@ -223,7 +230,12 @@ pub fn put_raft_frames(out: &mut Vec<u8>, messages: &[(u32, Message)], payload_b
     };
     for (group, m) in messages {
         let bytes = m.write_to_bytes().expect("raft messages encode");
-        if count > 0 && payload.len() + bytes.len() + 8 > payload_bytes_max {
+        if bytes.len() + 12 > payload_bytes_max {
+            flush(out, &mut payload, &mut count);
+            put_parts(out, *group, &bytes, payload_bytes_max);
+            continue;
+        }
+        if count > 0 && payload.len() + bytes.len() + 12 > payload_bytes_max {
             flush(out, &mut payload, &mut count);
         }
         payload.extend_from_slice(&group.to_le_bytes());
@@ -232,6 +244,56 @@ pub fn put_raft_frames(out: &mut Vec<u8>, messages: &[(u32, Message)], payload_b
         count += 1;
     }
     flush(out, &mut payload, &mut count);
+}
+
+fn put_parts(out: &mut Vec<u8>, group: u32, bytes: &[u8], payload_bytes_max: usize) {
+    let chunk = payload_bytes_max - PART_HEADER_BYTES;
+    for (i, piece) in bytes.chunks(chunk).enumerate() {
+        let mut p = Vec::with_capacity(PART_HEADER_BYTES + piece.len());
+        p.extend_from_slice(&group.to_le_bytes());
+        p.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+        p.extend_from_slice(&((i * chunk) as u64).to_le_bytes());
+        p.extend_from_slice(piece);
+        put_frame(out, FRAME_RAFT_PART, &p);
+    }
+}
+
+/// Reassembles Raft messages sent in pieces on one connection.
+#[derive(Debug, Default)]
+pub struct Reassembly {
+    current: Option<(u32, u64, Vec<u8>)>,
+}
+
+impl Reassembly {
+    /// Adds a piece; returns the message once it is whole.
+    pub fn add(&mut self, payload: &[u8]) -> Result<Option<(u32, Message)>, String> {
+        if payload.len() < PART_HEADER_BYTES {
+            return Err("raft part shorter than its header".into());
+        }
+        let group = u32::from_le_bytes(payload[0..4].try_into().expect("4 bytes"));
+        let total = u64::from_le_bytes(payload[4..12].try_into().expect("8 bytes"));
+        let offset = u64::from_le_bytes(payload[12..20].try_into().expect("8 bytes"));
+        let piece = &payload[PART_HEADER_BYTES..];
+        if total > RAFT_MESSAGE_BYTES_MAX {
+            return Err(format!("a raft message of {total} bytes exceeds the limit"));
+        }
+        if offset == 0 {
+            self.current = Some((group, total, Vec::with_capacity(total.min(1 << 30) as usize)));
+        }
+        let Some((g, t, buf)) = self.current.as_mut() else {
+            return Err("a raft part without its beginning".into());
+        };
+        if *g != group || *t != total || offset != buf.len() as u64 || buf.len() as u64 + piece.len() as u64 > total {
+            return Err("raft parts out of order".into());
+        }
+        buf.extend_from_slice(piece);
+        if (buf.len() as u64) < total {
+            return Ok(None);
+        }
+        let (group, _, bytes) = self.current.take().expect("present");
+        let m = Message::parse_from_bytes(&bytes).map_err(|e| format!("raft message does not decode: {e}"))?;
+        Ok(Some((group, m)))
+    }
 }
 
 /// Decodes a Raft frame's payload into `(group, message)` pairs.
@@ -459,6 +521,34 @@ mod tests {
         }
         assert_eq!(got, msgs);
         assert!(decode_raft(&[5, 0, 0, 0, 1]).is_err());
+    }
+
+    #[test]
+    fn large_messages_travel_in_parts() {
+        let big = Message { to: 2, from: 1, context: vec![7u8; 10_000].into(), ..Message::default() };
+        let small = Message { to: 2, from: 1, term: 4, ..Message::default() };
+        let mut out = Vec::new();
+        put_raft_frames(&mut out, &[(3, small.clone()), (5, big.clone()), (3, small.clone())], 1000);
+        let (mut at, mut got, mut parts, mut re) = (0, Vec::new(), 0, Reassembly::default());
+        while let Some((kind, payload, used)) = take_frame(&out[at..], 1000).unwrap() {
+            match kind {
+                FRAME_RAFT => got.extend(decode_raft(payload).unwrap()),
+                FRAME_RAFT_PART => {
+                    parts += 1;
+                    got.extend(re.add(payload).unwrap());
+                }
+                k => panic!("frame {k}"),
+            }
+            at += used;
+        }
+        assert!(parts > 10);
+        assert_eq!(got, vec![(3, small.clone()), (5, big), (3, small)]);
+        // A piece from the middle without its beginning is refused.
+        let mut lone = Reassembly::default();
+        let mut p = 3u32.to_le_bytes().to_vec();
+        p.extend_from_slice(&100u64.to_le_bytes());
+        p.extend_from_slice(&50u64.to_le_bytes());
+        assert!(lone.add(&p).is_err());
     }
 
     #[test]
