@@ -123,6 +123,10 @@ async fn encode_into<W: AsyncWrite + Unpin>(
     crc.update(&header);
     out.write_all(&header).await?;
     for (i, (key, stored)) in entries.iter().enumerate() {
+        if i == entries.len() / 2 {
+            // Crash point: half a snapshot written.
+            fail::fail_point!("snapshot::mid_write");
+        }
         let mut head = [0u8; ENTRY_HEADER_BYTES];
         head[0..4].copy_from_slice(&(key.len() as u32).to_le_bytes());
         head[4..8].copy_from_slice(&(stored.value.len() as u32).to_le_bytes());

@@ -13,14 +13,28 @@ use crate::service::Service;
 
 /// Pending connections the kernel queues per socket.
 const LISTEN_BACKLOG: i32 = 1024;
+/// How long binding waits for an address that is still in use. A process
+/// killed a moment ago can hold its listening sockets a little longer
+/// (io_uring releases a dead ring's files asynchronously), and a restart
+/// should not fail because of it.
+const BIND_RETRY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+const BIND_RETRY_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
 
 fn socket(addr: SocketAddr, reuse_port: bool) -> io::Result<Socket> {
     let domain = if addr.is_ipv6() { Domain::IPV6 } else { Domain::IPV4 };
-    let s = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
-    s.set_reuse_address(true)?;
-    s.set_reuse_port(reuse_port)?;
-    s.bind(&addr.into())?;
-    Ok(s)
+    let deadline = std::time::Instant::now() + BIND_RETRY_TIMEOUT;
+    loop {
+        let s = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
+        s.set_reuse_address(true)?;
+        s.set_reuse_port(reuse_port)?;
+        match s.bind(&addr.into()) {
+            Ok(()) => return Ok(s),
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse && std::time::Instant::now() < deadline => {
+                std::thread::sleep(BIND_RETRY_INTERVAL);
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Binds `count` listening sockets on `addr` (port 0: one port the kernel

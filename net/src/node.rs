@@ -2,8 +2,9 @@
 //! one executor per core and runs [`run_core`] in each.
 //!
 //! Stop protocol (every step bounded):
-//! 1. the process-wide stop flag is seen; the core stops accepting and its
-//!    connections stop reading new requests;
+//! 1. the process-wide stop flag is seen; in a cluster the core hands the
+//!    shards it leads to other replicas (bounded), still serving meanwhile;
+//!    then it stops accepting and its connections stop reading new requests;
 //! 2. the core waits for its connections to answer what they started;
 //! 3. it waits for every core to get there (a request forwarded from another
 //!    core may still be running here);
@@ -32,6 +33,10 @@ const FLAG_POLL_INTERVAL: Duration = Duration::from_millis(20);
 const STOP_STEP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest wait for replay and leadership after the core has opened.
 const READY_TIMEOUT: Duration = Duration::from_secs(600);
+/// How often a core hands shards back to their preferred leaders.
+const REBALANCE_INTERVAL: Duration = Duration::from_secs(5);
+/// How long a stopping node tries to hand its leaderships over.
+const LEADERSHIP_TRANSFER_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Flags the cores of one node share with the main thread.
 #[derive(Debug, Default)]
@@ -112,8 +117,24 @@ async fn run(setup: CoreSetup) -> Result<(), String> {
     let acceptor = glommio::spawn_local(listener::accept_loop(native, svc.clone(), native::server::serve));
     signals.ready.fetch_add(1, Ordering::SeqCst);
 
+    let mut next_rebalance = Instant::now() + REBALANCE_INTERVAL;
     while !signals.stop.load(Ordering::SeqCst) {
         glommio::timer::sleep(FLAG_POLL_INTERVAL).await;
+        if peers.is_some() && Instant::now() >= next_rebalance {
+            core.rebalance_leaders();
+            next_rebalance = Instant::now() + REBALANCE_INTERVAL;
+        }
+    }
+    if peers.is_some() && core.transfer_leadership() > 0 {
+        // Still serving: requests for these shards are forwarded to the new
+        // leaders as soon as they take over.
+        let deadline = Instant::now() + LEADERSHIP_TRANSFER_TIMEOUT;
+        while core.leads_replicated_group() && Instant::now() < deadline {
+            glommio::timer::sleep(Duration::from_millis(5)).await;
+            if core.leads_replicated_group() {
+                core.transfer_leadership();
+            }
+        }
     }
     svc.shutdown.trigger();
     acceptor.await;

@@ -240,6 +240,40 @@ impl Core {
         }
     }
 
+    /// Starts handing every group this core leads to another voter (a
+    /// graceful stop, so a rolling restart does not wait for elections).
+    /// Returns how many transfers started.
+    pub fn transfer_leadership(&self) -> usize {
+        let n =
+            self.0.groups.borrow_mut().values_mut().map(|g| g.transfer_leadership()).filter(|started| *started).count();
+        self.0.notify();
+        n
+    }
+
+    /// Whether this core leads any group that has other voters.
+    pub fn leads_replicated_group(&self) -> bool {
+        let me = self.0.config.layout.node_id;
+        self.0.groups.borrow().values().any(|g| g.is_leader() && g.storage.conf_state().voters != [me])
+    }
+
+    /// Hands groups back to their preferred leaders (the first replica)
+    /// where those are caught up. Returns how many transfers started.
+    pub fn rebalance_leaders(&self) -> usize {
+        let layout = &self.0.config.layout;
+        let n = self
+            .0
+            .groups
+            .borrow_mut()
+            .values_mut()
+            .filter_map(|g| layout.replicas_of(g.id).first().copied().map(|p| g.yield_to(p)))
+            .filter(|started| *started)
+            .count();
+        if n > 0 {
+            self.0.notify();
+        }
+        n
+    }
+
     /// Tells raft whether a snapshot message reached the transport.
     pub fn report_snapshot(&self, group: u32, to: u64, sent: bool) {
         let status = if sent { raft::SnapshotStatus::Finish } else { raft::SnapshotStatus::Failure };

@@ -97,6 +97,44 @@ impl Group {
         self.pending.len()
     }
 
+    /// Hands leadership to the most caught-up voter. Returns whether a
+    /// transfer started.
+    pub fn transfer_leadership(&mut self) -> bool {
+        let me = self.node.raft.id;
+        if !self.is_leader() {
+            return false;
+        }
+        let target = self
+            .node
+            .raft
+            .prs()
+            .iter()
+            .filter(|(id, _)| **id != me)
+            .max_by_key(|(_, pr)| pr.matched)
+            .map(|(id, _)| *id);
+        match target {
+            Some(t) => {
+                self.node.transfer_leader(t);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Hands leadership back to `preferred` if it is fully caught up (this
+    /// is how leaders return to their preferred replicas after a failover).
+    pub fn yield_to(&mut self, preferred: u64) -> bool {
+        if !self.is_leader() || preferred == self.node.raft.id {
+            return false;
+        }
+        let last = self.node.raft.raft_log.last_index();
+        let caught_up = self.node.raft.prs().get(preferred).is_some_and(|pr| pr.matched == last && pr.recent_active);
+        if caught_up {
+            self.node.transfer_leader(preferred);
+        }
+        caught_up
+    }
+
     /// Whether a read served from this replica's map now is linearizable
     /// under the lease rule: it leads, and it has committed an entry of its
     /// own term (so its map holds every write acknowledged by any leader).
@@ -148,7 +186,9 @@ impl Group {
             return Err(CoreError::NotLeader { leader: self.leader_id() });
         }
         let before = self.node.raft.raft_log.last_index();
-        self.node.propose(Vec::new(), command.encode()).map_err(|_| CoreError::Dropped)?;
+        // Refused before it was appended (e.g. a leadership transfer is under
+        // way): nothing happened, so another node may take it.
+        self.node.propose(Vec::new(), command.encode()).map_err(|_| CoreError::NotLeader { leader: None })?;
         let index = self.node.raft.raft_log.last_index();
         assert_eq!(index, before + 1, "one proposal appends one entry");
         let (tx, rx) = oneshot::channel();
@@ -243,6 +283,8 @@ impl Group {
     /// Applies committed entries to the map and answers their proposers.
     fn apply(&mut self, entries: Vec<Entry>, wal: Option<&Wal>) {
         let Some(last) = entries.last().map(|e| e.index) else { return };
+        // Crash point: committed (and durable) but not applied.
+        fail::fail_point!("raft::before_apply");
         for entry in entries {
             let outcome = match entry.get_entry_type() {
                 EntryType::EntryNormal if entry.data.is_empty() => {

@@ -101,6 +101,11 @@ impl Kvd {
         self.wait_exit().unwrap_or_else(|| panic!("kvd did not stop within {STOP_TIMEOUT:?}:\n{}", self.log()))
     }
 
+    /// Whether the process has exited (reaping it if so).
+    pub fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
     /// SIGKILL and reap.
     pub fn kill(mut self) {
         let _ = self.child.kill();

@@ -4,9 +4,13 @@
 //! wait is bounded, and randomised tests print their seed.
 
 mod bad_input;
+mod cluster;
 mod crash;
 mod cross_core;
 mod harness;
 mod kvbench;
 mod kvctl;
 mod lifecycle;
+mod linearizability;
+mod load;
+mod replication;

@@ -270,6 +270,8 @@ impl Wal {
             let started = std::time::Instant::now();
             fdatasync(&file, &self.config.dir).await?;
             stats.sync_micros = started.elapsed().as_micros() as u64;
+            // Crash point: durable, but not yet reported to anyone.
+            fail::fail_point!("wal::after_fdatasync");
         }
         Ok(stats)
     }
