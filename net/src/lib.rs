@@ -14,6 +14,7 @@
 //! them; only requests and replies cross cores, over bounded channels.
 
 pub mod client;
+pub mod cluster_client;
 pub mod limits;
 pub mod listener;
 pub mod mesh;

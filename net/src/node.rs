@@ -102,6 +102,7 @@ async fn run(setup: CoreSetup) -> Result<(), String> {
         limits,
         shutdown: Shutdown::default(),
         connections: std::cell::Cell::new(0),
+        endpoint: native_listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
     });
     let peer_acceptor = match (peer_listener, &peers) {
         (Some(l), Some(p)) => {

@@ -55,13 +55,15 @@ impl Owner {
                 })
             })
             .collect();
+        let endpoints: serde_json::Map<String, serde_json::Value> =
+            self.peers.iter().flat_map(|p| p.endpoints()).map(|(n, e)| (n.to_string(), e.into())).collect();
         let links: Vec<serde_json::Value> = self
             .peers
             .iter()
             .flat_map(|p| p.link_states())
             .map(|(node, addr, up)| serde_json::json!({"node": node, "addr": addr.to_string(), "connected": up}))
             .collect();
-        serde_json::json!({"core": self.core.config().core, "groups": groups, "links": links})
+        serde_json::json!({"core": self.core.config().core, "groups": groups, "links": links, "endpoints": endpoints})
     }
 }
 

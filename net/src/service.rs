@@ -23,6 +23,8 @@ pub struct Service {
     pub shutdown: Shutdown,
     /// Open client connections on this core.
     pub connections: Cell<usize>,
+    /// Where this node serves the native protocol.
+    pub endpoint: String,
 }
 
 impl Service {

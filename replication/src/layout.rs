@@ -57,6 +57,17 @@ pub enum LayoutError {
     Members { dir: String, stored: Vec<u64>, stored_replicas: u32, wanted: Vec<u64>, wanted_replicas: u32 },
 }
 
+/// The shard of `slot` among `shards` contiguous slot ranges (what clients
+/// that route by themselves compute too).
+pub fn shard_of_slot(slot: u16, shards: u32) -> u32 {
+    debug_assert!(slot < SLOT_COUNT && shards > 0);
+    (slot as u32 * shards) / SLOT_COUNT as u32
+}
+
+pub fn shard_of_key(key: &[u8], shards: u32) -> u32 {
+    shard_of_slot(slot::slot_of(key), shards)
+}
+
 /// The fixed rendezvous score of a node for a shard (splitmix64 finaliser):
 /// it must agree on every node and across versions, so no random hashing.
 pub fn rendezvous_score(shard: u32, node: u64) -> u64 {
@@ -101,12 +112,11 @@ impl Layout {
     }
 
     pub fn shard_of_slot(&self, slot: u16) -> u32 {
-        debug_assert!(slot < SLOT_COUNT);
-        (slot as u32 * self.shards) / SLOT_COUNT as u32
+        shard_of_slot(slot, self.shards)
     }
 
     pub fn shard_of_key(&self, key: &[u8]) -> u32 {
-        self.shard_of_slot(slot::slot_of(key))
+        shard_of_key(key, self.shards)
     }
 
     pub fn core_of_shard(&self, shard: u32) -> u32 {

@@ -79,22 +79,36 @@ fn leader_sigkill_under_load_loses_no_acknowledged_write() {
 
 #[test]
 fn a_follower_catches_up_from_the_log_and_by_snapshot() {
-    let flags = ["--raft-log-retain-entries", "30", "--snapshot-wal-bytes", "65536", "--wal-segment-bytes", "65536"];
+    // Small frames (64 KiB values) so a shard's snapshot (about 2 MB here)
+    // needs many frames: the pieces must be reassembled on the follower.
+    let flags = [
+        "--raft-log-retain-entries",
+        "30",
+        "--snapshot-wal-bytes",
+        "1048576",
+        "--wal-segment-bytes",
+        "1048576",
+        "--max-value-bytes",
+        "65536",
+    ];
     let mut c = Cluster::start(3, &flags);
     let mut writer = c.client(1);
+    let value = |tag: &str, i: usize| {
+        let mut v = format!("{tag}-value-{i}-").into_bytes();
+        v.resize(if tag == "b" { 20_000 } else { 20 }, b'.');
+        v
+    };
     let round = |c: &mut Cluster, writer: &mut kv_net::client::Client, keys: usize, tag: &str| {
         c.kill(3);
         for i in 0..keys {
-            writer
-                .put(format!("{tag}{i}").as_bytes(), format!("{tag}-value-{i}").as_bytes(), Condition::Always)
-                .unwrap();
+            writer.put(format!("{tag}{i}").as_bytes(), &value(tag, i), Condition::Always).unwrap();
         }
         c.start_node(3, &[]);
         let mut reader = c.client(3);
         c.wait_until("node 3 has every write", || {
             (0..keys).all(|i| {
                 reader.get_with(format!("{tag}{i}").as_bytes(), Consistency::Stale).unwrap().map(|(v, _)| v)
-                    == Some(format!("{tag}-value-{i}").into_bytes())
+                    == Some(value(tag, i))
             })
         });
         c.node(3).log()
@@ -105,6 +119,7 @@ fn a_follower_catches_up_from_the_log_and_by_snapshot() {
     // Hundreds per shard: the leaders compacted past them.
     let log = round(&mut c, &mut writer, 800, "b");
     assert!(log.contains("installing a snapshot"), "caught up by snapshot:\n{log}");
+    assert!(log.contains("reassembled a raft message"), "a snapshot came in pieces:\n{log}");
     c.wait_converged();
 }
 
@@ -262,4 +277,27 @@ fn nodes_crashing_at_crash_points_rejoin_and_the_history_stays_linearizable() {
     let mut history = load.finish();
     history.extend(final_reads(&c, origin));
     check(&history).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+}
+
+#[test]
+fn a_cluster_client_goes_straight_to_each_shards_leader() {
+    let mut c = Cluster::start(3, &[]);
+    c.wait_until("node 1 knows every node's endpoint", || {
+        c.status(1)["endpoints"].as_object().is_some_and(|e| e.len() == 3)
+    });
+    let mut cc = kv_net::cluster_client::ClusterClient::connect(&[c.endpoint(1)], Duration::from_secs(10)).unwrap();
+    let leaders = c.leaders(1);
+    for i in 0..40 {
+        let key = format!("routed-{i}");
+        cc.put_if(key.as_bytes(), b"v", Condition::Always).unwrap();
+        let leader = leaders[&layout().shard_of_key(key.as_bytes())].expect("a leader");
+        assert_eq!(cc.last_endpoint(), c.endpoint(leader), "{key} was not sent to its leader");
+    }
+    // A stale topology costs a retry, not an error.
+    let victim = c.busiest_leader(1);
+    c.kill(victim);
+    for i in 0..40 {
+        let key = format!("routed-{i}");
+        assert_eq!(cc.get_with(key.as_bytes(), Consistency::Strict).unwrap().map(|(v, _)| v), Some(b"v".to_vec()));
+    }
 }

@@ -72,6 +72,10 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
+    // Like other Unix tools: a closed pipe (`| head`) ends the process
+    // quietly instead of a panic on the next print.
+    // SAFETY: restoring a signal's default disposition at startup.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     match real_main(Cli::parse()) {
         Ok(code) => code,
         Err(e) => {

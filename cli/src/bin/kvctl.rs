@@ -147,6 +147,10 @@ fn fail(code: u8, message: impl Into<String>) -> Failure {
 }
 
 fn main() -> ExitCode {
+    // Like other Unix tools: a closed pipe (`| head`) ends the process
+    // quietly instead of a panic on the next print.
+    // SAFETY: restoring a signal's default disposition at startup.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

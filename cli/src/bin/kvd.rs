@@ -100,6 +100,7 @@ fn run(mut s: Settings) -> Result<(), String> {
                 peers: c.peers.iter().filter(|(id, _)| **id != s.node_id).map(|(id, a)| (*id, *a)).collect(),
                 // A Raft entry carries at most one maximal request.
                 payload_bytes_max: s.limits.frame_bytes_max + PEER_FRAME_SLACK_BYTES,
+                client_endpoint: listen.to_string(),
             };
             (peer_config, peer_listeners[i].take().expect("one peer listener per core"))
         });

@@ -258,17 +258,23 @@ fn dispatch(svc: &Rc<Service>, outbox: &Rc<Outbox>, id: u64, opcode: u8, frame: 
 /// This node's view: every core's groups and peer links.
 async fn node_status(svc: &Service) -> Result<String, CoreError> {
     let mut cores = Vec::new();
+    let mut endpoints = serde_json::Map::new();
+    endpoints.insert(svc.layout.node_id.to_string(), svc.endpoint.clone().into());
     for core in 0..svc.layout.cores {
         match svc.execute_on(0, core, Op::Status).await? {
             Reply::Status(json) => {
-                cores.push(serde_json::from_str::<serde_json::Value>(&json).expect("status is JSON"))
+                let core: serde_json::Value = serde_json::from_str(&json).expect("status is JSON");
+                for (node, endpoint) in core["endpoints"].as_object().into_iter().flatten() {
+                    endpoints.entry(node.clone()).or_insert(endpoint.clone());
+                }
+                cores.push(core);
             }
             other => unreachable!("status answered with {other:?}"),
         }
     }
     let status = serde_json::json!({
         "node": svc.layout.node_id, "nodes": svc.layout.nodes, "replicas": svc.layout.replicas,
-        "shards": svc.layout.shards, "cores": cores,
+        "shards": svc.layout.shards, "endpoints": endpoints, "cores": cores,
     });
     Ok(status.to_string())
 }

@@ -56,6 +56,8 @@ pub struct PeerConfig {
     pub peers: BTreeMap<u64, SocketAddr>,
     /// Largest frame payload accepted (fits the largest entry).
     pub payload_bytes_max: usize,
+    /// This node's client (native protocol) endpoint, told to peers.
+    pub client_endpoint: String,
 }
 
 /// The per-core address of a node's peer listener.
@@ -88,6 +90,8 @@ pub struct Peers {
     waiting: RefCell<HashMap<u64, Waiting>>,
     next_id: Cell<u64>,
     stopping: Cell<bool>,
+    /// Client endpoints peers announced.
+    endpoints: RefCell<BTreeMap<u64, String>>,
 }
 
 /// The [`kv_replication::transport::Transport`] face of [`Peers`].
@@ -140,6 +144,7 @@ impl Peers {
             waiting: RefCell::new(HashMap::new()),
             next_id: Cell::new(1),
             stopping: Cell::new(false),
+            endpoints: RefCell::new(BTreeMap::new()),
         });
         for (link, woken) in wakeups {
             glommio::spawn_local(link_writer(peers.clone(), link, woken)).detach();
@@ -165,6 +170,11 @@ impl Peers {
                 report(*group, m.to, sent);
             }
         }
+    }
+
+    /// Client endpoints of the peers that announced theirs, by node.
+    pub fn endpoints(&self) -> BTreeMap<u64, String> {
+        self.endpoints.borrow().clone()
     }
 
     /// Whether each peer's link is connected, by node.
@@ -313,6 +323,9 @@ async fn connect(peers: &Rc<Peers>, link: &Rc<Link>) -> io::Result<TcpStream> {
             return Err(io_err("the peer failed authentication: is the cluster secret the same everywhere?"));
         }
         stream.write_all(&wire::proof(&c.secret, "client", c.node_id, link.node, c.core, (&ch.nonce, &nonce))).await?;
+        let mut info = Vec::new();
+        wire::put_frame(&mut info, wire::FRAME_INFO, c.client_endpoint.as_bytes());
+        stream.write_all(&info).await?;
         Ok::<TcpStream, io::Error>(stream)
     };
     let stream =
@@ -437,53 +450,26 @@ async fn serve_inbound(mut stream: TcpStream, peers: &Rc<Peers>, owner: &Rc<Owne
         accept_handshake(&mut stream, &peers.config).await.map_err(glommio::GlommioError::from)
     });
     let from = handshake.await.map_err(io_err)?;
-    let me = peers.config.node_id;
-    let replies = Rc::new(RefCell::new(Vec::new()));
     let (wake, woken) = local_channel::new_bounded(1);
-    let wake = Rc::new(wake);
-    let slots = Rc::new(Semaphore::new(INBOUND_FORWARDS_MAX));
-    let writer = glommio::spawn_local(write_replies(dup(&stream)?, replies.clone(), woken));
+    let conn = Inbound {
+        from,
+        peers: peers.clone(),
+        owner: owner.clone(),
+        replies: Rc::new(RefCell::new(Vec::new())),
+        wake: Rc::new(wake),
+        slots: Rc::new(Semaphore::new(INBOUND_FORWARDS_MAX)),
+        parts: RefCell::new(wire::Reassembly::default()),
+    };
+    let writer = glommio::spawn_local(write_replies(dup(&stream)?, conn.replies.clone(), woken));
     let mut buf = Vec::new();
     let result: io::Result<()> = async {
         loop {
             while let Some((kind, payload, used)) =
                 wire::take_frame(&buf, peers.config.payload_bytes_max).map_err(io_err)?
             {
-                match kind {
-                    wire::FRAME_RAFT => {
-                        for (group, m) in wire::decode_raft(payload).map_err(io_err)? {
-                            if m.from != from || m.to != me {
-                                tracing::warn!(
-                                    from,
-                                    claimed = m.from,
-                                    to = m.to,
-                                    "dropped a raft message with a forged address"
-                                );
-                                continue;
-                            }
-                            owner.core.step(group, m);
-                        }
-                    }
-                    wire::FRAME_FORWARD => {
-                        let f = wire::decode_forward(payload).map_err(io_err)?;
-                        slots.acquire(1).await.map_err(io_err)?;
-                        let (owner, replies, wake, slots) =
-                            (owner.clone(), replies.clone(), wake.clone(), slots.clone());
-                        glommio::spawn_local(async move {
-                            let result = crate::route::execute(&owner, f.shard, f.op, f.hops).await;
-                            wire::put_frame(
-                                &mut replies.borrow_mut(),
-                                wire::FRAME_FORWARD_REPLY,
-                                &wire::encode_reply(f.id, &result),
-                            );
-                            let _ = wake.try_send(());
-                            slots.signal(1);
-                        })
-                        .detach();
-                    }
-                    k => return Err(io_err(format!("unexpected frame type {k} from node {from}"))),
-                }
+                let payload = payload.to_vec();
                 buf.drain(..used);
+                conn.handle(kind, &payload).await?;
             }
             if read_more(&mut stream, &mut buf).await? == 0 {
                 return Ok(());
@@ -491,9 +477,75 @@ async fn serve_inbound(mut stream: TcpStream, peers: &Rc<Peers>, owner: &Rc<Owne
         }
     }
     .await;
-    drop(wake);
+    drop(conn);
     writer.await;
     result
+}
+
+/// One authenticated inbound connection from node `from`.
+struct Inbound {
+    from: u64,
+    peers: Rc<Peers>,
+    owner: Rc<Owner>,
+    replies: Rc<RefCell<Vec<u8>>>,
+    wake: Rc<LocalSender<()>>,
+    slots: Rc<Semaphore>,
+    parts: RefCell<wire::Reassembly>,
+}
+
+impl Inbound {
+    async fn handle(&self, kind: u8, payload: &[u8]) -> io::Result<()> {
+        match kind {
+            wire::FRAME_RAFT => {
+                for (group, m) in wire::decode_raft(payload).map_err(io_err)? {
+                    self.deliver(group, m);
+                }
+            }
+            wire::FRAME_RAFT_PART => {
+                let whole = self.parts.borrow_mut().add(payload).map_err(io_err)?;
+                if let Some((group, m)) = whole {
+                    self.deliver(group, m);
+                }
+            }
+            wire::FRAME_INFO if payload.len() <= wire::ENDPOINT_BYTES_MAX => {
+                let endpoint = String::from_utf8_lossy(payload).into_owned();
+                self.peers.endpoints.borrow_mut().insert(self.from, endpoint);
+            }
+            wire::FRAME_FORWARD => self.forward(payload).await?,
+            k => return Err(io_err(format!("unexpected frame type {k} from node {}", self.from))),
+        }
+        Ok(())
+    }
+
+    /// Steps a Raft message, if it really is from this peer and for us.
+    fn deliver(&self, group: u32, m: Message) {
+        if m.from != self.from || m.to != self.peers.config.node_id {
+            tracing::warn!(
+                from = self.from,
+                claimed = m.from,
+                to = m.to,
+                "dropped a raft message with a forged address"
+            );
+            return;
+        }
+        self.owner.core.step(group, m);
+    }
+
+    /// Runs a forwarded request in a task of its own (bounded per connection).
+    async fn forward(&self, payload: &[u8]) -> io::Result<()> {
+        let f = wire::decode_forward(payload).map_err(io_err)?;
+        self.slots.acquire(1).await.map_err(io_err)?;
+        let (owner, replies, wake, slots) =
+            (self.owner.clone(), self.replies.clone(), self.wake.clone(), self.slots.clone());
+        glommio::spawn_local(async move {
+            let result = crate::route::execute(&owner, f.shard, f.op, f.hops).await;
+            wire::put_frame(&mut replies.borrow_mut(), wire::FRAME_FORWARD_REPLY, &wire::encode_reply(f.id, &result));
+            let _ = wake.try_send(());
+            slots.signal(1);
+        })
+        .detach();
+        Ok(())
+    }
 }
 
 async fn write_replies(mut stream: TcpStream, replies: Rc<RefCell<Vec<u8>>>, woken: LocalReceiver<()>) {

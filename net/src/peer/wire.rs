@@ -41,6 +41,11 @@ pub const FRAME_FORWARD_REPLY: u8 = 3;
 /// sent back to back on one connection.
 pub const FRAME_RAFT_PART: u8 = 4;
 const PART_HEADER_BYTES: usize = 20;
+/// The opener's client endpoint (UTF-8 `HOST:PORT`), sent once after the
+/// handshake so every node can tell clients where its peers serve.
+pub const FRAME_INFO: u8 = 5;
+/// Longest endpoint text accepted in an info frame.
+pub const ENDPOINT_BYTES_MAX: usize = 256;
 /// Largest Raft message accepted in pieces (a shard's snapshot).
 pub const RAFT_MESSAGE_BYTES_MAX: u64 = 64 << 30;
 
@@ -291,6 +296,7 @@ impl Reassembly {
             return Ok(None);
         }
         let (group, _, bytes) = self.current.take().expect("present");
+        tracing::info!(group, bytes = bytes.len(), "reassembled a raft message sent in pieces");
         let m = Message::parse_from_bytes(&bytes).map_err(|e| format!("raft message does not decode: {e}"))?;
         Ok(Some((group, m)))
     }
