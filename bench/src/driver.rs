@@ -1,6 +1,8 @@
-//! Protocol drivers: kvd's native protocol and RESP, pipelined, over
-//! glommio sockets. A driver queues requests, flushes them in one write and
-//! reads answers; it does not interpret them beyond hit, miss or error.
+//! Protocol drivers: kvd's native protocol, RESP, and etcd's v3 JSON
+//! gateway (HTTP/1.1 keep-alive; no Rust etcd client builds here without
+//! protoc), pipelined, over glommio sockets. A driver queues requests,
+//! flushes them in one write and reads answers; it does not interpret them
+//! beyond hit, miss or error.
 
 use std::io;
 use std::net::SocketAddr;
@@ -17,6 +19,7 @@ use crate::workload::Op;
 pub enum Protocol {
     Native,
     Resp,
+    Etcd,
 }
 
 impl Protocol {
@@ -24,7 +27,8 @@ impl Protocol {
         match s {
             "native" => Ok(Protocol::Native),
             "resp" => Ok(Protocol::Resp),
-            _ => Err(format!("protocol {s:?} is not native or resp")),
+            "etcd" => Ok(Protocol::Etcd),
+            _ => Err(format!("protocol {s:?} is not native, resp or etcd")),
         }
     }
 }
@@ -46,6 +50,8 @@ pub struct Conn {
     buf: Vec<u8>,
     start: usize,
     next_id: u64,
+    /// Operations sent and not answered (etcd answers do not say which).
+    sent: std::collections::VecDeque<Op>,
 }
 
 impl Conn {
@@ -61,7 +67,7 @@ impl Conn {
                 _ => return Err(io::Error::other("kvd refused the handshake")),
             }
         }
-        Ok(Conn { stream, protocol, out: Vec::new(), buf: Vec::new(), start: 0, next_id: 1 })
+        Ok(Conn { stream, protocol, out: Vec::new(), buf: Vec::new(), start: 0, next_id: 1, sent: Default::default() })
     }
 
     pub fn queue(&mut self, op: Op, key: &[u8], value: &[u8]) {
@@ -79,6 +85,10 @@ impl Conn {
                 Op::Get => resp_command(&mut self.out, &[b"GET", key]),
                 Op::Set => resp_command(&mut self.out, &[b"SET", key, value]),
             },
+            Protocol::Etcd => {
+                etcd_request(&mut self.out, op, key, value);
+                self.sent.push_back(op);
+            }
         }
     }
 
@@ -95,9 +105,13 @@ impl Conn {
             let parsed = match self.protocol {
                 Protocol::Native => parse_native(&self.buf[self.start..]),
                 Protocol::Resp => parse_resp(&self.buf[self.start..]),
+                Protocol::Etcd => parse_http(&self.buf[self.start..]),
             };
             if let Some((answer, used)) = parsed.map_err(io::Error::other)? {
                 self.start += used;
+                if self.protocol == Protocol::Etcd && self.sent.pop_front() == Some(Op::Set) && answer == Answer::Miss {
+                    return Ok(Answer::Ok);
+                }
                 return Ok(answer);
             }
             self.fill().await?;
@@ -131,6 +145,53 @@ pub fn resp_command(out: &mut Vec<u8>, parts: &[&[u8]]) {
 }
 
 type Parsed = Result<Option<(Answer, usize)>, String>;
+
+/// A put or range request to etcd's v3 JSON gateway.
+pub fn etcd_request(out: &mut Vec<u8>, op: Op, key: &[u8], value: &[u8]) {
+    use base64::Engine as _;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let (path, body) = match op {
+        Op::Set => ("/v3/kv/put", format!("{{\"key\":\"{}\",\"value\":\"{}\"}}", b64(key), b64(value))),
+        Op::Get => ("/v3/kv/range", format!("{{\"key\":\"{}\"}}", b64(key))),
+    };
+    out.extend_from_slice(
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: etcd\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    out.extend_from_slice(body.as_bytes());
+}
+
+/// Parses one HTTP/1.1 response with a Content-Length body.
+pub fn parse_http(buf: &[u8]) -> Parsed {
+    let Some(head_end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else { return Ok(None) };
+    let head = std::str::from_utf8(&buf[..head_end]).map_err(|_| "response head is not UTF-8")?;
+    let status: u16 = head.split(' ').nth(1).and_then(|s| s.parse().ok()).ok_or("no HTTP status")?;
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("content-length")).map(|(_, v)| v.trim())
+        })
+        .and_then(|v| v.parse().ok())
+        .ok_or("response without Content-Length")?;
+    let total = head_end + 4 + len;
+    if buf.len() < total {
+        return Ok(None);
+    }
+    let body = &buf[head_end + 4..total];
+    let answer = if status != 200 {
+        Answer::Error(format!("HTTP {status}: {}", String::from_utf8_lossy(body)))
+    } else if !body.windows(6).any(|w| w == b"\"kvs\":") {
+        // No values: a put's normal answer, a range's miss (the caller
+        // knows which it asked).
+        Answer::Miss
+    } else {
+        Answer::Ok
+    };
+    Ok(Some((answer, total)))
+}
 
 fn parse_native(buf: &[u8]) -> Parsed {
     let Some(h) = codec::parse_header(buf, u32::MAX as usize).map_err(|e| e.to_string())? else { return Ok(None) };
@@ -182,6 +243,26 @@ mod tests {
         let mut out = Vec::new();
         resp_command(&mut out, &[b"SET", b"k", b"v"]);
         assert_eq!(out, b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n");
+    }
+
+    #[test]
+    fn etcd_requests_and_responses() {
+        let mut out = Vec::new();
+        etcd_request(&mut out, Op::Set, b"key", b"val");
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.starts_with("POST /v3/kv/put HTTP/1.1\r\n") && text.ends_with(r#"{"key":"a2V5","value":"dmFs"}"#),
+            "{text}"
+        );
+        let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\n{\"header\":1}";
+        assert_eq!(parse_http(ok), Ok(Some((Answer::Miss, ok.len()))), "no kvs: a miss if it was a range");
+        assert_eq!(parse_http(&ok[..ok.len() - 1]), Ok(None));
+        let hit = b"HTTP/1.1 200 OK\r\nContent-Length: 19\r\n\r\n{\"kvs\":[{\"key\":1}]}";
+        assert_eq!(parse_http(hit).unwrap().unwrap().0, Answer::Ok);
+        let miss = b"HTTP/1.1 200 OK\r\nContent-Length: 23\r\n\r\n{\"header\":{},\"count\":0}";
+        assert_eq!(parse_http(miss).unwrap().unwrap().0, Answer::Miss);
+        let err = b"HTTP/1.1 503 Unavailable\r\nContent-Length: 2\r\n\r\nno";
+        assert!(matches!(parse_http(err).unwrap().unwrap().0, Answer::Error(_)));
     }
 
     #[test]

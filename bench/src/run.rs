@@ -17,7 +17,11 @@ use crate::workload::{Generator, Op, Workload};
 
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub target: SocketAddr,
+    /// Servers; connections are spread over them round-robin.
+    pub targets: Vec<SocketAddr>,
+    /// Send each request to its shard's leader (kvd clusters): the topology
+    /// read from the first target at start.
+    pub topology: Option<kv_net::cluster_client::Topology>,
     pub protocol: Protocol,
     pub connections: usize,
     pub pipeline: usize,
@@ -47,7 +51,7 @@ pub fn preload(config: &Config) -> Result<(), String> {
     let c = config.clone();
     LocalExecutorBuilder::new(Placement::Unbound)
         .spawn(move || async move {
-            let mut conn = Conn::connect(c.target, c.protocol).await.map_err(|e| e.to_string())?;
+            let mut conn = Conn::connect(c.targets[0], c.protocol).await.map_err(|e| e.to_string())?;
             let mut gen = Generator::new(c.workload.clone(), c.seed, u64::MAX);
             let batch = c.pipeline.max(64) as u64;
             let mut next = 0;
@@ -114,7 +118,8 @@ async fn connection(
     measure_from: Instant,
     deadline: Instant,
 ) -> Result<Stats, String> {
-    let mut conn = Conn::connect(c.target, c.protocol).await.map_err(|e| format!("connect to {}: {e}", c.target))?;
+    let target = c.targets[id as usize % c.targets.len()];
+    let mut conn = Routed::connect(target, &c).await.map_err(|e| format!("connect to {target}: {e}"))?;
     let mut gen = Generator::new(c.workload.clone(), c.seed, id);
     let mut stats = Stats::default();
     let mut ops = Vec::with_capacity(c.pipeline);
@@ -154,6 +159,59 @@ async fn connection(
         }
     }
     Ok(stats)
+}
+
+/// One load connection: a single server, or one connection per shard
+/// leader with each request sent to its key's leader.
+struct Routed {
+    conns: Vec<Conn>,
+    /// Endpoint index per shard (routed), unused for a single server.
+    by_shard: Vec<usize>,
+    shards: u32,
+    /// The connection of each request queued and not yet answered.
+    order: std::collections::VecDeque<usize>,
+}
+
+impl Routed {
+    async fn connect(target: SocketAddr, c: &Config) -> std::io::Result<Routed> {
+        let Some(t) = &c.topology else {
+            let conn = Conn::connect(target, c.protocol).await?;
+            return Ok(Routed { conns: vec![conn], by_shard: Vec::new(), shards: 0, order: Default::default() });
+        };
+        let endpoints: Vec<&String> = t.endpoints.values().collect();
+        let mut conns = Vec::new();
+        for e in &endpoints {
+            let addr = e.parse().map_err(|_| std::io::Error::other(format!("bad endpoint {e}")))?;
+            conns.push(Conn::connect(addr, c.protocol).await?);
+        }
+        let index_of = |node: Option<u64>| {
+            node.and_then(|n| t.endpoints.get(&n)).and_then(|e| endpoints.iter().position(|x| *x == e)).unwrap_or(0)
+        };
+        let by_shard = t.leaders.iter().map(|l| index_of(*l)).collect();
+        Ok(Routed { conns, by_shard, shards: t.shards, order: Default::default() })
+    }
+
+    fn queue(&mut self, op: Op, key: &[u8], value: &[u8]) {
+        let i = if self.shards == 0 {
+            0
+        } else {
+            self.by_shard[kv_replication::layout::shard_of_key(key, self.shards) as usize]
+        };
+        self.conns[i].queue(op, key, value);
+        self.order.push_back(i);
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        for c in &mut self.conns {
+            c.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn answer(&mut self) -> std::io::Result<Answer> {
+        let i = self.order.pop_front().expect("an answer is only awaited for a queued request");
+        self.conns[i].answer().await
+    }
 }
 
 /// CPU seconds (user + system) a process has used, from /proc.

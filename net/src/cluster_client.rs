@@ -19,12 +19,22 @@ use kv_replication::Consistency;
 use crate::client::{Client, ClientError, WriteResult};
 use crate::native::codec::Status;
 
+/// Which node leads each shard, and where every node serves clients.
 #[derive(Debug, Clone, Default)]
-struct Topology {
-    shards: u32,
+pub struct Topology {
+    pub shards: u32,
     /// Leader of each shard, if the answering node knew one.
-    leaders: Vec<Option<u64>>,
-    endpoints: BTreeMap<u64, String>,
+    pub leaders: Vec<Option<u64>>,
+    pub endpoints: BTreeMap<u64, String>,
+}
+
+impl Topology {
+    /// The endpoint of the leader of `key`'s shard, if known.
+    pub fn leader_endpoint(&self, key: &[u8]) -> Option<&str> {
+        let shard = shard_of_key(key, self.shards.max(1)) as usize;
+        let leader = self.leaders.get(shard).copied().flatten()?;
+        self.endpoints.get(&leader).map(String::as_str)
+    }
 }
 
 pub struct ClusterClient {
@@ -66,6 +76,10 @@ impl ClusterClient {
             }
         }
         Err(last.unwrap_or_else(|| ClientError::Protocol("no seed endpoints".into())))
+    }
+
+    pub fn topology(&self) -> &Topology {
+        &self.topology
     }
 
     /// The endpoint the last request went to (where routing sent it).

@@ -2,7 +2,7 @@
 //! that speaks RESP, with HDR latency histograms. See `kvbench --help`.
 
 use std::io::Write;
-use std::net::ToSocketAddrs;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -18,10 +18,15 @@ use serde_json::json;
 #[derive(Parser)]
 #[command(name = "kvbench", version, about = "Load generator with latency histograms for kvd and RESP servers")]
 struct Cli {
-    /// Server address.
+    /// Server address, or several separated by commas (connections are
+    /// spread over them).
     #[arg(long, default_value = "127.0.0.1:7379")]
     target: String,
-    /// native (kvd) or resp (Redis and compatible servers).
+    /// any: send to the target; leader: send each request to its shard's
+    /// leader (kvd clusters, native protocol; the topology is read at start).
+    #[arg(long, default_value = "any")]
+    route: String,
+    /// native (kvd), resp (Redis and compatible servers) or etcd (v3 JSON gateway).
     #[arg(long, default_value = "native")]
     protocol: String,
     /// Connections in total.
@@ -115,12 +120,26 @@ fn value_range(s: &str) -> Result<(usize, usize), String> {
 }
 
 fn real_main(cli: Cli) -> Result<ExitCode, String> {
-    let target = cli
+    let targets = cli
         .target
-        .to_socket_addrs()
-        .map_err(|e| format!("target {}: {e}", cli.target))?
-        .next()
-        .ok_or_else(|| format!("target {} resolves to nothing", cli.target))?;
+        .split(',')
+        .map(|t| {
+            t.to_socket_addrs()
+                .map_err(|e| format!("target {t}: {e}"))?
+                .next()
+                .ok_or_else(|| format!("target {t} resolves to nothing"))
+        })
+        .collect::<Result<Vec<SocketAddr>, String>>()?;
+    let topology = match cli.route.as_str() {
+        "any" => None,
+        "leader" if cli.protocol == "native" => {
+            let seeds: Vec<String> = targets.iter().map(|t| t.to_string()).collect();
+            let cc = kv_net::cluster_client::ClusterClient::connect(&seeds, Duration::from_secs(10))
+                .map_err(|e| format!("reading the topology: {e}"))?;
+            Some(cc.topology().clone())
+        }
+        other => return Err(format!("route {other:?} is not any, or leader (native protocol only)")),
+    };
     let (value_bytes_min, value_bytes_max) = value_range(&cli.value_bytes)?;
     if cli.keys == 0 || cli.connections == 0 || cli.pipeline == 0 || cli.duration <= 0.0 || cli.warmup < 0.0 {
         return Err("keys, connections, pipeline and duration must be positive".into());
@@ -135,7 +154,8 @@ fn real_main(cli: Cli) -> Result<ExitCode, String> {
         key_prefix: "kvbench:".into(),
     };
     let config = Config {
-        target,
+        targets,
+        topology,
         protocol: Protocol::parse(&cli.protocol)?,
         connections: cli.connections,
         pipeline: cli.pipeline,
@@ -149,7 +169,7 @@ fn real_main(cli: Cli) -> Result<ExitCode, String> {
         "kvbench {}: {} {} c={} P={} {} keys={} dist={} value={}B seed={seed}",
         cli.label,
         cli.protocol,
-        target,
+        cli.target,
         cli.connections,
         cli.pipeline,
         cli.workload,
