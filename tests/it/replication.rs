@@ -23,6 +23,15 @@ fn final_reads(c: &Cluster, load_origin: std::time::Instant) -> Vec<crate::linea
     ids.iter().flat_map(|&id| load::read_all(&mut c.client(id), KEYS, load_origin)).collect()
 }
 
+/// Stops the load, reads every key through every node once the cluster has
+/// converged, and checks the whole history.
+fn finish_and_check(c: &Cluster, load: Load, seed: u64) {
+    let origin = load.origin;
+    let mut history = load.finish();
+    history.extend(final_reads(c, origin));
+    check(&history).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+}
+
 fn layout() -> Layout {
     Layout::cluster(1, vec![1, 2, 3], 3, 1, kv_replication::layout::SHARDS_PER_CORE_DEFAULT)
 }
@@ -71,10 +80,7 @@ fn leader_sigkill_under_load_loses_no_acknowledged_write() {
     c.start_node(victim, &[]);
     c.wait_for_leaders();
     assert!(load.wait_for_acks(100, Duration::from_secs(60)));
-    let origin = load.origin;
-    let mut history = load.finish();
-    history.extend(final_reads(&c, origin));
-    check(&history).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+    finish_and_check(&c, load, seed);
 }
 
 #[test]
@@ -146,10 +152,7 @@ fn a_partitioned_leader_stops_acknowledging_and_the_majority_goes_on() {
     c.wait_until("the old leader steps down", || {
         c.groups(victim).iter().all(|g| g["is_leader"] == false || g["term"].as_u64() > Some(1))
     });
-    let origin = load.origin;
-    let mut history = load.finish();
-    history.extend(final_reads(&c, origin));
-    check(&history).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+    finish_and_check(&c, load, seed);
     let mut reader = c.client(others[0]);
     let after = reader.get_with(key.as_bytes(), Consistency::Strict).unwrap().map(|(v, _)| v);
     assert_ne!(after, Some(b"must-not-be-acknowledged".to_vec()), "the isolated write was applied");
@@ -171,10 +174,7 @@ fn a_paused_leader_is_replaced_and_rejoins() {
     c.signal(victim, libc::SIGCONT);
     c.wait_for_leaders();
     assert!(load.wait_for_acks(100, Duration::from_secs(60)));
-    let origin = load.origin;
-    let mut history = load.finish();
-    history.extend(final_reads(&c, origin));
-    check(&history).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+    finish_and_check(&c, load, seed);
 }
 
 #[test]
@@ -246,10 +246,7 @@ fn a_graceful_stop_hands_leadership_over_and_leaders_come_back() {
         c.leaders(1).iter().all(|(s, l)| *l == Some(preferred(*s)))
     });
     assert!(load.wait_for_acks(50, Duration::from_secs(60)));
-    let origin = load.origin;
-    let mut history = load.finish();
-    history.extend(final_reads(&c, origin));
-    check(&history).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+    finish_and_check(&c, load, seed);
 }
 
 #[test]
@@ -273,10 +270,7 @@ fn nodes_crashing_at_crash_points_rejoin_and_the_history_stays_linearizable() {
         c.wait_for_leaders();
         assert!(load.wait_for_acks(100, Duration::from_secs(60)), "writes go on after a crash at {point}");
     }
-    let origin = load.origin;
-    let mut history = load.finish();
-    history.extend(final_reads(&c, origin));
-    check(&history).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+    finish_and_check(&c, load, seed);
 }
 
 #[test]

@@ -391,28 +391,15 @@ async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<usiz
 /// still need its followers' answers.
 pub async fn accept_loop(listener: glommio::net::TcpListener, peers: Rc<Peers>, svc: Rc<crate::service::Service>) {
     let owner = svc.owner.clone();
-    loop {
-        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
-            svc.shutdown.wait().await;
-            None
-        });
-        match accepted.await {
-            None => return,
-            Some(Ok(stream)) => {
-                let (peers, owner) = (peers.clone(), owner.clone());
-                glommio::spawn_local(async move {
-                    if let Err(e) = serve_inbound(stream, &peers, &owner).await {
-                        tracing::debug!(core = peers.config.core, "peer connection closed: {e}");
-                    }
-                })
-                .detach();
-            }
-            Some(Err(e)) => {
-                tracing::warn!(core = peers.config.core, "peer accept failed: {e}");
-                glommio::timer::sleep(Duration::from_millis(50)).await;
+    crate::listener::accept_loop(listener, svc, move |stream, _| {
+        let (peers, owner) = (peers.clone(), owner.clone());
+        async move {
+            if let Err(e) = serve_inbound(stream, &peers, &owner).await {
+                tracing::debug!(core = peers.config.core, "peer connection closed: {e}");
             }
         }
-    }
+    })
+    .await
 }
 
 /// The acceptor's half of the handshake; returns the authenticated node.

@@ -127,10 +127,10 @@ impl Challenge {
     }
 }
 
-/// The proof one side sends: HMAC-SHA256 over who is talking to whom on
-/// which core and both nonces, so it cannot be replayed on another
-/// connection or reflected back.
-pub fn proof(secret: &[u8], role: &str, from: u64, to: u64, core: u32, nonces: (&[u8], &[u8])) -> [u8; MAC_BYTES] {
+/// The HMAC-SHA256 state over who is talking to whom on which core and
+/// both nonces: a proof cannot be replayed on another connection or
+/// reflected back (the role is part of it).
+fn proof_mac(secret: &[u8], role: &str, from: u64, to: u64, core: u32, nonces: (&[u8], &[u8])) -> HmacSha256 {
     let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC takes keys of any length");
     mac.update(b"kvd-peer-v1 ");
     mac.update(role.as_bytes());
@@ -139,7 +139,12 @@ pub fn proof(secret: &[u8], role: &str, from: u64, to: u64, core: u32, nonces: (
     mac.update(&core.to_le_bytes());
     mac.update(nonces.0);
     mac.update(nonces.1);
-    mac.finalize().into_bytes().into()
+    mac
+}
+
+/// The proof one side sends.
+pub fn proof(secret: &[u8], role: &str, from: u64, to: u64, core: u32, nonces: (&[u8], &[u8])) -> [u8; MAC_BYTES] {
+    proof_mac(secret, role, from, to, core, nonces).finalize().into_bytes().into()
 }
 
 /// Constant-time comparison of a received proof with the expected one.
@@ -152,15 +157,7 @@ pub fn proof_matches(
     nonces: (&[u8], &[u8]),
     got: &[u8],
 ) -> bool {
-    let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC takes keys of any length");
-    mac.update(b"kvd-peer-v1 ");
-    mac.update(role.as_bytes());
-    mac.update(&from.to_le_bytes());
-    mac.update(&to.to_le_bytes());
-    mac.update(&core.to_le_bytes());
-    mac.update(nonces.0);
-    mac.update(nonces.1);
-    mac.verify_slice(got).is_ok()
+    proof_mac(secret, role, from, to, core, nonces).verify_slice(got).is_ok()
 }
 
 /// Appends one frame.
