@@ -20,11 +20,17 @@ use clap::Parser;
 use kv_engine::wal::segment::{SEGMENT_BYTES_DEFAULT, SEGMENT_BYTES_MIN};
 use kv_engine::wal::FsyncPolicy;
 use kv_net::limits::Limits;
+use kv_net::service::RespMode;
 use kv_replication::layout::SHARDS_PER_CORE_DEFAULT;
 use kv_replication::SNAPSHOT_WAL_BYTES_DEFAULT;
 use serde::{Deserialize, Serialize};
 
 pub const LISTEN_DEFAULT: &str = "127.0.0.1:7379";
+/// RESP beside the native port, and beside (not on) Redis's 6379.
+pub const RESP_LISTEN_DEFAULT: &str = "127.0.0.1:6380";
+pub const HTTP_LISTEN_DEFAULT: &str = "127.0.0.1:7380";
+/// Longest password accepted from `--requirepass-file`.
+const PASSWORD_BYTES_MAX: usize = 4096;
 pub const DATA_DIR_DEFAULT: &str = "./data";
 /// glommio's registered io memory per core. Small, because `ulimit -l` is
 /// often 8 MiB; larger writes fall back to ordinary allocations.
@@ -58,6 +64,18 @@ pub struct Options {
     /// Native protocol address, HOST:PORT (port 0 picks one) [default: 127.0.0.1:7379].
     #[arg(long, env = "KVD_LISTEN")]
     pub listen: Option<String>,
+    /// RESP (Redis protocol) address, HOST:PORT [default: 127.0.0.1:6380].
+    #[arg(long, env = "KVD_RESP_LISTEN")]
+    pub resp_listen: Option<String>,
+    /// HTTP/JSON and /metrics address, HOST:PORT [default: 127.0.0.1:7380].
+    #[arg(long, env = "KVD_HTTP_LISTEN")]
+    pub http_listen: Option<String>,
+    /// RESP routing: proxy (forward to the leader) | cluster (answer -MOVED) [default: proxy].
+    #[arg(long, env = "KVD_RESP_MODE")]
+    pub resp_mode: Option<String>,
+    /// File holding the password clients must give (RESP AUTH, HTTP bearer, native hello) [default: none].
+    #[arg(long, env = "KVD_REQUIREPASS_FILE")]
+    pub requirepass_file: Option<PathBuf>,
     /// CPUs that run shards, e.g. `0,1` or `0-3` [default: every online CPU].
     #[arg(long, env = "KVD_CORES")]
     pub cores: Option<String>,
@@ -148,6 +166,10 @@ impl Options {
             o,
             data_dir,
             listen,
+            resp_listen,
+            http_listen,
+            resp_mode,
+            requirepass_file,
             cores,
             fsync,
             persistence,
@@ -177,6 +199,9 @@ impl Options {
         Options {
             data_dir: Some(PathBuf::from(DATA_DIR_DEFAULT)),
             listen: Some(LISTEN_DEFAULT.to_string()),
+            resp_listen: Some(RESP_LISTEN_DEFAULT.to_string()),
+            http_listen: Some(HTTP_LISTEN_DEFAULT.to_string()),
+            resp_mode: Some("proxy".to_string()),
             cores: Some("all".to_string()),
             fsync: Some("always".to_string()),
             persistence: Some("wal".to_string()),
@@ -203,6 +228,11 @@ impl Options {
 pub struct Settings {
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
+    pub resp_listen: SocketAddr,
+    pub http_listen: SocketAddr,
+    pub resp_mode: RespMode,
+    /// What clients must authenticate with; `None` lets everyone in.
+    pub password: Option<Arc<Vec<u8>>>,
     /// CPU ids, one shard core each.
     pub cpus: Vec<usize>,
     pub fsync: FsyncPolicy,
@@ -245,6 +275,17 @@ impl Settings {
         let listen = listen
             .parse::<SocketAddr>()
             .map_err(|_| format!("listen: {listen:?} is not an IP:PORT address (e.g. 127.0.0.1:7379)"))?;
+        let resp_listen = parse_addr("resp_listen", &get(&o.resp_listen))?;
+        let http_listen = parse_addr("http_listen", &get(&o.http_listen))?;
+        let resp_mode = match get(&o.resp_mode).as_str() {
+            "proxy" => RespMode::Proxy,
+            "cluster" => RespMode::Cluster,
+            other => return Err(format!("resp_mode: {other:?} is not one of proxy, cluster")),
+        };
+        let password = match &o.requirepass_file {
+            Some(path) => Some(Arc::new(read_password(path)?)),
+            None => None,
+        };
         let (key, value) = (o.max_key_bytes.expect("default"), o.max_value_bytes.expect("default"));
         let limits = Limits {
             key_bytes_max: key,
@@ -289,6 +330,10 @@ impl Settings {
         Ok(Settings {
             data_dir: o.data_dir.clone().expect("default"),
             listen,
+            resp_listen,
+            http_listen,
+            resp_mode,
+            password,
             cpus,
             cluster,
             fsync: parse_fsync(&get(&o.fsync))?,
@@ -309,6 +354,25 @@ impl Settings {
     pub fn to_toml(&self) -> String {
         toml::to_string(&self.effective).expect("options serialise")
     }
+}
+
+fn parse_addr(name: &str, text: &str) -> Result<SocketAddr, String> {
+    text.parse().map_err(|_| format!("{name}: {text:?} is not an IP:PORT address (e.g. 127.0.0.1:6380)"))
+}
+
+/// The password file's content, without one trailing newline.
+fn read_password(path: &Path) -> Result<Vec<u8>, String> {
+    let mut bytes = std::fs::read(path).map_err(|e| format!("requirepass_file {}: {e}", path.display()))?;
+    if bytes.ends_with(b"\n") {
+        bytes.pop();
+    }
+    if bytes.is_empty() || bytes.len() > PASSWORD_BYTES_MAX {
+        return Err(format!(
+            "requirepass_file {}: the password must be 1 to {PASSWORD_BYTES_MAX} bytes",
+            path.display()
+        ));
+    }
+    Ok(bytes)
 }
 
 /// `1=HOST:PORT,2=HOST:PORT`.

@@ -24,7 +24,7 @@ use crate::limits::Limits;
 use crate::mesh::MeshEnds;
 use crate::peer::{PeerConfig, PeerTransport, Peers};
 use crate::route::Owner;
-use crate::service::{Service, Shutdown};
+use crate::service::{Endpoints, Frontend, Service, Shutdown};
 use crate::{listener, native, peer};
 
 /// How often a core looks at the process-wide flags.
@@ -56,6 +56,10 @@ pub struct CoreSetup {
     pub config: CoreConfig,
     pub limits: Limits,
     pub native_listener: TcpListener,
+    pub resp_listener: TcpListener,
+    pub http_listener: TcpListener,
+    pub endpoints: Endpoints,
+    pub frontend: Frontend,
     pub mesh: MeshEnds,
     pub signals: Arc<NodeSignals>,
     /// Peers and this core's peer listener; `None` on a single node.
@@ -75,7 +79,18 @@ pub async fn run_core(setup: CoreSetup) -> Result<(), String> {
 }
 
 async fn run(setup: CoreSetup) -> Result<(), String> {
-    let CoreSetup { config, limits, native_listener, mesh, signals, peer } = setup;
+    let CoreSetup {
+        config,
+        limits,
+        native_listener,
+        resp_listener: _resp,
+        http_listener: _http,
+        endpoints,
+        frontend,
+        mesh,
+        signals,
+        peer,
+    } = setup;
     let core_index = config.core;
     let layout = config.layout.clone();
     let mesh = mesh.connect().await;
@@ -102,7 +117,8 @@ async fn run(setup: CoreSetup) -> Result<(), String> {
         limits,
         shutdown: Shutdown::default(),
         connections: std::cell::Cell::new(0),
-        endpoint: native_listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        endpoints,
+        frontend,
     });
     let peer_acceptor = match (peer_listener, &peers) {
         (Some(l), Some(p)) => {

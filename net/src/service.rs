@@ -6,6 +6,8 @@
 use std::cell::Cell;
 use std::rc::Rc;
 
+use std::sync::Arc;
+
 use glommio::sync::Semaphore;
 use kv_replication::{Consistency, CoreError, Layout};
 
@@ -23,8 +25,56 @@ pub struct Service {
     pub shutdown: Shutdown,
     /// Open client connections on this core.
     pub connections: Cell<usize>,
-    /// Where this node serves the native protocol.
-    pub endpoint: String,
+    /// Where this node serves each protocol.
+    pub endpoints: Endpoints,
+    pub frontend: Frontend,
+}
+
+/// How RESP clients are routed to a shard's leader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RespMode {
+    /// The node forwards the request; any client works.
+    Proxy,
+    /// The node answers `-MOVED slot host:port`, as Redis Cluster does.
+    Cluster,
+}
+
+/// Settings the client-facing protocols share.
+#[derive(Debug, Clone)]
+pub struct Frontend {
+    pub resp_mode: RespMode,
+    /// What clients must authenticate with; `None` lets everyone in.
+    pub password: Option<Arc<Vec<u8>>>,
+}
+
+/// Where a node serves clients, per protocol (`HOST:PORT` each). Nodes tell
+/// each other theirs once a peer link is up.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Endpoints {
+    pub native: String,
+    pub resp: String,
+    pub http: String,
+}
+
+impl Endpoints {
+    /// `native=HOST:PORT resp=HOST:PORT http=HOST:PORT`.
+    pub fn encode(&self) -> String {
+        format!("native={} resp={} http={}", self.native, self.resp, self.http)
+    }
+
+    /// Reads [`Endpoints::encode`]'s text; unknown or missing keys are skipped.
+    pub fn decode(text: &str) -> Endpoints {
+        let mut e = Endpoints::default();
+        for (key, value) in text.split_whitespace().filter_map(|part| part.split_once('=')) {
+            match key {
+                "native" => e.native = value.to_string(),
+                "resp" => e.resp = value.to_string(),
+                "http" => e.http = value.to_string(),
+                _ => {}
+            }
+        }
+        e
+    }
 }
 
 impl Service {

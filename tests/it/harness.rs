@@ -24,6 +24,9 @@ pub fn kvctl_bin() -> &'static str {
 pub struct Kvd {
     child: Child,
     pub addr: SocketAddr,
+    /// Where it serves RESP and HTTP.
+    pub resp_addr: SocketAddr,
+    pub http_addr: SocketAddr,
     log: Arc<Mutex<Vec<String>>>,
 }
 
@@ -34,6 +37,18 @@ pub fn kvd_command(data_dir: &Path, extra: &[&str]) -> Command {
     cmd.arg("--data-dir").arg(data_dir).args(["--log-level", "info"]);
     if !extra.contains(&"--listen") {
         cmd.args(["--listen", "127.0.0.1:0"]);
+    }
+    // RESP and HTTP on the native address's IP, on ports the kernel picks.
+    let ip = extra
+        .iter()
+        .position(|a| *a == "--listen")
+        .and_then(|i| extra.get(i + 1))
+        .and_then(|a| a.parse::<SocketAddr>().ok())
+        .map_or("127.0.0.1".to_string(), |a| a.ip().to_string());
+    for flag in ["--resp-listen", "--http-listen"] {
+        if !extra.contains(&flag) {
+            cmd.args([flag, &format!("{ip}:0")]);
+        }
     }
     cmd.args(extra);
     cmd.env_remove("KVD_CONFIG").stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
@@ -55,8 +70,8 @@ impl Kvd {
         let sink = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(addr) = line.split("native protocol on ").nth(1).and_then(|r| r.split(',').next()) {
-                    let _ = ready_tx.send(addr.parse::<SocketAddr>().ok());
+                if line.contains("kvd ready: ") {
+                    let _ = ready_tx.send(ready_addrs(&line));
                 }
                 sink.lock().unwrap().push(line);
             }
@@ -64,7 +79,7 @@ impl Kvd {
         });
         let text = |log: &Arc<Mutex<Vec<String>>>| log.lock().unwrap().join("\n");
         match ready_rx.recv_timeout(READY_TIMEOUT) {
-            Ok(Some(addr)) => Ok(Kvd { child, addr, log }),
+            Ok(Some((addr, resp_addr, http_addr))) => Ok(Kvd { child, addr, resp_addr, http_addr, log }),
             _ => {
                 let _ = child.kill();
                 let _ = child.wait();
@@ -200,4 +215,10 @@ pub fn seed(test: &str) -> u64 {
     let seed = std::env::var("KVD_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
     println!("{test}: seed {seed} (rerun with KVD_TEST_SEED={seed})");
     seed
+}
+
+/// The native, RESP and HTTP addresses of a "kvd ready" line.
+fn ready_addrs(line: &str) -> Option<(SocketAddr, SocketAddr, SocketAddr)> {
+    let after = |label: &str| line.split(label).nth(1)?.split(',').next()?.trim().parse::<SocketAddr>().ok();
+    Some((after("native protocol on ")?, after("RESP on ")?, after("HTTP on ")?))
 }

@@ -16,6 +16,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 use kv_cli::config::{Options, Settings};
 use kv_net::node::{self, CoreSetup, NodeSignals};
 use kv_net::peer::PeerConfig;
+use kv_net::service::{Endpoints, Frontend};
 use kv_replication::{CoreConfig, Layout, Persistence, TICK_INTERVAL_DEFAULT};
 
 fn main() -> ExitCode {
@@ -67,6 +68,16 @@ fn run(mut s: Settings) -> Result<(), String> {
     };
     let listeners = kv_net::listener::bind_reuseport(s.listen, cores as usize).map_err(|e| e.to_string())?;
     let listen = listeners[0].local_addr().map_err(|e| e.to_string())?;
+    let resp_listeners =
+        kv_net::listener::bind_reuseport(s.resp_listen, cores as usize).map_err(|e| format!("RESP listener: {e}"))?;
+    let http_listeners =
+        kv_net::listener::bind_reuseport(s.http_listen, cores as usize).map_err(|e| format!("HTTP listener: {e}"))?;
+    let local = |l: &std::net::TcpListener| l.local_addr().map(|a| a.to_string()).map_err(|e| e.to_string());
+    let endpoints =
+        Endpoints { native: listen.to_string(), resp: local(&resp_listeners[0])?, http: local(&http_listeners[0])? };
+    let frontend = Frontend { resp_mode: s.resp_mode, password: s.password.clone() };
+    let mut resp_listeners = resp_listeners.into_iter();
+    let mut http_listeners = http_listeners.into_iter();
     let mut peer_listeners: Vec<Option<std::net::TcpListener>> = match &s.cluster {
         Some(c) => bind_peer_listeners(c.peer_listen, cores)?.into_iter().map(Some).collect(),
         None => (0..cores).map(|_| None).collect(),
@@ -100,12 +111,22 @@ fn run(mut s: Settings) -> Result<(), String> {
                 peers: c.peers.iter().filter(|(id, _)| **id != s.node_id).map(|(id, a)| (*id, *a)).collect(),
                 // A Raft entry carries at most one maximal request.
                 payload_bytes_max: s.limits.frame_bytes_max + PEER_FRAME_SLACK_BYTES,
-                client_endpoint: listen.to_string(),
+                endpoints: endpoints.clone(),
             };
             (peer_config, peer_listeners[i].take().expect("one peer listener per core"))
         });
-        let setup =
-            CoreSetup { config, limits: s.limits, native_listener: listener, mesh, signals: signals.clone(), peer };
+        let setup = CoreSetup {
+            config,
+            limits: s.limits,
+            native_listener: listener,
+            resp_listener: resp_listeners.next().expect("one RESP listener per core"),
+            http_listener: http_listeners.next().expect("one HTTP listener per core"),
+            endpoints: endpoints.clone(),
+            frontend: frontend.clone(),
+            mesh,
+            signals: signals.clone(),
+            peer,
+        };
         let handle = LocalExecutorBuilder::new(Placement::Fixed(*cpu))
             .name(&format!("kvd-core-{i}"))
             .io_memory(s.io_memory_bytes)
@@ -128,7 +149,9 @@ fn run(mut s: Settings) -> Result<(), String> {
             None => String::new(),
         };
         tracing::info!(
-            "kvd ready: native protocol on {listen}, node {}, {cores} cores (CPUs {:?}), {} shards, data dir {}, fsync {fsync}{cluster}",
+            "kvd ready: native protocol on {listen}, RESP on {}, HTTP on {}, node {}, {cores} cores (CPUs {:?}), {} shards, data dir {}, fsync {fsync}{cluster}",
+            endpoints.resp,
+            endpoints.http,
             layout.node_id,
             s.cpus,
             layout.shards,

@@ -259,7 +259,7 @@ fn dispatch(svc: &Rc<Service>, outbox: &Rc<Outbox>, id: u64, opcode: u8, frame: 
 async fn node_status(svc: &Service) -> Result<String, CoreError> {
     let mut cores = Vec::new();
     let mut endpoints = serde_json::Map::new();
-    endpoints.insert(svc.layout.node_id.to_string(), svc.endpoint.clone().into());
+    endpoints.insert(svc.layout.node_id.to_string(), svc.endpoints.native.clone().into());
     for core in 0..svc.layout.cores {
         match svc.execute_on(0, core, Op::Status).await? {
             Reply::Status(json) => {

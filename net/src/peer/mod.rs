@@ -32,6 +32,7 @@ use raft::eraftpb::Message;
 
 use crate::mesh::{Op, Reply};
 use crate::route::Owner;
+use crate::service::Endpoints;
 use wire::{Challenge, Forward, PeerHello};
 
 /// Time allowed to connect and complete the handshake.
@@ -56,8 +57,8 @@ pub struct PeerConfig {
     pub peers: BTreeMap<u64, SocketAddr>,
     /// Largest frame payload accepted (fits the largest entry).
     pub payload_bytes_max: usize,
-    /// This node's client (native protocol) endpoint, told to peers.
-    pub client_endpoint: String,
+    /// Where this node serves clients, told to peers.
+    pub endpoints: Endpoints,
 }
 
 /// The per-core address of a node's peer listener.
@@ -91,7 +92,7 @@ pub struct Peers {
     next_id: Cell<u64>,
     stopping: Cell<bool>,
     /// Client endpoints peers announced.
-    endpoints: RefCell<BTreeMap<u64, String>>,
+    endpoints: RefCell<BTreeMap<u64, Endpoints>>,
 }
 
 /// The [`kv_replication::transport::Transport`] face of [`Peers`].
@@ -172,8 +173,13 @@ impl Peers {
         }
     }
 
-    /// Client endpoints of the peers that announced theirs, by node.
+    /// Native-protocol endpoints of the peers that announced theirs, by node.
     pub fn endpoints(&self) -> BTreeMap<u64, String> {
+        self.endpoints.borrow().iter().map(|(n, e)| (*n, e.native.clone())).collect()
+    }
+
+    /// Every protocol's endpoint of the peers that announced theirs, by node.
+    pub fn all_endpoints(&self) -> BTreeMap<u64, Endpoints> {
         self.endpoints.borrow().clone()
     }
 
@@ -324,7 +330,7 @@ async fn connect(peers: &Rc<Peers>, link: &Rc<Link>) -> io::Result<TcpStream> {
         }
         stream.write_all(&wire::proof(&c.secret, "client", c.node_id, link.node, c.core, (&ch.nonce, &nonce))).await?;
         let mut info = Vec::new();
-        wire::put_frame(&mut info, wire::FRAME_INFO, c.client_endpoint.as_bytes());
+        wire::put_frame(&mut info, wire::FRAME_INFO, c.endpoints.encode().as_bytes());
         stream.write_all(&info).await?;
         Ok::<TcpStream, io::Error>(stream)
     };
@@ -495,8 +501,8 @@ impl Inbound {
                 }
             }
             wire::FRAME_INFO if payload.len() <= wire::ENDPOINT_BYTES_MAX => {
-                let endpoint = String::from_utf8_lossy(payload).into_owned();
-                self.peers.endpoints.borrow_mut().insert(self.from, endpoint);
+                let endpoints = Endpoints::decode(&String::from_utf8_lossy(payload));
+                self.peers.endpoints.borrow_mut().insert(self.from, endpoints);
             }
             wire::FRAME_FORWARD => self.forward(payload).await?,
             k => return Err(io_err(format!("unexpected frame type {k} from node {}", self.from))),

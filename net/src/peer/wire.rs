@@ -41,8 +41,9 @@ pub const FRAME_FORWARD_REPLY: u8 = 3;
 /// sent back to back on one connection.
 pub const FRAME_RAFT_PART: u8 = 4;
 const PART_HEADER_BYTES: usize = 20;
-/// The opener's client endpoint (UTF-8 `HOST:PORT`), sent once after the
-/// handshake so every node can tell clients where its peers serve.
+/// The opener's client endpoints (UTF-8 `native=HOST:PORT resp=HOST:PORT
+/// http=HOST:PORT`), sent once after the handshake so every node can tell
+/// clients where its peers serve.
 pub const FRAME_INFO: u8 = 5;
 /// Longest endpoint text accepted in an info frame.
 pub const ENDPOINT_BYTES_MAX: usize = 256;
