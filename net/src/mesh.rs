@@ -12,7 +12,7 @@ use std::rc::Rc;
 use bytes::Bytes;
 use glommio::channels::shared_channel::{self, ConnectedReceiver, ConnectedSender, SharedReceiver, SharedSender};
 use kv_engine::{Command, Outcome, Stored};
-use kv_replication::{oneshot, Consistency, CoreError};
+use kv_replication::{oneshot, Consistency, CoreError, ScanPage};
 
 use crate::route::{self, Owner};
 
@@ -29,6 +29,12 @@ pub enum Op {
     Write(Command),
     /// This core's groups and links, as JSON.
     Status,
+    /// A page of the shard's keys (see `kv_replication::keyspace`).
+    Scan {
+        cursor: u64,
+        count: u32,
+        consistency: Consistency,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -36,6 +42,7 @@ pub enum Reply {
     Value(Option<Stored>),
     Outcome(Outcome),
     Status(String),
+    Keys(ScanPage),
 }
 
 pub struct CrossRequest {

@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use kv_engine::Command;
 use kv_replication::transport::{NoPeers, Transport};
 use kv_replication::{Core, CoreConfig};
 
@@ -35,6 +36,13 @@ const STOP_STEP_TIMEOUT: Duration = Duration::from_secs(30);
 const READY_TIMEOUT: Duration = Duration::from_secs(600);
 /// How often a core hands shards back to their preferred leaders.
 const REBALANCE_INTERVAL: Duration = Duration::from_secs(5);
+/// How often a core looks for expired keys in the shards it leads.
+const EXPIRY_CYCLE_INTERVAL: Duration = Duration::from_millis(100);
+/// Keys one reap command removes at most: bounds the work of one apply (and
+/// so the latency it adds to requests queued behind it) and the entry size.
+const REAP_KEYS_PER_COMMAND_MAX: usize = 256;
+/// Longest wait for one reap command to commit; a later cycle tries again.
+const REAP_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a stopping node tries to hand its leaderships over.
 const LEADERSHIP_TRANSFER_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -133,6 +141,8 @@ async fn run(setup: CoreSetup) -> Result<(), String> {
     let native = unsafe { glommio::net::TcpListener::from_raw_fd(native_listener.into_raw_fd()) };
     let acceptor = glommio::spawn_local(listener::accept_loop(native, svc.clone(), native::server::serve));
     signals.ready.fetch_add(1, Ordering::SeqCst);
+    // Dropped (so cancelled) when the core stops.
+    let _expiry = glommio::spawn_local(expiry_cycle(core.clone()));
 
     let mut next_rebalance = Instant::now() + REBALANCE_INTERVAL;
     while !signals.stop.load(Ordering::SeqCst) {
@@ -169,6 +179,24 @@ async fn run(setup: CoreSetup) -> Result<(), String> {
     stopped?;
     tracing::debug!(core = core_index, "core stopped");
     Ok(())
+}
+
+/// Active expiry: reclaims keys whose TTL passed even if nobody reads them.
+/// The leader of each shard proposes a reap command naming the keys its
+/// clock says have expired; applying it removes those that have expired by
+/// the command's own timestamp, identically on every replica.
+async fn expiry_cycle(core: Core) {
+    loop {
+        glommio::timer::sleep(EXPIRY_CYCLE_INTERVAL).await;
+        for (shard, keys) in core.expired_keys(REAP_KEYS_PER_COMMAND_MAX) {
+            let reap = core.write(shard, Command::Reap { keys });
+            match glommio::timer::timeout(REAP_TIMEOUT, async { Ok(reap.await) }).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::debug!(shard, "reaping expired keys failed: {e}"),
+                Err(e) => tracing::debug!(shard, "reaping expired keys failed: {e}"),
+            }
+        }
+    }
 }
 
 /// Polls `done` until it holds or [`STOP_STEP_TIMEOUT`] passes.

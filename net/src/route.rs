@@ -51,6 +51,7 @@ impl Owner {
                 serde_json::json!({
                     "shard": g.shard, "leader": g.leader, "is_leader": g.is_leader, "term": g.term,
                     "commit": g.commit, "applied": g.applied, "last_index": g.last_index, "keys": g.keys,
+                    "expires": g.expires, "memory_bytes": g.memory_bytes,
                     "replicas": self.layout.replicas_of(g.shard), "follower_lag": lag,
                 })
             })
@@ -80,6 +81,9 @@ pub async fn execute(owner: &Owner, shard: u32, op: Op, hops: u8) -> Result<Repl
         let local = match &op {
             Op::Get { key, consistency } => owner.core.read(shard, key, *consistency).await.map(Reply::Value),
             Op::Write(command) => owner.core.write(shard, command.clone()).await.map(Reply::Outcome),
+            Op::Scan { cursor, count, consistency } => {
+                owner.core.scan(shard, *cursor, *count as usize, *consistency).map(Reply::Keys)
+            }
             Op::Status => unreachable!("answered above"),
         };
         let leader = match local {
@@ -91,7 +95,7 @@ pub async fn execute(owner: &Owner, shard: u32, op: Op, hops: u8) -> Result<Repl
                 if hops >= HOPS_MAX {
                     return Err(CoreError::NotLeader { leader: Some(l) });
                 }
-                let is_read = matches!(op, Op::Get { .. });
+                let is_read = matches!(op, Op::Get { .. } | Op::Scan { .. });
                 match peers.forward(l, shard, op.clone(), hops + 1).await {
                     // The leader we know of is unreachable: it may be dead,
                     // and the others are about to elect a new one. The

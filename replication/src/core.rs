@@ -26,6 +26,7 @@ use protobuf::Message as _;
 use raft::eraftpb::{Message, SnapshotMetadata};
 
 use crate::group::Group;
+use crate::keyspace::{self, wall_clock_ms};
 use crate::transport::Transport;
 use crate::{CoreConfig, CoreError, PENDING_PER_GROUP_MAX};
 
@@ -58,8 +59,22 @@ pub struct GroupStatus {
     pub applied: u64,
     pub last_index: u64,
     pub keys: usize,
+    /// Keys with a TTL.
+    pub expires: usize,
+    pub memory_bytes: u64,
     /// On a leader: (follower, entries it lacks).
     pub follower_lag: Vec<(u64, u64)>,
+}
+
+/// One page of a shard's keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScanPage {
+    pub keys: Vec<Bytes>,
+    /// Where the next page starts; `None` when the shard is done.
+    pub next: Option<u64>,
+    /// Keys and keys with a TTL in the shard (expired ones not yet reaped included).
+    pub keys_total: u64,
+    pub expires_total: u64,
 }
 
 /// Counters a core keeps about itself (exported as metrics).
@@ -205,7 +220,37 @@ impl Core {
         if !allowed {
             return Err(CoreError::NotLeader { leader: group.leader_id() });
         }
-        Ok(group.map.get(key).cloned())
+        Ok(group.map.live(key, wall_clock_ms()).cloned())
+    }
+
+    /// A page of the shard's live keys from `cursor` on (see [`keyspace`]),
+    /// the next cursor, and the shard's key count; readable where
+    /// `consistency` allows, like [`Core::read_now`].
+    pub fn scan(&self, shard: u32, cursor: u64, count: usize, consistency: Consistency) -> Result<ScanPage, CoreError> {
+        let groups = self.0.groups.borrow();
+        let group = groups.get(&shard).ok_or(CoreError::WrongCore(shard))?;
+        let allowed = match consistency {
+            Consistency::Stale => true,
+            Consistency::Lease | Consistency::Strict => group.lease_valid(),
+        };
+        if !allowed {
+            return Err(CoreError::NotLeader { leader: group.leader_id() });
+        }
+        let (keys, next) = keyspace::scan_page(&group.map, cursor, count, wall_clock_ms());
+        Ok(ScanPage { keys, next, keys_total: group.map.len() as u64, expires_total: group.map.expires_len() as u64 })
+    }
+
+    /// For each shard this core leads, up to `max` keys whose expiry has
+    /// passed: what the active expiry cycle proposes to reap.
+    pub fn expired_keys(&self, max: usize) -> Vec<(u32, Vec<Bytes>)> {
+        let now_ms = wall_clock_ms();
+        let groups = self.0.groups.borrow();
+        groups
+            .values()
+            .filter(|g| g.is_leader())
+            .map(|g| (g.id, g.map.expired(now_ms, max)))
+            .filter(|(_, keys)| !keys.is_empty())
+            .collect()
     }
 
     /// Reads a key at `consistency`; `Strict` confirms leadership with a
@@ -224,7 +269,7 @@ impl Core {
         self.0.notify();
         rx.await.unwrap_or(Err(CoreError::ShuttingDown))?;
         let groups = self.0.groups.borrow();
-        Ok(groups.get(&shard).expect("shard checked above").map.get(key).cloned())
+        Ok(groups.get(&shard).expect("shard checked above").map.live(key, wall_clock_ms()).cloned())
     }
 
     /// Delivers a message from a peer to `group`. Unknown groups and
@@ -315,6 +360,8 @@ impl Core {
                     applied: g.map.applied_index(),
                     last_index,
                     keys: g.map.len(),
+                    expires: g.map.expires_len(),
+                    memory_bytes: g.map.memory_bytes(),
                     follower_lag: followers,
                 }
             })

@@ -188,7 +188,9 @@ impl Group {
         let before = self.node.raft.raft_log.last_index();
         // Refused before it was appended (e.g. a leadership transfer is under
         // way): nothing happened, so another node may take it.
-        self.node.propose(Vec::new(), command.encode()).map_err(|_| CoreError::NotLeader { leader: None })?;
+        self.node
+            .propose(Vec::new(), command.encode(crate::keyspace::wall_clock_ms()))
+            .map_err(|_| CoreError::NotLeader { leader: None })?;
         let index = self.node.raft.raft_log.last_index();
         assert_eq!(index, before + 1, "one proposal appends one entry");
         let (tx, rx) = oneshot::channel();
@@ -292,8 +294,9 @@ impl Group {
                     None
                 }
                 EntryType::EntryNormal => {
-                    let command = Command::decode(&entry.data).expect("committed entries were encoded by kvd");
-                    Some(self.map.apply(entry.index, command))
+                    let (now_ms, command) =
+                        Command::decode(&entry.data).expect("committed entries were encoded by kvd");
+                    Some(self.map.apply(entry.index, now_ms, command))
                 }
                 EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
                     self.apply_conf_change(&entry, wal);

@@ -14,3 +14,4 @@ mod lifecycle;
 mod linearizability;
 mod load;
 mod replication;
+mod ttl;

@@ -25,7 +25,8 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::net::TcpStream;
 use glommio::sync::Semaphore;
-use kv_engine::{Command, Outcome};
+use kv_engine::{Command, Expiry, Outcome};
+use kv_replication::keyspace::wall_clock_ms;
 use kv_replication::CoreError;
 
 use super::codec::{self, FrameError, Hello, Request, Response, Status, Welcome, WelcomeStatus};
@@ -245,6 +246,10 @@ fn dispatch(svc: &Rc<Service>, outbox: &Rc<Outbox>, id: u64, opcode: u8, frame: 
             (key.clone(), Op::Get { key, consistency })
         }
         Request::Put { key, value, condition } => (key.clone(), Op::Write(Command::Put { key, value, condition })),
+        Request::PutTtl { key, value, condition, ttl_ms } => {
+            let expiry = Expiry::At(wall_clock_ms().saturating_add(ttl_ms));
+            (key.clone(), Op::Write(Command::Set { key, value, condition, expiry, get: false }))
+        }
         Request::Delete { key, condition } => (key.clone(), Op::Write(Command::Delete { key, condition })),
     };
     let (svc, outbox) = (svc.clone(), outbox.clone());
@@ -287,7 +292,7 @@ fn check_limits(svc: &Service, req: Request) -> Result<Request, codec::Refusal> 
             return Err(codec::Refusal { status: Status::KeyTooLarge, message });
         }
     }
-    if let Request::Put { value, .. } = &req {
+    if let Request::Put { value, .. } | Request::PutTtl { value, .. } = &req {
         if value.len() > limits.value_bytes_max {
             let message =
                 format!("value of {} bytes exceeds the limit of {} bytes", value.len(), limits.value_bytes_max);
@@ -308,6 +313,7 @@ fn to_response(result: Result<Reply, CoreError>) -> Response {
             Response::ConditionFailed { current_version }
         }
         Ok(Reply::Status(json)) => Response::Status(json),
+        Ok(other) => Response::Error { status: Status::Internal, message: format!("unexpected answer {other:?}") },
         Err(e) => {
             let status = match e {
                 CoreError::NotLeader { .. } => Status::NotLeader,
