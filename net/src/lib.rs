@@ -15,6 +15,7 @@
 
 pub mod client;
 pub mod cluster_client;
+pub mod keyspace;
 pub mod limits;
 pub mod listener;
 pub mod mesh;

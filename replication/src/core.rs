@@ -236,7 +236,11 @@ impl Core {
         if !allowed {
             return Err(CoreError::NotLeader { leader: group.leader_id() });
         }
-        let (keys, next) = keyspace::scan_page(&group.map, cursor, count, wall_clock_ms());
+        // A count of 0 asks only for the totals.
+        let (keys, next) = match count {
+            0 => (Vec::new(), None),
+            _ => keyspace::scan_page(&group.map, cursor, count, wall_clock_ms()),
+        };
         Ok(ScanPage { keys, next, keys_total: group.map.len() as u64, expires_total: group.map.expires_len() as u64 })
     }
 
