@@ -98,6 +98,15 @@ impl Client {
         Ok(Client { stream, welcome, next_id: 1, out: Vec::new(), endpoint: endpoint.to_string() })
     }
 
+    /// Gives the node's password (needed before any other request when the
+    /// node has one).
+    pub fn authenticate(&mut self, password: &[u8]) -> Result<(), ClientError> {
+        match self.call(&Request::Auth { password: Bytes::copy_from_slice(password) })? {
+            Response::Pong => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
     pub fn welcome(&self) -> &Welcome {
         &self.welcome
     }

@@ -47,6 +47,20 @@ pub struct Frontend {
     pub password: Option<Arc<Vec<u8>>>,
 }
 
+impl Frontend {
+    /// Whether `given` is the password, compared in constant time (no early
+    /// exit that would tell an attacker how much of a guess was right).
+    /// `false` when no password is set.
+    pub fn password_matches(&self, given: &[u8]) -> bool {
+        let Some(password) = &self.password else { return false };
+        let mut diff = (password.len() != given.len()) as u8;
+        for (i, b) in password.iter().enumerate() {
+            diff |= b ^ given.get(i).copied().unwrap_or(!b);
+        }
+        diff == 0
+    }
+}
+
 /// Where a node serves clients, per protocol (`HOST:PORT` each). Nodes tell
 /// each other theirs once a peer link is up.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -141,5 +155,21 @@ impl Shutdown {
     pub async fn wait(&self) {
         // A closed semaphore fails every acquire; nothing ever signals it.
         let _ = self.gate.acquire(1).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn password_comparison() {
+        let f = Frontend { resp_mode: RespMode::Proxy, password: Some(Arc::new(b"s3cret".to_vec())) };
+        assert!(f.password_matches(b"s3cret"));
+        for wrong in [&b""[..], b"s3cre", b"s3cret!", b"S3cret", b"\x00\x00\x00\x00\x00\x00"] {
+            assert!(!f.password_matches(wrong), "{wrong:?}");
+        }
+        let open = Frontend { resp_mode: RespMode::Proxy, password: None };
+        assert!(!open.password_matches(b""));
     }
 }

@@ -41,6 +41,9 @@ struct Cli {
     /// Seconds to wait for a connection or an answer.
     #[arg(long, default_value_t = 5.0, global = true)]
     timeout: f64,
+    /// File holding the node's password (kvd --requirepass-file).
+    #[arg(long, env = "KVCTL_PASSWORD_FILE", global = true)]
+    password_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -178,6 +181,14 @@ fn run(cli: Cli) -> Result<(), Failure> {
     };
     let started = Instant::now();
     let mut client = Client::connect(&cli.endpoints, timeout)?;
+    if let Some(path) = &cli.password_file {
+        let mut password = std::fs::read(path)
+            .map_err(|e| fail(EXIT_USAGE, format!("cannot read the password file {}: {e}", path.display())))?;
+        if password.ends_with(b"\n") {
+            password.pop();
+        }
+        client.authenticate(&password)?;
+    }
     let out = cli.output;
     match cli.command {
         Command::Ping => {

@@ -35,6 +35,8 @@ pub enum Opcode {
     Status = 5,
     /// PUT with a time to live: a u64 TTL in milliseconds, then a PUT body.
     PutTtl = 6,
+    /// The password, as the whole body.
+    Auth = 7,
 }
 
 impl Opcode {
@@ -46,6 +48,7 @@ impl Opcode {
             4 => Opcode::Delete,
             5 => Opcode::Status,
             6 => Opcode::PutTtl,
+            7 => Opcode::Auth,
             _ => return None,
         })
     }
@@ -64,6 +67,8 @@ pub enum Status {
     KeyTooLarge = 18,
     ValueTooLarge = 19,
     FrameTooLarge = 20,
+    /// The node requires a password (AUTH) and none or a wrong one was given.
+    Unauthenticated = 21,
     Unavailable = 32,
     ShuttingDown = 33,
     NotLeader = 34,
@@ -83,6 +88,7 @@ impl Status {
             18 => KeyTooLarge,
             19 => ValueTooLarge,
             20 => FrameTooLarge,
+            21 => Unauthenticated,
             32 => Unavailable,
             33 => ShuttingDown,
             34 => NotLeader,
@@ -103,6 +109,7 @@ impl Status {
             KeyTooLarge => "KEY_TOO_LARGE",
             ValueTooLarge => "VALUE_TOO_LARGE",
             FrameTooLarge => "FRAME_TOO_LARGE",
+            Unauthenticated => "UNAUTHENTICATED",
             Unavailable => "UNAVAILABLE",
             ShuttingDown => "SHUTTING_DOWN",
             NotLeader => "NOT_LEADER",
@@ -271,6 +278,9 @@ pub enum Request {
         condition: Condition,
     },
     Status,
+    Auth {
+        password: Bytes,
+    },
 }
 
 impl Request {
@@ -281,13 +291,14 @@ impl Request {
             Request::Put { .. } => Opcode::Put,
             Request::PutTtl { .. } => Opcode::PutTtl,
             Request::Delete { .. } => Opcode::Delete,
+            Request::Auth { .. } => Opcode::Auth,
             Request::Status => Opcode::Status,
         }
     }
 
     pub fn key(&self) -> Option<&Bytes> {
         match self {
-            Request::Ping | Request::Status => None,
+            Request::Ping | Request::Status | Request::Auth { .. } => None,
             Request::Get { key, .. }
             | Request::Put { key, .. }
             | Request::PutTtl { key, .. }
@@ -309,6 +320,10 @@ pub fn encode_request(id: u64, req: &Request, out: &mut Vec<u8>) {
     match req {
         Request::Ping => put_header(out, 0, Opcode::Ping as u8, 0, id),
         Request::Status => put_header(out, 0, Opcode::Status as u8, 0, id),
+        Request::Auth { password } => {
+            put_header(out, password.len(), Opcode::Auth as u8, 0, id);
+            out.extend_from_slice(password);
+        }
         Request::Get { key, consistency } => {
             put_header(out, GET_FIXED_BYTES + key.len(), Opcode::Get as u8, consistency_byte(*consistency), id);
             out.extend_from_slice(&(key.len() as u32).to_le_bytes());
@@ -388,6 +403,7 @@ pub fn decode_request(opcode: u8, mut body: Bytes) -> Result<Request, Refusal> {
         Opcode::Ping => Err(bad("PING takes no body")),
         Opcode::Status if body.is_empty() => Ok(Request::Status),
         Opcode::Status => Err(bad("STATUS takes no body")),
+        Opcode::Auth => Ok(Request::Auth { password: body }),
         Opcode::Get => {
             if body.len() < GET_FIXED_BYTES {
                 return Err(bad("GET body shorter than its fixed part"));
@@ -522,7 +538,7 @@ pub fn decode_response(status: u8, opcode: u8, mut body: Bytes) -> Result<Respon
     let op = Opcode::from_u8(opcode);
     let version = |b: &mut Bytes| if b.len() >= 8 { Ok(b.get_u64_le()) } else { Err("short body".to_string()) };
     match (status, op) {
-        (Status::Ok, Some(Opcode::Ping)) => Ok(Response::Pong),
+        (Status::Ok, Some(Opcode::Ping | Opcode::Auth)) => Ok(Response::Pong),
         (Status::Ok, Some(Opcode::Get)) => Ok(Response::Value { version: version(&mut body)?, value: body }),
         (Status::Ok, Some(Opcode::Put | Opcode::PutTtl)) => Ok(Response::Written { version: version(&mut body)? }),
         (Status::Ok, Some(Opcode::Delete)) => Ok(Response::Deleted { version: version(&mut body)? }),
@@ -561,6 +577,7 @@ mod tests {
                 ttl_ms: 1500,
             },
             Request::Delete { key: Bytes::from_static(b"k"), condition: Condition::Always },
+            Request::Auth { password: Bytes::from_static(b"secret") },
         ]
     }
 

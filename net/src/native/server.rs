@@ -39,6 +39,8 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a closing connection waits for its in-flight answers.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest frame read from a connection that has not authenticated yet.
+const PREAUTH_FRAME_BYTES_MAX: usize = 64 * 1024;
 /// Bytes asked of the socket per read when no large frame is pending.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
 
@@ -50,6 +52,9 @@ struct Outbox {
     closed: Cell<bool>,
     wake: LocalSender<()>,
     permits: Rc<Semaphore>,
+    /// Whether the connection may make requests: it gave the password with
+    /// AUTH, or the node needs none.
+    authenticated: Cell<bool>,
 }
 
 impl Outbox {
@@ -113,6 +118,7 @@ async fn serve_connection(mut stream: TcpStream, svc: &Rc<Service>) -> io::Resul
         closed: Cell::new(false),
         wake,
         permits: Rc::new(Semaphore::new(depth)),
+        authenticated: Cell::new(svc.frontend.password.is_none()),
     });
     let writer_task = glommio::spawn_local(write_loop(writer, outbox.clone(), woken));
     let read_result = read_loop(&mut stream, svc, &outbox).await;
@@ -168,7 +174,13 @@ async fn read_loop(stream: &mut TcpStream, svc: &Rc<Service>, outbox: &Rc<Outbox
             if svc.shutdown.is_triggered() {
                 return Ok(());
             }
-            let header = match codec::parse_header(&buf, svc.limits.frame_bytes_max) {
+            // Before authentication only small frames are read, so a
+            // stranger cannot make the node buffer large requests.
+            let frame_bytes_max = match outbox.authenticated.get() {
+                true => svc.limits.frame_bytes_max,
+                false => svc.limits.frame_bytes_max.min(PREAUTH_FRAME_BYTES_MAX),
+            };
+            let header = match codec::parse_header(&buf, frame_bytes_max) {
                 Ok(Some(h)) => h,
                 Ok(None) => break,
                 Err(e) => {
@@ -225,8 +237,13 @@ fn dispatch(svc: &Rc<Service>, outbox: &Rc<Outbox>, id: u64, opcode: u8, frame: 
             return;
         }
     };
+    if !outbox.authenticated.get() && !matches!(req, Request::Auth { .. } | Request::Ping) {
+        let message = "authentication required: send AUTH with the password first".to_string();
+        return outbox.push(id, opcode, &Response::Error { status: Status::Unauthenticated, message });
+    }
     let (key, op) = match req {
         Request::Ping => return outbox.push(id, opcode, &Response::Pong),
+        Request::Auth { password } => return outbox.push(id, opcode, &authenticate(svc, outbox, &password)),
         Request::Status => {
             let (svc, outbox) = (svc.clone(), outbox.clone());
             glommio::spawn_local(async move {
@@ -282,6 +299,19 @@ async fn node_status(svc: &Service) -> Result<String, CoreError> {
         "shards": svc.layout.shards, "endpoints": endpoints, "cores": cores,
     });
     Ok(status.to_string())
+}
+
+fn authenticate(svc: &Service, outbox: &Outbox, password: &[u8]) -> Response {
+    if svc.frontend.password.is_none() {
+        let message = "AUTH given, but this node has no password set".to_string();
+        return Response::Error { status: Status::BadRequest, message };
+    }
+    if !svc.frontend.password_matches(password) {
+        let message = "invalid password".to_string();
+        return Response::Error { status: Status::Unauthenticated, message };
+    }
+    outbox.authenticated.set(true);
+    Response::Pong
 }
 
 fn check_limits(svc: &Service, req: Request) -> Result<Request, codec::Refusal> {
