@@ -10,6 +10,8 @@
 //! (allowed) but never skipped. Cursor 0 starts a scan and is returned when
 //! it is over, as in Redis.
 
+use std::collections::BTreeSet;
+
 use bytes::Bytes;
 use kv_engine::Command;
 use kv_replication::{Consistency, CoreError, ScanPage};
@@ -49,16 +51,22 @@ async fn shard_page(svc: &Service, shard: u32, position: u64, count: u32) -> Res
 
 /// One SCAN call: at least `count` keys matching `pattern` unless the scan
 /// ends first (fewer when a page's keys do not match), and the next cursor.
+/// `only` limits the scan to those shards (the others are skipped).
 pub async fn scan(
     svc: &Service,
     cursor: u64,
     count: u32,
     pattern: Option<&[u8]>,
+    only: Option<&BTreeSet<u32>>,
 ) -> Result<(u64, Vec<Bytes>), CoreError> {
     let (mut shard, mut position) = split(cursor);
     let mut keys = Vec::new();
     let mut visited = 0u32;
     while shard < svc.layout.shards && (keys.len() as u32) < count.max(1) {
+        if only.is_some_and(|s| !s.contains(&shard)) {
+            (shard, position) = (shard + 1, 0);
+            continue;
+        }
         let page = shard_page(svc, shard, position, count.max(1)).await?;
         keys.extend(page.keys.into_iter().filter(|k| pattern.is_none_or(|p| glob_match(p, k))));
         match page.next {
@@ -76,9 +84,10 @@ pub async fn scan(
 }
 
 /// Every key matching `pattern` (KEYS). Fails past [`KEYS_REPLY_MAX`].
-pub async fn keys(svc: &Service, pattern: &[u8]) -> Result<Vec<Bytes>, CoreError> {
+/// `only` limits it to those shards.
+pub async fn keys(svc: &Service, pattern: &[u8], only: Option<&BTreeSet<u32>>) -> Result<Vec<Bytes>, CoreError> {
     let mut keys = Vec::new();
-    for shard in 0..svc.layout.shards {
+    for shard in (0..svc.layout.shards).filter(|s| only.is_none_or(|o| o.contains(s))) {
         let mut position = 0;
         loop {
             let page = shard_page(svc, shard, position, KEYS_PAGE).await?;

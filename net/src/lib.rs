@@ -1,6 +1,7 @@
 //! kv-net: how requests reach the cores.
 //!
 //! - [`native`]: the native binary protocol (codec and per-connection server).
+//! - [`resp`]: the Redis protocol (RESP2/RESP3) front end and its commands.
 //! - [`service`]: protocol-independent routing — key → shard → core, run
 //!   locally or forwarded over the [`mesh`] of cross-core channels.
 //! - [`listener`]: `SO_REUSEPORT` sockets, one per core, and accept loops.
@@ -22,5 +23,6 @@ pub mod mesh;
 pub mod native;
 pub mod node;
 pub mod peer;
+pub mod resp;
 pub mod route;
 pub mod service;

@@ -26,7 +26,7 @@ use crate::mesh::MeshEnds;
 use crate::peer::{PeerConfig, PeerTransport, Peers};
 use crate::route::Owner;
 use crate::service::{Endpoints, Frontend, Service, Shutdown};
-use crate::{listener, native, peer};
+use crate::{listener, native, peer, resp};
 
 /// How often a core looks at the process-wide flags.
 const FLAG_POLL_INTERVAL: Duration = Duration::from_millis(20);
@@ -91,7 +91,7 @@ async fn run(setup: CoreSetup) -> Result<(), String> {
         config,
         limits,
         native_listener,
-        resp_listener: _resp,
+        resp_listener,
         http_listener: _http,
         endpoints,
         frontend,
@@ -140,6 +140,10 @@ async fn run(setup: CoreSetup) -> Result<(), String> {
     // SAFETY: the fd comes from a listening socket this function owns.
     let native = unsafe { glommio::net::TcpListener::from_raw_fd(native_listener.into_raw_fd()) };
     let acceptor = glommio::spawn_local(listener::accept_loop(native, svc.clone(), native::server::serve));
+    resp::stats::started();
+    // SAFETY: as above.
+    let resp_listener = unsafe { glommio::net::TcpListener::from_raw_fd(resp_listener.into_raw_fd()) };
+    let resp_acceptor = glommio::spawn_local(listener::accept_loop(resp_listener, svc.clone(), resp::server::serve));
     signals.ready.fetch_add(1, Ordering::SeqCst);
     // Dropped (so cancelled) when the core stops.
     let _expiry = glommio::spawn_local(expiry_cycle(core.clone()));
@@ -165,6 +169,7 @@ async fn run(setup: CoreSetup) -> Result<(), String> {
     }
     svc.shutdown.trigger();
     acceptor.await;
+    resp_acceptor.await;
     wait_until(|| svc.connections.get() == 0).await;
     signals.drained.fetch_add(1, Ordering::SeqCst);
     let cores = layout.cores as usize;

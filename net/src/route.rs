@@ -41,6 +41,8 @@ pub struct Owner {
 impl Owner {
     /// A JSON status of this core's groups and links (for `cluster status`).
     pub fn status(&self) -> serde_json::Value {
+        let bytes: std::collections::HashMap<u32, u64> =
+            self.core.shard_sizes().into_iter().map(|(shard, _, bytes)| (shard, bytes)).collect();
         let groups: Vec<serde_json::Value> = self
             .core
             .group_status()
@@ -52,6 +54,7 @@ impl Owner {
                     "shard": g.shard, "leader": g.leader, "is_leader": g.is_leader, "term": g.term,
                     "commit": g.commit, "applied": g.applied, "last_index": g.last_index, "keys": g.keys,
                     "expires": g.expires, "memory_bytes": g.memory_bytes,
+                    "bytes": bytes.get(&g.shard).copied().unwrap_or(0),
                     "replicas": self.layout.replicas_of(g.shard), "follower_lag": lag,
                 })
             })
@@ -64,7 +67,10 @@ impl Owner {
             .flat_map(|p| p.link_states())
             .map(|(node, addr, up)| serde_json::json!({"node": node, "addr": addr.to_string(), "connected": up}))
             .collect();
-        serde_json::json!({"core": self.core.config().core, "groups": groups, "links": links, "endpoints": endpoints})
+        serde_json::json!({
+            "core": self.core.config().core, "groups": groups, "links": links, "endpoints": endpoints,
+            "poisoned": self.core.poisoned(),
+        })
     }
 }
 

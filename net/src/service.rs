@@ -111,10 +111,24 @@ impl Service {
 
     /// Runs `op` for `shard` from core `owner` of this node.
     pub async fn execute_on(&self, shard: u32, owner: u32, op: Op) -> Result<Reply, CoreError> {
+        self.execute_hops(shard, owner, op, 0).await
+    }
+
+    /// Runs `op` for `key` on this node's replica of its shard, without
+    /// forwarding to another node: a replica that cannot serve it answers
+    /// `NotLeader` (an election still under way is waited out, boundedly).
+    /// A node without a replica answers `Unavailable`.
+    pub async fn execute_here(&self, key: &[u8], op: Op) -> Result<Reply, CoreError> {
+        let (shard, owner) = self.route(key);
+        // A request that has used up its hops is never forwarded again.
+        self.execute_hops(shard, owner, op, route::HOPS_MAX).await
+    }
+
+    async fn execute_hops(&self, shard: u32, owner: u32, op: Op, hops: u8) -> Result<Reply, CoreError> {
         if owner == self.core_index {
-            route::execute(&self.owner, shard, op, 0).await
+            route::execute(&self.owner, shard, op, hops).await
         } else {
-            self.mesh.forward(owner as usize, shard, op).await
+            self.mesh.forward(owner as usize, shard, op, hops).await
         }
     }
 
