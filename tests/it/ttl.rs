@@ -118,3 +118,44 @@ fn expiry_reaches_every_replica() {
         assert_eq!(total(&c.status().unwrap(), "expires"), 1, "node {id}");
     }
 }
+
+/// One redis-cli command against `addr`; its output, trimmed.
+fn redis_cli(addr: std::net::SocketAddr, args: &[&str]) -> String {
+    let mut cmd = std::process::Command::new("redis-cli");
+    cmd.args(["-h", &addr.ip().to_string(), "-p", &addr.port().to_string()]).args(args);
+    let out = crate::harness::run_bounded(cmd, b"");
+    assert!(out.status.success(), "redis-cli {args:?}: {}", crate::harness::stderr(&out));
+    stdout(&out).trim().to_string()
+}
+
+#[test]
+fn ttl_over_resp_matches_redis() {
+    let dir = data_dir();
+    let kvd = Kvd::start(dir.path(), &["--fsync", "never"]);
+    let r = |args: &[&str]| redis_cli(kvd.resp_addr, args);
+    assert_eq!(r(&["SET", "k", "v", "EX", "100"]), "OK");
+    let ttl: i64 = r(&["TTL", "k"]).parse().unwrap();
+    assert!((1..=100).contains(&ttl), "{ttl}");
+    assert_eq!(r(&["TTL", "missing"]), "-2");
+    assert_eq!(r(&["SET", "forever", "v"]), "OK");
+    assert_eq!(r(&["TTL", "forever"]), "-1");
+    assert_eq!(r(&["EXPIRE", "forever", "100", "GT"]), "0", "GT never holds for a key without a TTL");
+    assert_eq!(r(&["EXPIRE", "forever", "100", "LT"]), "1");
+    assert_eq!(r(&["PERSIST", "forever"]), "1");
+    assert_eq!(r(&["PERSIST", "forever"]), "0");
+    // The native protocol sees what RESP set.
+    let mut c = client(&kvd.endpoint());
+    assert!(c.get(b"k").unwrap().is_some());
+    assert_eq!(r(&["PEXPIRE", "k", "200"]), "1");
+    assert_eq!(r(&["SET", "gone", "v", "PX", "200"]), "OK");
+    assert_eq!(r(&["EXPIRE", "now", "-1"]), "0", "no such key");
+    assert_eq!(r(&["SET", "now", "v"]), "OK");
+    assert_eq!(r(&["EXPIRE", "now", "-1"]), "1", "a time in the past deletes");
+    assert_eq!(r(&["EXISTS", "now"]), "0");
+    wait_until("both keys expire", || r(&["EXISTS", "k", "gone"]) == "0");
+    assert_eq!(c.get(b"k").unwrap(), None);
+    assert_eq!(r(&["SET", "e", "v", "EX", "0"]), "ERR invalid expire time in 'set' command");
+    let expire_at: i64 = r(&["EXPIRETIME", "forever"]).parse().unwrap();
+    assert_eq!(expire_at, -1);
+    assert!(kvd.stop().success());
+}
