@@ -139,6 +139,8 @@ fn ttl_over_resp_matches_redis() {
     assert_eq!(r(&["TTL", "missing"]), "-2");
     assert_eq!(r(&["SET", "forever", "v"]), "OK");
     assert_eq!(r(&["TTL", "forever"]), "-1");
+    let info = r(&["INFO", "keyspace"]);
+    assert!(info.contains("db0:keys=2,expires=1,"), "{info}");
     assert_eq!(r(&["EXPIRE", "forever", "100", "GT"]), "0", "GT never holds for a key without a TTL");
     assert_eq!(r(&["EXPIRE", "forever", "100", "LT"]), "1");
     assert_eq!(r(&["PERSIST", "forever"]), "1");

@@ -24,6 +24,8 @@ pub struct GroupView {
     pub leader: Option<u64>,
     pub is_leader: bool,
     pub keys: u64,
+    /// Keys with a TTL.
+    pub expires: u64,
     pub bytes: u64,
 }
 
@@ -42,6 +44,11 @@ impl NodeView {
     /// each key once.
     pub fn keys(&self, leaders_only: bool) -> u64 {
         self.groups.iter().filter(|g| g.is_leader || !leaders_only).map(|g| g.keys).sum()
+    }
+
+    /// Keys with a TTL, counted as [`NodeView::keys`] counts keys.
+    pub fn expires(&self, leaders_only: bool) -> u64 {
+        self.groups.iter().filter(|g| g.is_leader || !leaders_only).map(|g| g.expires).sum()
     }
 
     pub fn bytes(&self) -> u64 {
@@ -70,6 +77,7 @@ pub async fn node_view(svc: &Service) -> Result<NodeView, CoreError> {
                 leader: g["leader"].as_u64(),
                 is_leader: g["is_leader"].as_bool().unwrap_or(false),
                 keys: g["keys"].as_u64().unwrap_or(0),
+                expires: g["expires"].as_u64().unwrap_or(0),
                 bytes: g["bytes"].as_u64().unwrap_or(0),
             });
         }

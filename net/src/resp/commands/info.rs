@@ -6,7 +6,7 @@
 //! - `db0:keys=`: the keys of the shards this node holds, each shard once
 //!   (cluster mode: only the shards it leads, so that summing over the
 //!   masters counts every key once). A follower's count may trail its
-//!   leader's by a moment. No key expires yet: `expires=0`.
+//!   leader's by a moment. `expires=` counts keys with a TTL alike.
 //! - `used_memory`: the stored keys and values with their per-entry
 //!   overhead, an estimate (kvd has no allocator statistics);
 //!   `used_memory_rss` is the process's resident memory.
@@ -64,11 +64,12 @@ fn lines(conn: &Conn, section: &str, view: &NodeView) -> Vec<(&'static str, Stri
         "cpu" => cpu(),
         "cluster" => vec![("cluster_enabled", u8::from(conn.svc.frontend.resp_mode == RespMode::Cluster).to_string())],
         "keyspace" => {
-            let keys = view.keys(super::server::leaders_only(conn));
+            let leaders_only = super::server::leaders_only(conn);
+            let (keys, expires) = (view.keys(leaders_only), view.expires(leaders_only));
             if keys == 0 {
                 Vec::new()
             } else {
-                vec![("db0", format!("keys={keys},expires=0,avg_ttl=0"))]
+                vec![("db0", format!("keys={keys},expires={expires},avg_ttl=0"))]
             }
         }
         other => unreachable!("section {other} is listed"),
