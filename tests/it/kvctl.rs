@@ -159,7 +159,7 @@ fn native_protocol_requires_the_password() {
     let got = kvctl(&ep, &["--password-file", secret.to_str().unwrap(), "get", "k"], b"");
     assert_eq!(stdout(&got), "v");
     // PING works before authentication (health checks); a large frame does not.
-    let mut c = kv_net::client::Client::connect(&[ep.clone()], std::time::Duration::from_secs(10)).unwrap();
+    let mut c = kv_net::client::Client::connect(std::slice::from_ref(&ep), std::time::Duration::from_secs(10)).unwrap();
     c.ping().unwrap();
     let big = vec![b'x'; 100 * 1024];
     assert!(c.put(b"big", &big, kv_engine::Condition::Always).is_err());

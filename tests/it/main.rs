@@ -14,4 +14,5 @@ mod lifecycle;
 mod linearizability;
 mod load;
 mod replication;
+mod resp;
 mod ttl;

@@ -42,6 +42,10 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bytes asked of the socket per read when no large argument is pending.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
+/// Most bytes asked of the socket per read while a large argument arrives:
+/// the buffer grows with the data actually sent, not with the length a
+/// client announced.
+const READ_BYTES_MAX: usize = 1024 * 1024;
 
 /// Replies waiting to be written, and how many commands they answer.
 struct Outbox {
@@ -189,7 +193,7 @@ async fn read_loop(stream: &mut TcpStream, conn: &Rc<Conn>, outbox: &Rc<Outbox>)
             continue;
         }
         let start = buf.len();
-        buf.resize(start + parser.wanted(start).max(READ_CHUNK_BYTES), 0);
+        buf.resize(start + parser.wanted(start).clamp(READ_CHUNK_BYTES, READ_BYTES_MAX), 0);
         let read = futures_lite::future::or(async { Some(stream.read(&mut buf[start..]).await) }, async {
             svc.shutdown.wait().await;
             None
