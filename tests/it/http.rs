@@ -305,3 +305,41 @@ fn ready_turns_503_when_the_cluster_loses_its_quorum() {
     assert_eq!(http::get(survivor, "/health").status, 200, "the process still serves");
     assert_eq!(http::get(survivor, "/v1/kv/before?consistency=stale").body, b"quorum");
 }
+
+#[test]
+fn pipelined_requests_are_answered_in_order_and_large_values_round_trip() {
+    let dir = data_dir();
+    let kvd = Kvd::start(dir.path(), &["--cores", "0"]);
+    let h = kvd.http_addr;
+    let value: Vec<u8> = (0..4 * 1024 * 1024u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    assert_eq!(http::put(h, "/v1/kv/large", &value).status, 200);
+    assert!(http::get(h, "/v1/kv/large").body == value, "a 4 MiB value came back changed");
+
+    assert_eq!(http::put(h, "/v1/kv/p", b"piped").status, 200);
+    let two =
+        "GET /v1/kv/p HTTP/1.1\r\nhost: x\r\n\r\nGET /v1/kv/absent HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n";
+    let bytes = http::exchange(h, two.as_bytes());
+    let first = http::parse(&bytes, false).expect("a first answer");
+    assert_eq!((first.status, first.body.as_slice()), (200, &b"piped"[..]));
+    let second_at = bytes.windows(9).rposition(|w| w == b"HTTP/1.1 ").expect("a second answer");
+    assert!(second_at > 0);
+    http::parse(&bytes[second_at..], false).expect("a second answer").assert_error(404, "key_not_found");
+    kvd.stop();
+}
+
+#[test]
+fn headers_that_never_finish_are_cut_off_while_others_are_served() {
+    let dir = data_dir();
+    let kvd = Kvd::start(dir.path(), &["--cores", "0"]);
+    let mut slow = TcpStream::connect(kvd.http_addr).unwrap();
+    slow.set_read_timeout(Some(http::ANSWER_TIMEOUT)).unwrap();
+    slow.write_all(b"GET /v1/kv/k HTTP/1.1\r\nhost: x\r\nx-slow: ").unwrap();
+    assert_eq!(http::get(kvd.http_addr, "/health").status, 200, "other clients are served meanwhile");
+    // kv_net::http::HEADER_READ_TIMEOUT (30 s) is below the client's
+    // answer timeout: the read below ends with the server closing, or the
+    // test fails on that timeout.
+    assert!(kv_net::http::HEADER_READ_TIMEOUT < http::ANSWER_TIMEOUT);
+    let answer = http::read_to_close(&mut slow);
+    assert!(!answer.starts_with(b"HTTP/1.1 2"), "{:?}", String::from_utf8_lossy(&answer));
+    kvd.stop();
+}
