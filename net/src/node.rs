@@ -96,6 +96,7 @@ async fn run(setup: CoreSetup) -> Result<(), String> {
         peer,
     } = setup;
     let core_index = config.core;
+    metrics::bind_thread_to_slot(core_index as usize);
     let layout = config.layout.clone();
     let mesh = mesh.connect().await;
     let (peers, peer_listener) = match peer {

@@ -37,12 +37,13 @@ fn scrape_until(addr: SocketAddr, what: &str, done: impl Fn(&Exposition) -> bool
 
 const HTTP_GET_MISS: [(&str, &str); 3] = [("protocol", "http"), ("op", "get"), ("status", "not_found")];
 const NATIVE_SET_OK: [(&str, &str); 3] = [("protocol", "native"), ("op", "set"), ("status", "ok")];
-const CORE0: [(&str, &str); 1] = [("core", "0")];
 
 #[test]
 fn metrics_parse_and_move_with_requests() {
+    // Two cores: request counters sum both cores' slots; per-core series
+    // are summed here.
     let dir = data_dir();
-    let kvd = Kvd::start(dir.path(), &["--cores", "0"]);
+    let kvd = Kvd::start(dir.path(), &["--cores", "0,1"]);
     let h = kvd.http_addr;
     let before = scrape(h);
     for _ in 0..3 {
@@ -53,7 +54,7 @@ fn metrics_parse_and_move_with_requests() {
     native.put(b"two", b"2", Condition::Always).unwrap();
     assert_eq!(http::put(h, "/v1/kv/three", b"3").status, 200);
 
-    let after = scrape_until(h, "the core's gauges show 3 keys", |e| e.value("kvd_keys", &CORE0) == 3.0);
+    let after = scrape_until(h, "the cores' gauges show 3 keys", |e| e.sum("kvd_keys", &[]) == 3.0);
     for family in ["kvd_requests", "kvd_request_duration_seconds", "kvd_wal_fsync_duration_seconds", "kvd_keys"] {
         assert!(after.families.contains_key(family), "{family} missing from {:?}", after.families.keys());
     }
@@ -68,7 +69,7 @@ fn metrics_parse_and_move_with_requests() {
     let latency =
         |e: &Exposition| e.value("kvd_request_duration_seconds_count", &[("protocol", "http"), ("op", "get")]);
     assert_eq!(latency(&after), latency(&before) + 3.0);
-    let grew = |name: &str| after.value(name, &CORE0) > before.value(name, &CORE0);
+    let grew = |name: &str| after.sum(name, &[]) > before.sum(name, &[]);
     for name in [
         "kvd_wal_append_duration_seconds_count",
         "kvd_wal_fsync_duration_seconds_count",
@@ -78,10 +79,12 @@ fn metrics_parse_and_move_with_requests() {
         "kvd_raft_applies_total",
         "kvd_memory_bytes",
     ] {
-        assert!(grew(name), "{name}: {} then {}", before.value(name, &CORE0), after.value(name, &CORE0));
+        assert!(grew(name), "{name}: {} then {}", before.sum(name, &[]), after.sum(name, &[]));
     }
-    assert!(after.value("kvd_raft_leader_groups", &CORE0) > 0.0);
-    assert_eq!(after.value("kvd_raft_leaderless_groups", &CORE0), 0.0);
+    for core in ["0", "1"] {
+        assert!(after.value("kvd_raft_leader_groups", &[("core", core)]) > 0.0, "core {core} leads nothing");
+    }
+    assert_eq!(after.sum("kvd_raft_leaderless_groups", &[]), 0.0);
     kvd.stop();
 }
 

@@ -46,6 +46,14 @@ impl Exposition {
     }
 }
 
+impl Exposition {
+    /// The sum of the samples `name` whose labels include `labels`.
+    pub fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let matches = |s: &&Sample| labels.iter().all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v));
+        self.samples.iter().filter(|s| s.name == name).filter(matches).map(|s| s.value).sum()
+    }
+}
+
 fn suffixes(kind: &str) -> &'static [&'static str] {
     match kind {
         "counter" => &["_total", "_created"],

@@ -83,7 +83,7 @@ fn run(mut s: Settings) -> Result<(), String> {
         None => (0..cores).map(|_| None).collect(),
     };
     let signals = Arc::new(NodeSignals::default());
-    let metrics = Arc::new(kv_net::metrics::Metrics::new());
+    let metrics = Arc::new(kv_net::metrics::Metrics::new(cores as usize));
     watch_signals(signals.clone())?;
 
     let mut handles = Vec::new();

@@ -5,17 +5,20 @@
 //! format. Every name starts with `kvd_` and carries its unit (`_seconds`,
 //! `_bytes`; counters get `_total` from the encoder).
 //!
-//! Hot path rule: recording takes no lock. A labelled handle is looked up
-//! in its family (a read-write lock) once, the first time that label set is
-//! used, and kept in a table of `OnceLock`s indexed by the labels'
-//! discriminants; after that, recording is a load and an atomic add. Per-core
-//! series are resolved once when the core starts ([`core::CoreMetrics`]).
+//! Hot path rule: recording takes no lock and shares no cache line between
+//! cores. A labelled handle is looked up in its family (a read-write lock)
+//! once, the first time that label set is used, and kept in a table of
+//! `OnceLock`s indexed by the labels' discriminants; after that, recording
+//! is a load and an atomic add into the calling core's slot of the metric
+//! ([`sharded`]). Per-core series are resolved once when the core starts
+//! ([`core::CoreMetrics`]).
 //!
 //! Front ends call [`Metrics::request`] once per answered request.
 
 pub mod core;
 pub mod histogram;
 pub mod labels;
+pub mod sharded;
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -28,6 +31,7 @@ use prometheus_client::registry::{Registry, Unit};
 pub use self::core::CoreMetrics;
 pub use histogram::DurationHistogram;
 pub use labels::{OpLabel, Protocol, StatusLabel};
+pub use sharded::{bind_thread_to_slot, ShardedCounter};
 
 /// The OpenMetrics content type that `GET /metrics` answers with.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -36,13 +40,24 @@ type RequestLabels = [(&'static str, &'static str); 3];
 type OpLabels = [(&'static str, &'static str); 2];
 pub(crate) type CoreLabels = [(&'static str, String); 1];
 
-/// Builds latency histograms for [`Family::new_with_constructor`].
+/// Builds latency histograms with this many core slots, for
+/// [`Family::new_with_constructor`].
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Latency;
+pub(crate) struct Latency(usize);
 
 impl MetricConstructor<DurationHistogram> for Latency {
     fn new_metric(&self) -> DurationHistogram {
-        DurationHistogram::latency()
+        DurationHistogram::latency(self.0)
+    }
+}
+
+/// Builds counters with this many core slots.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Sharded(usize);
+
+impl MetricConstructor<ShardedCounter> for Sharded {
+    fn new_metric(&self) -> ShardedCounter {
+        ShardedCounter::new(self.0)
     }
 }
 
@@ -71,9 +86,9 @@ const LATENCY_SLOTS: usize = Protocol::ALL.len() * OpLabel::ALL.len();
 /// The process-wide registry and its metric families.
 pub struct Metrics {
     registry: Registry,
-    requests: Family<RequestLabels, Counter>,
+    requests: Family<RequestLabels, ShardedCounter, Sharded>,
     request_seconds: Family<OpLabels, DurationHistogram, Latency>,
-    request_handles: Box<[OnceLock<Counter>]>,
+    request_handles: Box<[OnceLock<ShardedCounter>]>,
     latency_handles: Box<[OnceLock<DurationHistogram>]>,
     pub(crate) cores: CoreFamilies,
 }
@@ -84,17 +99,13 @@ impl std::fmt::Debug for Metrics {
     }
 }
 
-impl Default for Metrics {
-    fn default() -> Metrics {
-        Metrics::new()
-    }
-}
-
 impl Metrics {
-    pub fn new() -> Metrics {
+    /// A registry for a process of `cores` cores (each calls
+    /// [`bind_thread_to_slot`] with its index).
+    pub fn new(cores: usize) -> Metrics {
         let mut registry = Registry::with_prefix("kvd");
-        let requests = Family::<RequestLabels, Counter>::default();
-        let request_seconds = Family::new_with_constructor(Latency);
+        let requests = Family::new_with_constructor(Sharded(cores));
+        let request_seconds = Family::new_with_constructor(Latency(cores));
         registry.register("requests", "Requests answered, by protocol, operation and outcome", requests.clone());
         registry.register_with_unit(
             "request_duration",
@@ -115,8 +126,9 @@ impl Metrics {
             leader_changes: Family::default(),
             snapshots: Family::default(),
             wal_written_bytes: Family::default(),
-            wal_append: Family::new_with_constructor(Latency),
-            wal_fsync: Family::new_with_constructor(Latency),
+            // Written by their own core only.
+            wal_append: Family::new_with_constructor(Latency(1)),
+            wal_fsync: Family::new_with_constructor(Latency(1)),
         };
         register_core_families(&mut registry, &cores);
         Metrics {
@@ -201,7 +213,7 @@ mod tests {
 
     #[test]
     fn requests_count_and_time_by_label() {
-        let m = Metrics::new();
+        let m = Metrics::new(2);
         m.request(Protocol::Http, OpLabel::Get, StatusLabel::Ok, Duration::from_micros(80));
         m.request(Protocol::Http, OpLabel::Get, StatusLabel::Ok, Duration::from_micros(80));
         m.request(Protocol::Resp, OpLabel::Set, StatusLabel::Conflict, Duration::from_millis(2));
