@@ -23,10 +23,11 @@ use kv_replication::{Core, CoreConfig};
 
 use crate::limits::Limits;
 use crate::mesh::MeshEnds;
+use crate::metrics::{self, CoreMetrics, Metrics};
 use crate::peer::{PeerConfig, PeerTransport, Peers};
 use crate::route::Owner;
 use crate::service::{Endpoints, Frontend, Service, Shutdown};
-use crate::{listener, native, peer, resp};
+use crate::{http, listener, native, peer, resp};
 
 /// How often a core looks at the process-wide flags.
 const FLAG_POLL_INTERVAL: Duration = Duration::from_millis(20);
@@ -68,6 +69,8 @@ pub struct CoreSetup {
     pub http_listener: TcpListener,
     pub endpoints: Endpoints,
     pub frontend: Frontend,
+    /// The process-wide metrics registry.
+    pub metrics: Arc<Metrics>,
     pub mesh: MeshEnds,
     pub signals: Arc<NodeSignals>,
     /// Peers and this core's peer listener; `None` on a single node.
@@ -92,14 +95,16 @@ async fn run(setup: CoreSetup) -> Result<(), String> {
         limits,
         native_listener,
         resp_listener,
-        http_listener: _http,
+        http_listener,
         endpoints,
         frontend,
+        metrics,
         mesh,
         signals,
         peer,
     } = setup;
     let core_index = config.core;
+    metrics::bind_thread_to_slot(core_index as usize);
     let layout = config.layout.clone();
     let mesh = mesh.connect().await;
     let (peers, peer_listener) = match peer {
@@ -115,6 +120,7 @@ async fn run(setup: CoreSetup) -> Result<(), String> {
         let core = core.clone();
         p.on_snapshot_sent(Box::new(move |group, to, sent| core.report_snapshot(group, to, sent)));
     }
+    let core_metrics = CoreMetrics::start(&metrics, &core, core_index);
     let owner = Rc::new(Owner { core: core.clone(), layout: layout.clone(), peers: peers.clone() });
     let mesh = mesh.start(owner.clone());
     let svc = Rc::new(Service {
@@ -127,7 +133,9 @@ async fn run(setup: CoreSetup) -> Result<(), String> {
         connections: std::cell::Cell::new(0),
         endpoints,
         frontend,
+        metrics,
     });
+    let refresher = glommio::spawn_local(metrics::core::refresh_loop(svc.clone(), core_metrics));
     let peer_acceptor = match (peer_listener, &peers) {
         (Some(l), Some(p)) => {
             // SAFETY: the fd comes from a listening socket this function owns.
@@ -144,6 +152,9 @@ async fn run(setup: CoreSetup) -> Result<(), String> {
     // SAFETY: as above.
     let resp_listener = unsafe { glommio::net::TcpListener::from_raw_fd(resp_listener.into_raw_fd()) };
     let resp_acceptor = glommio::spawn_local(listener::accept_loop(resp_listener, svc.clone(), resp::server::serve));
+    // SAFETY: the fd comes from a listening socket this function owns.
+    let http_listener = unsafe { glommio::net::TcpListener::from_raw_fd(http_listener.into_raw_fd()) };
+    let http_acceptor = glommio::spawn_local(listener::accept_loop(http_listener, svc.clone(), http::serve));
     signals.ready.fetch_add(1, Ordering::SeqCst);
     // Dropped (so cancelled) when the core stops.
     let _expiry = glommio::spawn_local(expiry_cycle(core.clone()));
@@ -170,6 +181,8 @@ async fn run(setup: CoreSetup) -> Result<(), String> {
     svc.shutdown.trigger();
     acceptor.await;
     resp_acceptor.await;
+    http_acceptor.await;
+    refresher.await;
     wait_until(|| svc.connections.get() == 0).await;
     signals.drained.fetch_add(1, Ordering::SeqCst);
     let cores = layout.cores as usize;

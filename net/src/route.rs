@@ -67,9 +67,12 @@ impl Owner {
             .flat_map(|p| p.link_states())
             .map(|(node, addr, up)| serde_json::json!({"node": node, "addr": addr.to_string(), "connected": up}))
             .collect();
+        // "replayed": the core has applied everything its log had committed
+        // (and, for groups with no other voter, leads them): see
+        // `Core::is_ready`.
         serde_json::json!({
-            "core": self.core.config().core, "groups": groups, "links": links, "endpoints": endpoints,
-            "poisoned": self.core.poisoned(),
+            "core": self.core.config().core, "replayed": self.core.is_ready(), "groups": groups, "links": links,
+            "endpoints": endpoints, "poisoned": self.core.poisoned(),
         })
     }
 }

@@ -13,6 +13,7 @@ use kv_replication::{Consistency, CoreError, Layout};
 
 use crate::limits::Limits;
 use crate::mesh::{Mesh, Op, Reply};
+use crate::metrics::Metrics;
 use crate::route::{self, Owner};
 
 /// Per-core state shared by every connection on the core.
@@ -28,6 +29,8 @@ pub struct Service {
     /// Where this node serves each protocol.
     pub endpoints: Endpoints,
     pub frontend: Frontend,
+    /// The process-wide metrics (shared by every core).
+    pub metrics: Arc<Metrics>,
 }
 
 /// How RESP clients are routed to a shard's leader.
@@ -130,6 +133,31 @@ impl Service {
         } else {
             self.mesh.forward(owner as usize, shard, op, hops).await
         }
+    }
+
+    /// This node's view of the cluster: every core's groups and peer links,
+    /// gathered from each core in turn (`kvctl cluster status`,
+    /// `GET /v1/cluster`).
+    pub async fn node_status(&self) -> Result<serde_json::Value, CoreError> {
+        let mut cores = Vec::new();
+        let mut endpoints = serde_json::Map::new();
+        endpoints.insert(self.layout.node_id.to_string(), self.endpoints.native.clone().into());
+        for core in 0..self.layout.cores {
+            match self.execute_on(0, core, Op::Status).await? {
+                Reply::Status(json) => {
+                    let core: serde_json::Value = serde_json::from_str(&json).expect("status is JSON");
+                    for (node, endpoint) in core["endpoints"].as_object().into_iter().flatten() {
+                        endpoints.entry(node.clone()).or_insert(endpoint.clone());
+                    }
+                    cores.push(core);
+                }
+                other => unreachable!("status answered with {other:?}"),
+            }
+        }
+        Ok(serde_json::json!({
+            "node": self.layout.node_id, "nodes": self.layout.nodes, "replicas": self.layout.replicas,
+            "shards": self.layout.shards, "endpoints": endpoints, "cores": cores,
+        }))
     }
 
     /// A read answered without waiting, when the key's shard is on this

@@ -60,6 +60,9 @@ pub(crate) struct Handled {
     /// A snapshot installed from the leader, to be written before the Ready
     /// counts as persisted.
     pub installed: Option<(SnapshotMeta, Bytes)>,
+    /// How far the commit index advanced, and entries applied (metrics).
+    pub committed: u64,
+    pub applied: u64,
 }
 
 impl Group {
@@ -212,6 +215,7 @@ impl Group {
         }
         let installed = (!rd.snapshot().is_empty()).then(|| self.install_snapshot(rd.snapshot()));
         let committed = rd.take_committed_entries();
+        let applied = committed.len() as u64;
         self.apply(committed, wal);
         self.release_reads();
         let entries = rd.take_entries();
@@ -223,14 +227,16 @@ impl Group {
                 }
             }
         }
+        let mut commit_advance = 0;
         if let Some(hs) = rd.hs() {
+            commit_advance = hs.commit.saturating_sub(self.storage.hard_state().commit);
             self.storage.set_hard_state(hs.clone());
             if let Some(wal) = wal {
                 wal.append(&Record::HardState { group: self.id, term: hs.term, vote: hs.vote, commit: hs.commit });
             }
         }
         let after_persist = rd.take_persisted_messages().into_iter().map(|m| (id, m)).collect();
-        let handled = Handled { number: rd.number(), after_persist, installed };
+        let handled = Handled { number: rd.number(), after_persist, installed, committed: commit_advance, applied };
         self.node.advance_append_async(rd);
         if !self.is_leader() {
             self.fail_reads(CoreError::NotLeader { leader: self.leader_id() });

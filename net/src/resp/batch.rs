@@ -20,12 +20,14 @@
 
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
 use super::commands::{self, Args, Class, Exec, Resolved};
 use super::frame::{Frame, Proto};
 use super::session::Conn;
+use crate::metrics::{OpLabel, Protocol, StatusLabel};
 
 /// The replies of a batch, each with the protocol it is to be written in.
 pub struct Outcome {
@@ -70,6 +72,7 @@ pub async fn run(conn: &Rc<Conn>, commands: Vec<Args>) -> Outcome {
         let (spec, args) = match commands::resolve(conn, args) {
             Resolved::Run(spec, args) => (spec, args),
             Resolved::Reply(frame) => {
+                record(conn, OpLabel::Other, &frame, Duration::ZERO);
                 p.set(i, conn.proto.get(), frame);
                 continue;
             }
@@ -90,16 +93,29 @@ pub async fn run(conn: &Rc<Conn>, commands: Vec<Args>) -> Outcome {
             }
             Class::Barrier => p.drain().await,
         }
+        let (op, started) = (op_label(spec.name), Instant::now());
         let exec = (spec.handler)(conn, args);
         // After the handler: HELLO answers in the protocol it switches to.
         let proto = conn.proto.get();
         match exec {
-            Exec::Now(frame) => p.set(i, proto, frame),
+            Exec::Now(frame) => {
+                record(conn, op, &frame, started.elapsed());
+                p.set(i, proto, frame)
+            }
             Exec::Later(future) if barrier => {
                 let frame = future.await;
+                record(conn, op, &frame, started.elapsed());
                 p.set(i, proto, frame);
             }
-            Exec::Later(future) => p.running.push((i, proto, glommio::spawn_local(future))),
+            Exec::Later(future) => {
+                let conn = conn.clone();
+                let timed = async move {
+                    let frame = future.await;
+                    record(&conn, op, &frame, started.elapsed());
+                    frame
+                };
+                p.running.push((i, proto, glommio::spawn_local(timed)))
+            }
         }
         if conn.quit.get() {
             close = true;
@@ -110,4 +126,53 @@ pub async fn run(conn: &Rc<Conn>, commands: Vec<Args>) -> Outcome {
     // Commands after a QUIT or an HTTP request are dropped unanswered.
     let replies = p.replies.into_iter().map_while(|r| r).collect();
     Outcome { replies, close }
+}
+
+/// Counts one answered command in the Prometheus request metrics.
+fn record(conn: &Conn, op: OpLabel, reply: &Frame, latency: Duration) {
+    conn.svc.metrics.request(Protocol::Resp, op, status_label(reply), latency);
+}
+
+/// The metrics' name for a command (`container|sub` counts as the container).
+fn op_label(name: &str) -> OpLabel {
+    match name.split('|').next().unwrap_or(name) {
+        "get" | "getrange" | "substr" | "strlen" | "getdel" | "getex" => OpLabel::Get,
+        "set" | "setnx" | "setex" | "psetex" | "getset" | "setrange" | "rename" | "renamenx" => OpLabel::Set,
+        "del" | "unlink" | "flushdb" | "flushall" => OpLabel::Del,
+        "exists" | "type" => OpLabel::Exists,
+        "mget" => OpLabel::MGet,
+        "mset" | "msetnx" => OpLabel::MSet,
+        "incr" | "decr" | "incrby" | "decrby" | "incrbyfloat" => OpLabel::Incr,
+        "append" => OpLabel::Append,
+        "expire" | "pexpire" | "expireat" | "pexpireat" | "persist" => OpLabel::Expire,
+        "ttl" | "pttl" | "expiretime" | "pexpiretime" => OpLabel::Ttl,
+        "scan" | "keys" | "randomkey" | "dbsize" => OpLabel::Scan,
+        "ping" | "echo" => OpLabel::Ping,
+        "auth" | "hello" => OpLabel::Auth,
+        "info" => OpLabel::Info,
+        "cluster" | "readonly" | "readwrite" | "asking" => OpLabel::Cluster,
+        _ => OpLabel::Other,
+    }
+}
+
+/// The outcome of a reply, by the error code clients act on.
+fn status_label(reply: &Frame) -> StatusLabel {
+    let Frame::Error(message) = reply else {
+        return if matches!(reply, Frame::Null) { StatusLabel::NotFound } else { StatusLabel::Ok };
+    };
+    match message.split(' ').next().unwrap_or("") {
+        "NOAUTH" | "WRONGPASS" | "NOPERM" => StatusLabel::Unauthorized,
+        "TRYAGAIN" | "CLUSTERDOWN" | "MOVED" | "ASK" | "LOADING" | "BUSY" => StatusLabel::Unavailable,
+        "CROSSSLOT" | "WRONGTYPE" => StatusLabel::BadRequest,
+        "MISCONF" => StatusLabel::Error,
+        _ if message.contains("too large") || message.contains("too big") => StatusLabel::TooLarge,
+        "ERR"
+            if ["syntax", "wrong number", "unknown", "not", "invalid", "out of range", "overflow"]
+                .iter()
+                .any(|w| message.contains(w)) =>
+        {
+            StatusLabel::BadRequest
+        }
+        _ => StatusLabel::Error,
+    }
 }
