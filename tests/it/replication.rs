@@ -198,7 +198,15 @@ fn strangers_without_the_cluster_secret_are_refused() {
 
     // A whole kvd posing as node 3 with another secret cannot take part.
     c.kill(3);
-    c.wait_until("nodes 1 and 2 lead every shard", || c.leaders(1).values().all(|l| matches!(l, Some(1) | Some(2))));
+    // Settled: every shard led by node 1 or 2, and by its preferred leader
+    // where that is one of them (else the periodic rebalance would still
+    // move it, starting a new term).
+    c.wait_until("nodes 1 and 2 lead every shard, each its own", || {
+        c.leaders(1).iter().all(|(&shard, l)| match layout().replicas_of(shard)[0] {
+            3 => matches!(l, Some(1) | Some(2)),
+            preferred => *l == Some(preferred),
+        })
+    });
     let terms_before: Vec<_> = c.groups(1).iter().map(|g| g["term"].clone()).collect();
     let wrong = std::env::temp_dir().join(format!("kvd-wrong-secret-{}", c.peer_addr(3)));
     std::fs::write(&wrong, "not-the-cluster-secret-at-all-000").unwrap();

@@ -33,6 +33,26 @@ fn exercise(con: &mut redis::Connection, prefix: &str) {
     }
     let got: Vec<i64> = pipe.query(con).unwrap();
     assert_eq!(got, (0..200).collect::<Vec<i64>>());
+    // Counters, expiry and a full SCAN.
+    assert_eq!(con.incr::<_, _, i64>(k("n"), 5).unwrap(), 5);
+    assert_eq!(con.decr::<_, _, i64>(k("n"), 2).unwrap(), 3);
+    assert!(con.expire::<_, bool>(k("n"), 600).unwrap());
+    let ttl: i64 = con.ttl(k("n")).unwrap();
+    assert!((1..=600).contains(&ttl), "{ttl}");
+    assert!(con.persist::<_, bool>(k("n")).unwrap());
+    assert_eq!(con.ttl::<_, i64>(k("n")).unwrap(), -1);
+    let _: () = con.set_ex(k("short"), "s", 1).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while con.exists::<_, bool>(k("short")).unwrap() {
+        assert!(std::time::Instant::now() < deadline, "a 1 s TTL never expired");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut scanned: Vec<String> =
+        con.scan_match::<_, String>(format!("{prefix}p1*")).unwrap().collect::<Result<_, _>>().unwrap();
+    scanned.sort();
+    let mut expected: Vec<String> = (0..200).map(|i| k(&format!("p{i}"))).filter(|s| s.starts_with(&k("p1"))).collect();
+    expected.sort();
+    assert_eq!(scanned, expected);
     let err = redis::cmd("NOSUCH").query::<Value>(con).unwrap_err();
     assert!(err.to_string().contains("unknown command"), "{err}");
     // The connection is still usable after an error.
@@ -79,6 +99,16 @@ for proto in (2, 3):
     out = p.execute()
     assert out[:100] == [True] * 100, out[:100]
     assert out[100:] == [str(i).encode() for i in range(100)], out[100:]
+    assert r.incr(k + "n", 7) == 7
+    assert r.incrbyfloat(k + "f", 1.5) == 1.5
+    assert r.expire(k + "n", 600) is True
+    assert 0 < r.ttl(k + "n") <= 600, r.ttl(k + "n")
+    assert r.set(k + "px", "v", px=1500) is True
+    assert 0 < r.pttl(k + "px") <= 1500
+    assert r.getex(k + "px", persist=True) == b"v"
+    assert r.ttl(k + "px") == -1
+    found = sorted(r.scan_iter(match=k + "p1*", count=7))
+    assert found == sorted(f"{k}p{i}".encode() for i in range(100) if str(i).startswith("1")), found
     info = r.info()
     assert info["redis_version"] == "7.2.0", info
     assert info["role"] == "master", info
