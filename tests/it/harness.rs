@@ -24,8 +24,10 @@ pub fn kvctl_bin() -> &'static str {
 pub struct Kvd {
     child: Child,
     pub addr: SocketAddr,
-    /// Where it serves RESP and HTTP.
+    /// Where it serves RESP and HTTP (no test reads these yet).
+    #[allow(dead_code)]
     pub resp_addr: SocketAddr,
+    #[allow(dead_code)]
     pub http_addr: SocketAddr,
     log: Arc<Mutex<Vec<String>>>,
 }
