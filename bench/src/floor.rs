@@ -51,13 +51,32 @@ fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid bounds")
 }
 
+/// CPUs for the probe: the client (and the write probe) on one, the echo
+/// thread on the other; the same CPU for both measures a round trip without
+/// a cross-CPU wake-up, which is much cheaper.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cpus {
+    pub client: usize,
+    pub server: usize,
+}
+
+fn pin(cpu: Option<usize>) -> io::Result<()> {
+    match cpu {
+        Some(c) => crate::affinity::pin_current_thread(&[c]).map_err(io::Error::other),
+        None => Ok(()),
+    }
+}
+
 /// Round trips of one byte to an echo thread over loopback TCP.
-pub fn loopback_rtt(iterations: usize) -> io::Result<Probe> {
+pub fn loopback_rtt(iterations: usize, cpus: Option<Cpus>) -> io::Result<Probe> {
     assert!(iterations > 0);
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
     let rounds = iterations + iterations / WARMUP_DIVISOR;
+    // Started before the client pins itself, so it may still move to
+    // another CPU (a thread inherits its creator's set).
     let echo = std::thread::spawn(move || -> io::Result<()> {
+        pin(cpus.map(|c| c.server))?;
         let (mut s, _) = listener.accept()?;
         s.set_nodelay(true)?;
         let mut b = [0u8; 1];
@@ -67,20 +86,26 @@ pub fn loopback_rtt(iterations: usize) -> io::Result<Probe> {
         }
         Ok(())
     });
-    let mut client = TcpStream::connect(addr)?;
-    client.set_nodelay(true)?;
-    let mut h = histogram();
-    let mut b = [7u8; 1];
-    for i in 0..rounds {
-        let t = Instant::now();
-        client.write_all(&b)?;
-        client.read_exact(&mut b)?;
-        if i >= rounds - iterations {
-            h.saturating_record(t.elapsed().as_nanos() as u64);
+    let client = || -> io::Result<Histogram<u64>> {
+        pin(cpus.map(|c| c.client))?;
+        let mut client = TcpStream::connect(addr)?;
+        client.set_nodelay(true)?;
+        let mut h = histogram();
+        let mut b = [7u8; 1];
+        for i in 0..rounds {
+            let t = Instant::now();
+            client.write_all(&b)?;
+            client.read_exact(&mut b)?;
+            if i >= rounds - iterations {
+                h.saturating_record(t.elapsed().as_nanos() as u64);
+            }
         }
-    }
+        Ok(h)
+    };
+    let measured = client();
+    // The echo thread's error (a CPU it cannot use) explains the client's.
     echo.join().expect("echo thread does not panic")?;
-    Ok(Probe::from_histogram("tcp_loopback_rtt_1B", &h))
+    Ok(Probe::from_histogram("tcp_loopback_rtt_1B", &measured?))
 }
 
 /// A scratch file removed on drop.
@@ -122,10 +147,16 @@ pub fn write_fdatasync(dir: &Path, iterations: usize, preallocated: bool) -> io:
 }
 
 /// All probes: loopback with `rtt_iterations`, both write cases with
-/// `fsync_iterations` in `dir`.
-pub fn probe_all(rtt_iterations: usize, fsync_iterations: usize, dir: &Path) -> io::Result<Vec<Probe>> {
+/// `fsync_iterations` in `dir`. With `cpus`, the calling thread stays
+/// pinned to the client CPU afterwards.
+pub fn probe_all(
+    rtt_iterations: usize,
+    fsync_iterations: usize,
+    dir: &Path,
+    cpus: Option<Cpus>,
+) -> io::Result<Vec<Probe>> {
     Ok(vec![
-        loopback_rtt(rtt_iterations)?,
+        loopback_rtt(rtt_iterations, cpus)?,
         write_fdatasync(dir, fsync_iterations, false)?,
         write_fdatasync(dir, fsync_iterations, true)?,
     ])
@@ -159,7 +190,7 @@ mod tests {
     #[test]
     fn probes_measure_the_iterations_asked_and_clean_up() {
         let dir = tempfile::tempdir().unwrap();
-        let probes = probe_all(200, 20, dir.path()).unwrap();
+        let probes = probe_all(200, 20, dir.path(), None).unwrap();
         let names: Vec<_> = probes.iter().map(|p| p.name).collect();
         assert_eq!(names, ["tcp_loopback_rtt_1B", "write4k_fdatasync_append", "write4k_fdatasync_prealloc"]);
         assert_eq!(probes.iter().map(|p| p.iterations).collect::<Vec<_>>(), [200, 20, 20]);
@@ -170,6 +201,19 @@ mod tests {
         let text = summary(&probes, dir.path());
         assert_eq!(text.lines().count(), 4, "{text}");
         assert_eq!(to_json(&probes, dir.path())["probes"][2]["n"], 20);
+    }
+
+    #[test]
+    fn pinned_round_trips() {
+        // On a thread of its own: the probe pins the calling thread.
+        std::thread::spawn(|| {
+            let cpu = crate::affinity::current().unwrap()[0];
+            let p = loopback_rtt(100, Some(Cpus { client: cpu, server: cpu })).unwrap();
+            assert_eq!(p.iterations, 100);
+            assert_eq!(crate::affinity::current().unwrap(), [cpu]);
+        })
+        .join()
+        .unwrap();
     }
 
     #[test]

@@ -57,35 +57,54 @@ pub struct Outcome {
     pub measured: Duration,
 }
 
-/// Writes every key once (so reads hit), `pipeline` at a time.
+/// Connections that preload keys at once: servers that serialise a
+/// connection's requests (etcd's gateway) load many times faster in
+/// parallel; more would only add set-up.
+pub const PRELOAD_CONNECTIONS_MAX: usize = 16;
+/// Requests per write when preloading.
+pub const PRELOAD_BATCH_MIN: usize = 64;
+
+/// Writes every key once (so reads hit), over up to
+/// [`PRELOAD_CONNECTIONS_MAX`] connections, each loading every n-th key.
 pub fn preload(config: &Config) -> Result<(), String> {
     let c = config.clone();
+    let loaders = c.connections.clamp(1, PRELOAD_CONNECTIONS_MAX) as u64;
     LocalExecutorBuilder::new(Placement::Unbound)
         .spawn(move || async move {
-            let mut conn = Conn::connect(c.targets[0], c.protocol).await.map_err(|e| e.to_string())?;
-            let mut gen = Generator::new(c.workload.clone(), c.seed, u64::MAX);
-            let batch = c.pipeline.max(64) as u64;
-            let mut next = 0;
-            while next < c.workload.keys {
-                let end = (next + batch).min(c.workload.keys);
-                for i in next..end {
-                    let key = format!("{}{i:012}", c.workload.key_prefix);
-                    let value = gen.value().to_vec();
-                    conn.queue(Op::Set, key.as_bytes(), &value);
-                }
-                conn.flush().await.map_err(|e| e.to_string())?;
-                for _ in next..end {
-                    if let (_, Answer::Error(e)) = conn.answer().await.map_err(|e| e.to_string())? {
-                        return Err(format!("preload: {e}"));
-                    }
-                }
-                next = end;
+            let tasks: Vec<_> =
+                (0..loaders).map(|j| glommio::spawn_local(preload_share(c.clone(), j, loaders))).collect();
+            for t in tasks {
+                t.await?;
             }
             Ok(())
         })
         .map_err(|e| e.to_string())?
         .join()
         .map_err(|e| e.to_string())?
+}
+
+/// Keys `j`, `j + n`, `j + 2n`, … on a connection of its own.
+async fn preload_share(c: Config, j: u64, n: u64) -> Result<(), String> {
+    let mut conn = Conn::connect(c.targets[0], c.protocol).await.map_err(|e| e.to_string())?;
+    let mut gen = Generator::new(c.workload.clone(), c.seed, u64::MAX - j);
+    let batch = c.pipeline.max(PRELOAD_BATCH_MIN);
+    let mut keys = (j..c.workload.keys).step_by(n as usize).peekable();
+    while keys.peek().is_some() {
+        let mut queued = 0;
+        for i in keys.by_ref().take(batch) {
+            let key = format!("{}{i:012}", c.workload.key_prefix);
+            let value = gen.value().to_vec();
+            conn.queue(Op::Set, key.as_bytes(), &value);
+            queued += 1;
+        }
+        conn.flush().await.map_err(|e| e.to_string())?;
+        for _ in 0..queued {
+            if let (_, Answer::Error(e)) = conn.answer().await.map_err(|e| e.to_string())? {
+                return Err(format!("preload: {e}"));
+            }
+        }
+    }
+    Ok(())
 }
 
 pub fn run(config: &Config, progress: Arc<Progress>) -> Result<Outcome, String> {

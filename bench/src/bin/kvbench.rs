@@ -125,7 +125,9 @@ enum Command {
         /// Writes (each with fdatasync) measured per case.
         #[arg(long, default_value_t = 1000)]
         fsync_iterations: usize,
-        /// CPUs for the probe's threads (default: not pinned).
+        /// CPUs for the probe: `A,B` puts the client on A and the echo
+        /// thread on B (a cross-CPU round trip, as between kvbench and a
+        /// server); one CPU runs both there. Default: not pinned.
         #[arg(long)]
         cores: Option<String>,
         /// Print the result as JSON.
@@ -190,10 +192,25 @@ fn floor_main(
     if rtt == 0 || fsync == 0 {
         return Err("iterations must be positive".into());
     }
-    if let Some(cores) = cores {
-        affinity::pin_current_thread(&affinity::parse_cpus(cores)?)?;
-    }
-    let probes = floor::probe_all(rtt, fsync, dir).map_err(|e| format!("floor probe in {}: {e}", dir.display()))?;
+    let cpus = match cores {
+        None => None,
+        Some(list) => {
+            // In the order given: client first.
+            let bad = || format!("floor --cores takes one or two CPUs, not {list:?}");
+            let one = |part: &str| match affinity::parse_cpus(part)?.as_slice() {
+                [cpu] => Ok(*cpu),
+                _ => Err(bad()),
+            };
+            let cpus = list.split(',').map(one).collect::<Result<Vec<usize>, String>>()?;
+            match cpus.as_slice() {
+                [one] => Some(floor::Cpus { client: *one, server: *one }),
+                [a, b] => Some(floor::Cpus { client: *a, server: *b }),
+                _ => return Err(bad()),
+            }
+        }
+    };
+    let probes =
+        floor::probe_all(rtt, fsync, dir, cpus).map_err(|e| format!("floor probe in {}: {e}", dir.display()))?;
     if json {
         println!("{}", floor::to_json(&probes, dir));
     } else {
