@@ -45,9 +45,10 @@ for name in sorted(os.listdir(out)):
     p50 = max((o["p50_ms"] for o in used), default=0.0)
     p99 = max((o["p99_ms"] for o in used), default=0.0)
     cpu = (r["run"]["server_cpu_s_per_mop"] or 0.0)
-    rows.setdefault((case, wl), {})[server] = (r["ops_per_sec"], p50, p99, cpu, r["errors"] + r.get("unanswered", 0))
+    other = r["run"].get("other_cpus") or 0.0
+    rows.setdefault((case, wl), {})[server] = (r["ops_per_sec"], p50, p99, cpu, r["errors"] + r.get("unanswered", 0), other)
 
-head = f"{'case':8} {'workload':20} {'server':17} {'ops/s':>9} {'p50_ms':>8} {'p99_ms':>8} {'cpu_us/op':>9} {'errors':>6} {'x_ops':>6} {'x_p99':>6}"
+head = f"{'case':8} {'workload':20} {'server':17} {'ops/s':>9} {'p50_ms':>8} {'p99_ms':>8} {'cpu_us/op':>9} {'errors':>6} {'x_ops':>6} {'x_p99':>6} {'other':>5}"
 print(head)
 for (case, wl), servers in sorted(rows.items(), key=lambda kv: (kv[0][0] != "memory", kv[0][0], order(kv[0][1]))):
     kvd = servers.get("kvd")
@@ -55,15 +56,16 @@ for (case, wl), servers in sorted(rows.items(), key=lambda kv: (kv[0][0] != "mem
         if row is None:
             print(f"{case:8} {wl:20} {server:17} {'FAILED':>9}")
             continue
-        ops, p50, p99, cpu, err = row
+        ops, p50, p99, cpu, err, other = row
         x_ops = x_p99 = ""
         if server != "kvd" and kvd:
             # Open loop: ops/s is the offered load, the same for all.
             x_ops = "-" if "_open" in wl else f"{kvd[0] / ops:.2f}" if ops else "-"
             x_p99 = f"{p99 / kvd[2]:.2f}" if kvd[2] else "-"
-        print(f"{case:8} {wl:20} {server:17} {ops:9.0f} {p50:8.3f} {p99:8.3f} {cpu:9.1f} {err:6} {x_ops:>6} {x_p99:>6}")
+        print(f"{case:8} {wl:20} {server:17} {ops:9.0f} {p50:8.3f} {p99:8.3f} {cpu:9.1f} {err:6} {x_ops:>6} {x_p99:>6} {other:5.2f}")
 print("x_ops = kvd ops/s / peer ops/s; x_p99 = peer p99 / kvd p99 (above 1: kvd ahead); "
       "cpu_us/op: server CPU per operation;\n"
+      "other: CPUs busy with neither kvbench nor the server during the run (other processes: noise);\n"
       "_open rows: open loop, ops/s is the offered load and latency runs from each request's intended send time")
 
 check = os.path.join(out, "redis-benchmark-set_c50_P1.csv")

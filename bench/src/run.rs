@@ -271,6 +271,21 @@ impl Routed {
     }
 }
 
+/// CPU seconds all CPUs of the machine have spent busy (everything but
+/// idle and iowait), from /proc/stat.
+pub fn machine_busy_cpu_seconds() -> Result<f64, String> {
+    let stat = std::fs::read_to_string("/proc/stat").map_err(|e| format!("/proc/stat: {e}"))?;
+    let line = stat.lines().next().filter(|l| l.starts_with("cpu ")).ok_or("malformed /proc/stat")?;
+    let ticks: Vec<f64> = line.split_whitespace().skip(1).map(|f| f.parse().unwrap_or(0.0)).collect();
+    if ticks.len() < 8 {
+        return Err("malformed /proc/stat".into());
+    }
+    // user nice system idle iowait irq softirq steal: all but idle and iowait.
+    let busy = ticks[0] + ticks[1] + ticks[2] + ticks[5] + ticks[6] + ticks[7];
+    // SAFETY: sysconf has no preconditions.
+    Ok(busy / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64)
+}
+
 /// CPU seconds (user + system) a process has used, from /proc.
 pub fn process_cpu_seconds(pid: u32) -> Result<f64, String> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_err(|e| format!("/proc/{pid}/stat: {e}"))?;

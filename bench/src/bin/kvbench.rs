@@ -295,9 +295,18 @@ fn real_main(cli: Cli) -> Result<ExitCode, String> {
     }
     let progress = Arc::new(Progress::default());
     let cpu_before = cli.server_pid.map(run::process_cpu_seconds).transpose()?;
+    let (own_before, machine_before, wall_before) =
+        (run::process_cpu_seconds(std::process::id())?, run::machine_busy_cpu_seconds()?, Instant::now());
     let printer = spawn_progress(progress.clone(), config.warmup + config.duration);
     let outcome = run::run(&config, progress.clone())?;
     let cpu_after = cli.server_pid.map(run::process_cpu_seconds).transpose()?;
+    let own_cpu_s = run::process_cpu_seconds(std::process::id())? - own_before;
+    let machine_cpu_s = run::machine_busy_cpu_seconds()? - machine_before;
+    let wall_s = wall_before.elapsed().as_secs_f64();
+    let server_cpu_s = cpu_before.zip(cpu_after).map(|(b, a)| a - b);
+    // CPUs' worth of work done by neither kvbench nor the server during the
+    // run: other processes sharing the machine (noise in the results).
+    let other_cpus = server_cpu_s.map(|server| ((machine_cpu_s - own_cpu_s - server) / wall_s).max(0.0));
     printer.store(true, Ordering::Relaxed);
     let seconds = outcome.measured.as_secs_f64().max(1e-9);
     let s = &outcome.stats;
@@ -329,6 +338,8 @@ fn real_main(cli: Cli) -> Result<ExitCode, String> {
             "label": cli.label, "target": cli.target, "protocol": cli.protocol, "connections": cli.connections,
             "pipeline": cli.pipeline, "workload": cli.workload, "keys": cli.keys, "dist": cli.dist,
             "value_bytes": cli.value_bytes, "seed": seed, "server_cpu_s_per_mop": server_cpu_s_per_mop,
+            "server_cpu_s": server_cpu_s, "client_cpu_s": own_cpu_s, "machine_busy_cpu_s": machine_cpu_s,
+            "wall_s": wall_s, "other_cpus": other_cpus,
             "rate": cli.rate, "arrival": cli.rate.map(|_| &cli.arrival),
         });
         println!("{}", stats::to_json(s, seconds, extra));
