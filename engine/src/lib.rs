@@ -21,5 +21,5 @@ pub mod slot;
 pub mod snapshot;
 pub mod wal;
 
-pub use command::{Command, Condition, Outcome};
+pub use command::{Command, Condition, ExpireWhen, Expiry, Outcome, Refusal};
 pub use shard::{ShardMap, Stored};

@@ -15,7 +15,7 @@ pub const VALUE_BYTES_MAX_DEFAULT: usize = 16 * 1024 * 1024;
 pub const VALUE_BYTES_LIMIT: usize = 512 * 1024 * 1024;
 
 /// Bytes of a command's encoding besides key and value (see `command.rs`).
-pub const COMMAND_OVERHEAD_BYTES: usize = 20;
+pub const COMMAND_OVERHEAD_BYTES: usize = 52;
 
 const _: () = assert!(KEY_BYTES_MAX_DEFAULT <= u32::MAX as usize);
 const _: () = assert!(VALUE_BYTES_MAX_DEFAULT <= VALUE_BYTES_LIMIT);

@@ -8,7 +8,7 @@
 //!
 //! ```text
 //! 0  8  magic "KVDSNAP\x01"
-//! 8  4  format version (1)
+//! 8  4  format version (2)
 //! 12 4  group
 //! 16 8  index (last Raft index the snapshot includes)
 //! 24 8  term of that index
@@ -16,7 +16,8 @@
 //! 40 8  total file length in bytes, trailer included
 //! 48 4  conf state length C
 //! 52 C  conf state (opaque, encoded by the replication layer)
-//! then N × { u32 key length K, u32 value length V, u64 version, K bytes, V bytes }
+//! then N × { u32 key length K, u32 value length V, u64 version,
+//!             u64 expires-at (Unix ms, 0 = never), K bytes, V bytes }
 //! then trailer: u32 crc32 of every byte before it, 8 bytes "KVDSEND\x01"
 //! ```
 //!
@@ -35,9 +36,9 @@ use crate::shard::Stored;
 
 const MAGIC: &[u8; 8] = b"KVDSNAP\x01";
 const TRAILER_MAGIC: &[u8; 8] = b"KVDSEND\x01";
-const FORMAT_VERSION: u32 = 1;
+const FORMAT_VERSION: u32 = 2;
 const HEADER_BYTES: usize = 52;
-const ENTRY_HEADER_BYTES: usize = 16;
+const ENTRY_HEADER_BYTES: usize = 24;
 const TRAILER_BYTES: usize = 12;
 /// Write buffer of the snapshot writer.
 const WRITE_BUFFER_BYTES: usize = 256 * 1024;
@@ -131,6 +132,7 @@ async fn encode_into<W: AsyncWrite + Unpin>(
         head[0..4].copy_from_slice(&(key.len() as u32).to_le_bytes());
         head[4..8].copy_from_slice(&(stored.value.len() as u32).to_le_bytes());
         head[8..16].copy_from_slice(&stored.version.to_le_bytes());
+        head[16..24].copy_from_slice(&stored.expires_at_ms.to_le_bytes());
         for part in [&head[..], key, &stored.value] {
             crc.update(part);
             out.write_all(part).await?;
@@ -246,9 +248,11 @@ pub fn decode(data: &[u8], path: &Path) -> Result<(SnapshotMeta, Vec<(Bytes, Sto
         let k = u32::from_le_bytes(head[0..4].try_into().expect("4 bytes")) as usize;
         let v = u32::from_le_bytes(head[4..8].try_into().expect("4 bytes")) as usize;
         let version = u64::from_le_bytes(head[8..16].try_into().expect("8 bytes"));
+        let expires_at_ms = u64::from_le_bytes(head[16..24].try_into().expect("8 bytes"));
         at += ENTRY_HEADER_BYTES;
         let kv = body.get(at..at + k + v).ok_or_else(|| corrupt("entry overruns"))?;
-        entries.push((Bytes::copy_from_slice(&kv[..k]), Stored { value: Bytes::copy_from_slice(&kv[k..]), version }));
+        let stored = Stored { value: Bytes::copy_from_slice(&kv[k..]), version, expires_at_ms };
+        entries.push((Bytes::copy_from_slice(&kv[..k]), stored));
         at += k + v;
     }
     if at != body.len() {
@@ -278,7 +282,7 @@ mod tests {
         (0..n)
             .map(|i| {
                 let value = Bytes::from(vec![i as u8; i % 300]);
-                (Bytes::from(format!("key-{i}")), Stored { value, version: i as u64 + 1 })
+                (Bytes::from(format!("key-{i}")), Stored { value, version: i as u64 + 1, expires_at_ms: i as u64 * 7 })
             })
             .collect()
     }

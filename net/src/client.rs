@@ -98,6 +98,15 @@ impl Client {
         Ok(Client { stream, welcome, next_id: 1, out: Vec::new(), endpoint: endpoint.to_string() })
     }
 
+    /// Gives the node's password (needed before any other request when the
+    /// node has one).
+    pub fn authenticate(&mut self, password: &[u8]) -> Result<(), ClientError> {
+        match self.call(&Request::Auth { password: Bytes::copy_from_slice(password) })? {
+            Response::Pong => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
     pub fn welcome(&self) -> &Welcome {
         &self.welcome
     }
@@ -191,14 +200,33 @@ impl Client {
 
     /// Writes under `condition`; returns the new version or why not.
     pub fn put_if(&mut self, key: &[u8], value: &[u8], condition: Condition) -> Result<WriteResult, ClientError> {
-        let frame = codec::FRAME_HEADER_BYTES + codec::PUT_FIXED_BYTES + key.len() + value.len();
+        self.put_with_ttl(key, value, condition, None)
+    }
+
+    /// Writes under `condition`, the key expiring `ttl` after the server
+    /// receives it (`None`: never).
+    pub fn put_with_ttl(
+        &mut self,
+        key: &[u8],
+        value: &[u8],
+        condition: Condition,
+        ttl: Option<std::time::Duration>,
+    ) -> Result<WriteResult, ClientError> {
+        let frame = codec::FRAME_HEADER_BYTES + codec::PUT_FIXED_BYTES + 8 + key.len() + value.len();
         if frame > self.welcome.frame_bytes_max as usize {
             let max = self.welcome.frame_bytes_max;
             return Err(ClientError::Protocol(format!(
                 "a {frame}-byte request exceeds the server's frame limit of {max}"
             )));
         }
-        let req = Request::Put { key: Bytes::copy_from_slice(key), value: Bytes::copy_from_slice(value), condition };
+        let (key, value) = (Bytes::copy_from_slice(key), Bytes::copy_from_slice(value));
+        let req = match ttl {
+            None => Request::Put { key, value, condition },
+            Some(ttl) => {
+                let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+                Request::PutTtl { key, value, condition, ttl_ms }
+            }
+        };
         write_result(self.call(&req)?)
     }
 

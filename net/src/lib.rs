@@ -1,6 +1,10 @@
 //! kv-net: how requests reach the cores.
 //!
 //! - [`native`]: the native binary protocol (codec and per-connection server).
+//! - [`resp`]: the Redis protocol (RESP2/RESP3) front end and its commands.
+//! - [`http`]: the HTTP/JSON API (hyper on glommio), health and readiness,
+//!   and the Prometheus scrape endpoint.
+//! - [`metrics`]: the process-wide Prometheus registry and per-core series.
 //! - [`service`]: protocol-independent routing — key → shard → core, run
 //!   locally or forwarded over the [`mesh`] of cross-core channels.
 //! - [`listener`]: `SO_REUSEPORT` sockets, one per core, and accept loops.
@@ -15,11 +19,15 @@
 
 pub mod client;
 pub mod cluster_client;
+pub mod http;
+pub mod keyspace;
 pub mod limits;
 pub mod listener;
 pub mod mesh;
+pub mod metrics;
 pub mod native;
 pub mod node;
 pub mod peer;
+pub mod resp;
 pub mod route;
 pub mod service;

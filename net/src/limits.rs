@@ -5,6 +5,11 @@ use kv_engine::limits::{KEY_BYTES_MAX_DEFAULT, VALUE_BYTES_LIMIT, VALUE_BYTES_MA
 
 use crate::native::codec::{FRAME_HEADER_BYTES, PUT_FIXED_BYTES};
 
+/// Ceiling for the configurable frame size: a u32 length, with room left
+/// for what peer frames add around a client request (Raft and forwarding
+/// headers), so no frame length can overflow.
+pub const FRAME_BYTES_LIMIT: usize = u32::MAX as usize - (1 << 30);
+
 /// Requests a connection may have in flight; the server stops reading a
 /// connection at this depth until answers go out (backpressure, no error).
 pub const PIPELINE_DEPTH_MAX_DEFAULT: usize = 1024;
@@ -57,8 +62,8 @@ impl Limits {
                 self.frame_bytes_max
             ));
         }
-        if self.frame_bytes_max > u32::MAX as usize {
-            return Err(format!("max frame size {} exceeds {}", self.frame_bytes_max, u32::MAX));
+        if self.frame_bytes_max > FRAME_BYTES_LIMIT {
+            return Err(format!("max frame size {} exceeds {FRAME_BYTES_LIMIT}", self.frame_bytes_max));
         }
         if self.pipeline_depth_max == 0 || self.connections_max == 0 {
             return Err("pipeline depth and connection limits must be at least 1".to_string());

@@ -12,7 +12,7 @@ use std::rc::Rc;
 use bytes::Bytes;
 use glommio::channels::shared_channel::{self, ConnectedReceiver, ConnectedSender, SharedReceiver, SharedSender};
 use kv_engine::{Command, Outcome, Stored};
-use kv_replication::{oneshot, Consistency, CoreError};
+use kv_replication::{oneshot, Consistency, CoreError, ScanPage};
 
 use crate::route::{self, Owner};
 
@@ -29,6 +29,12 @@ pub enum Op {
     Write(Command),
     /// This core's groups and links, as JSON.
     Status,
+    /// A page of the shard's keys (see `kv_replication::keyspace`).
+    Scan {
+        cursor: u64,
+        count: u32,
+        consistency: Consistency,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -36,12 +42,15 @@ pub enum Reply {
     Value(Option<Stored>),
     Outcome(Outcome),
     Status(String),
+    Keys(ScanPage),
 }
 
 pub struct CrossRequest {
     id: u64,
     shard: u32,
     op: Op,
+    /// Passed to `route::execute`: `HOPS_MAX` keeps the request on this node.
+    hops: u8,
 }
 
 pub struct CrossReply {
@@ -161,15 +170,16 @@ async fn join_all<C>(tasks: Vec<Option<glommio::Task<C>>>) -> Vec<Option<C>> {
 }
 
 impl Mesh {
-    /// Runs `op` on core `to`, which owns `shard`.
-    pub async fn forward(&self, to: usize, shard: u32, op: Op) -> Result<Reply, CoreError> {
+    /// Runs `op` on core `to`, which owns `shard`, as a request that was
+    /// already forwarded `hops` times (see `route::execute`).
+    pub async fn forward(&self, to: usize, shard: u32, op: Op, hops: u8) -> Result<Reply, CoreError> {
         assert_ne!(to, self.core, "forwarding to self");
         let sender = self.requests_to[to].as_ref().expect("mesh connects every other core");
         let id = self.next_id.get();
         self.next_id.set(id + 1);
         let (tx, rx) = oneshot::channel();
         self.waiting.borrow_mut().insert(id, tx);
-        if sender.send(CrossRequest { id, shard, op }).await.is_err() {
+        if sender.send(CrossRequest { id, shard, op, hops }).await.is_err() {
             self.waiting.borrow_mut().remove(&id);
             return Err(CoreError::ShuttingDown);
         }
@@ -185,7 +195,7 @@ async fn serve_peer(
     while let Some(req) = requests.recv().await {
         let (owner, replies) = (owner.clone(), replies.clone());
         glommio::spawn_local(async move {
-            let result = route::execute(&owner, req.shard, req.op, 0).await;
+            let result = route::execute(&owner, req.shard, req.op, req.hops).await;
             // The requesting core is gone only when the node is stopping.
             let _ = replies.send(CrossReply { id: req.id, result }).await;
         })

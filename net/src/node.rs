@@ -17,15 +17,17 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use kv_engine::Command;
 use kv_replication::transport::{NoPeers, Transport};
 use kv_replication::{Core, CoreConfig};
 
 use crate::limits::Limits;
 use crate::mesh::MeshEnds;
+use crate::metrics::{self, CoreMetrics, Metrics};
 use crate::peer::{PeerConfig, PeerTransport, Peers};
 use crate::route::Owner;
 use crate::service::{Endpoints, Frontend, Service, Shutdown};
-use crate::{listener, native, peer};
+use crate::{http, listener, native, peer, resp};
 
 /// How often a core looks at the process-wide flags.
 const FLAG_POLL_INTERVAL: Duration = Duration::from_millis(20);
@@ -35,6 +37,13 @@ const STOP_STEP_TIMEOUT: Duration = Duration::from_secs(30);
 const READY_TIMEOUT: Duration = Duration::from_secs(600);
 /// How often a core hands shards back to their preferred leaders.
 const REBALANCE_INTERVAL: Duration = Duration::from_secs(5);
+/// How often a core looks for expired keys in the shards it leads.
+const EXPIRY_CYCLE_INTERVAL: Duration = Duration::from_millis(100);
+/// Keys one reap command removes at most: bounds the work of one apply (and
+/// so the latency it adds to requests queued behind it) and the entry size.
+const REAP_KEYS_PER_COMMAND_MAX: usize = 256;
+/// Longest wait for one reap command to commit; a later cycle tries again.
+const REAP_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a stopping node tries to hand its leaderships over.
 const LEADERSHIP_TRANSFER_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -60,6 +69,8 @@ pub struct CoreSetup {
     pub http_listener: TcpListener,
     pub endpoints: Endpoints,
     pub frontend: Frontend,
+    /// The process-wide metrics registry.
+    pub metrics: Arc<Metrics>,
     pub mesh: MeshEnds,
     pub signals: Arc<NodeSignals>,
     /// Peers and this core's peer listener; `None` on a single node.
@@ -83,15 +94,17 @@ async fn run(setup: CoreSetup) -> Result<(), String> {
         config,
         limits,
         native_listener,
-        resp_listener: _resp,
-        http_listener: _http,
+        resp_listener,
+        http_listener,
         endpoints,
         frontend,
+        metrics,
         mesh,
         signals,
         peer,
     } = setup;
     let core_index = config.core;
+    metrics::bind_thread_to_slot(core_index as usize);
     let layout = config.layout.clone();
     let mesh = mesh.connect().await;
     let (peers, peer_listener) = match peer {
@@ -107,6 +120,7 @@ async fn run(setup: CoreSetup) -> Result<(), String> {
         let core = core.clone();
         p.on_snapshot_sent(Box::new(move |group, to, sent| core.report_snapshot(group, to, sent)));
     }
+    let core_metrics = CoreMetrics::start(&metrics, &core, core_index);
     let owner = Rc::new(Owner { core: core.clone(), layout: layout.clone(), peers: peers.clone() });
     let mesh = mesh.start(owner.clone());
     let svc = Rc::new(Service {
@@ -119,7 +133,9 @@ async fn run(setup: CoreSetup) -> Result<(), String> {
         connections: std::cell::Cell::new(0),
         endpoints,
         frontend,
+        metrics,
     });
+    let refresher = glommio::spawn_local(metrics::core::refresh_loop(svc.clone(), core_metrics));
     let peer_acceptor = match (peer_listener, &peers) {
         (Some(l), Some(p)) => {
             // SAFETY: the fd comes from a listening socket this function owns.
@@ -132,7 +148,16 @@ async fn run(setup: CoreSetup) -> Result<(), String> {
     // SAFETY: the fd comes from a listening socket this function owns.
     let native = unsafe { glommio::net::TcpListener::from_raw_fd(native_listener.into_raw_fd()) };
     let acceptor = glommio::spawn_local(listener::accept_loop(native, svc.clone(), native::server::serve));
+    resp::stats::started();
+    // SAFETY: as above.
+    let resp_listener = unsafe { glommio::net::TcpListener::from_raw_fd(resp_listener.into_raw_fd()) };
+    let resp_acceptor = glommio::spawn_local(listener::accept_loop(resp_listener, svc.clone(), resp::server::serve));
+    // SAFETY: the fd comes from a listening socket this function owns.
+    let http_listener = unsafe { glommio::net::TcpListener::from_raw_fd(http_listener.into_raw_fd()) };
+    let http_acceptor = glommio::spawn_local(listener::accept_loop(http_listener, svc.clone(), http::serve));
     signals.ready.fetch_add(1, Ordering::SeqCst);
+    // Dropped (so cancelled) when the core stops.
+    let _expiry = glommio::spawn_local(expiry_cycle(core.clone()));
 
     let mut next_rebalance = Instant::now() + REBALANCE_INTERVAL;
     while !signals.stop.load(Ordering::SeqCst) {
@@ -155,6 +180,9 @@ async fn run(setup: CoreSetup) -> Result<(), String> {
     }
     svc.shutdown.trigger();
     acceptor.await;
+    resp_acceptor.await;
+    http_acceptor.await;
+    refresher.await;
     wait_until(|| svc.connections.get() == 0).await;
     signals.drained.fetch_add(1, Ordering::SeqCst);
     let cores = layout.cores as usize;
@@ -169,6 +197,24 @@ async fn run(setup: CoreSetup) -> Result<(), String> {
     stopped?;
     tracing::debug!(core = core_index, "core stopped");
     Ok(())
+}
+
+/// Active expiry: reclaims keys whose TTL passed even if nobody reads them.
+/// The leader of each shard proposes a reap command naming the keys its
+/// clock says have expired; applying it removes those that have expired by
+/// the command's own timestamp, identically on every replica.
+async fn expiry_cycle(core: Core) {
+    loop {
+        glommio::timer::sleep(EXPIRY_CYCLE_INTERVAL).await;
+        for (shard, keys) in core.expired_keys(REAP_KEYS_PER_COMMAND_MAX) {
+            let reap = core.write(shard, Command::Reap { keys });
+            match glommio::timer::timeout(REAP_TIMEOUT, async { Ok(reap.await) }).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::debug!(shard, "reaping expired keys failed: {e}"),
+                Err(e) => tracing::debug!(shard, "reaping expired keys failed: {e}"),
+            }
+        }
+    }
 }
 
 /// Polls `done` until it holds or [`STOP_STEP_TIMEOUT`] passes.

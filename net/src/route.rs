@@ -41,6 +41,8 @@ pub struct Owner {
 impl Owner {
     /// A JSON status of this core's groups and links (for `cluster status`).
     pub fn status(&self) -> serde_json::Value {
+        let bytes: std::collections::HashMap<u32, u64> =
+            self.core.shard_sizes().into_iter().map(|(shard, _, bytes)| (shard, bytes)).collect();
         let groups: Vec<serde_json::Value> = self
             .core
             .group_status()
@@ -51,6 +53,8 @@ impl Owner {
                 serde_json::json!({
                     "shard": g.shard, "leader": g.leader, "is_leader": g.is_leader, "term": g.term,
                     "commit": g.commit, "applied": g.applied, "last_index": g.last_index, "keys": g.keys,
+                    "expires": g.expires, "memory_bytes": g.memory_bytes,
+                    "bytes": bytes.get(&g.shard).copied().unwrap_or(0),
                     "replicas": self.layout.replicas_of(g.shard), "follower_lag": lag,
                 })
             })
@@ -63,7 +67,13 @@ impl Owner {
             .flat_map(|p| p.link_states())
             .map(|(node, addr, up)| serde_json::json!({"node": node, "addr": addr.to_string(), "connected": up}))
             .collect();
-        serde_json::json!({"core": self.core.config().core, "groups": groups, "links": links, "endpoints": endpoints})
+        // "replayed": the core has applied everything its log had committed
+        // (and, for groups with no other voter, leads them): see
+        // `Core::is_ready`.
+        serde_json::json!({
+            "core": self.core.config().core, "replayed": self.core.is_ready(), "groups": groups, "links": links,
+            "endpoints": endpoints, "poisoned": self.core.poisoned(),
+        })
     }
 }
 
@@ -80,6 +90,9 @@ pub async fn execute(owner: &Owner, shard: u32, op: Op, hops: u8) -> Result<Repl
         let local = match &op {
             Op::Get { key, consistency } => owner.core.read(shard, key, *consistency).await.map(Reply::Value),
             Op::Write(command) => owner.core.write(shard, command.clone()).await.map(Reply::Outcome),
+            Op::Scan { cursor, count, consistency } => {
+                owner.core.scan(shard, *cursor, *count as usize, *consistency).map(Reply::Keys)
+            }
             Op::Status => unreachable!("answered above"),
         };
         let leader = match local {
@@ -91,7 +104,7 @@ pub async fn execute(owner: &Owner, shard: u32, op: Op, hops: u8) -> Result<Repl
                 if hops >= HOPS_MAX {
                     return Err(CoreError::NotLeader { leader: Some(l) });
                 }
-                let is_read = matches!(op, Op::Get { .. });
+                let is_read = matches!(op, Op::Get { .. } | Op::Scan { .. });
                 match peers.forward(l, shard, op.clone(), hops + 1).await {
                     // The leader we know of is unreachable: it may be dead,
                     // and the others are about to elect a new one. The

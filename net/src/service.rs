@@ -13,6 +13,7 @@ use kv_replication::{Consistency, CoreError, Layout};
 
 use crate::limits::Limits;
 use crate::mesh::{Mesh, Op, Reply};
+use crate::metrics::Metrics;
 use crate::route::{self, Owner};
 
 /// Per-core state shared by every connection on the core.
@@ -28,6 +29,8 @@ pub struct Service {
     /// Where this node serves each protocol.
     pub endpoints: Endpoints,
     pub frontend: Frontend,
+    /// The process-wide metrics (shared by every core).
+    pub metrics: Arc<Metrics>,
 }
 
 /// How RESP clients are routed to a shard's leader.
@@ -45,6 +48,20 @@ pub struct Frontend {
     pub resp_mode: RespMode,
     /// What clients must authenticate with; `None` lets everyone in.
     pub password: Option<Arc<Vec<u8>>>,
+}
+
+impl Frontend {
+    /// Whether `given` is the password, compared in constant time (no early
+    /// exit that would tell an attacker how much of a guess was right).
+    /// `false` when no password is set.
+    pub fn password_matches(&self, given: &[u8]) -> bool {
+        let Some(password) = &self.password else { return false };
+        let mut diff = (password.len() != given.len()) as u8;
+        for (i, b) in password.iter().enumerate() {
+            diff |= b ^ given.get(i).copied().unwrap_or(!b);
+        }
+        diff == 0
+    }
 }
 
 /// Where a node serves clients, per protocol (`HOST:PORT` each). Nodes tell
@@ -97,11 +114,50 @@ impl Service {
 
     /// Runs `op` for `shard` from core `owner` of this node.
     pub async fn execute_on(&self, shard: u32, owner: u32, op: Op) -> Result<Reply, CoreError> {
+        self.execute_hops(shard, owner, op, 0).await
+    }
+
+    /// Runs `op` for `key` on this node's replica of its shard, without
+    /// forwarding to another node: a replica that cannot serve it answers
+    /// `NotLeader` (an election still under way is waited out, boundedly).
+    /// A node without a replica answers `Unavailable`.
+    pub async fn execute_here(&self, key: &[u8], op: Op) -> Result<Reply, CoreError> {
+        let (shard, owner) = self.route(key);
+        // A request that has used up its hops is never forwarded again.
+        self.execute_hops(shard, owner, op, route::HOPS_MAX).await
+    }
+
+    async fn execute_hops(&self, shard: u32, owner: u32, op: Op, hops: u8) -> Result<Reply, CoreError> {
         if owner == self.core_index {
-            route::execute(&self.owner, shard, op, 0).await
+            route::execute(&self.owner, shard, op, hops).await
         } else {
-            self.mesh.forward(owner as usize, shard, op).await
+            self.mesh.forward(owner as usize, shard, op, hops).await
         }
+    }
+
+    /// This node's view of the cluster: every core's groups and peer links,
+    /// gathered from each core in turn (`kvctl cluster status`,
+    /// `GET /v1/cluster`).
+    pub async fn node_status(&self) -> Result<serde_json::Value, CoreError> {
+        let mut cores = Vec::new();
+        let mut endpoints = serde_json::Map::new();
+        endpoints.insert(self.layout.node_id.to_string(), self.endpoints.native.clone().into());
+        for core in 0..self.layout.cores {
+            match self.execute_on(0, core, Op::Status).await? {
+                Reply::Status(json) => {
+                    let core: serde_json::Value = serde_json::from_str(&json).expect("status is JSON");
+                    for (node, endpoint) in core["endpoints"].as_object().into_iter().flatten() {
+                        endpoints.entry(node.clone()).or_insert(endpoint.clone());
+                    }
+                    cores.push(core);
+                }
+                other => unreachable!("status answered with {other:?}"),
+            }
+        }
+        Ok(serde_json::json!({
+            "node": self.layout.node_id, "nodes": self.layout.nodes, "replicas": self.layout.replicas,
+            "shards": self.layout.shards, "endpoints": endpoints, "cores": cores,
+        }))
     }
 
     /// A read answered without waiting, when the key's shard is on this
@@ -141,5 +197,21 @@ impl Shutdown {
     pub async fn wait(&self) {
         // A closed semaphore fails every acquire; nothing ever signals it.
         let _ = self.gate.acquire(1).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn password_comparison() {
+        let f = Frontend { resp_mode: RespMode::Proxy, password: Some(Arc::new(b"s3cret".to_vec())) };
+        assert!(f.password_matches(b"s3cret"));
+        for wrong in [&b""[..], b"s3cre", b"s3cret!", b"S3cret", b"\x00\x00\x00\x00\x00\x00"] {
+            assert!(!f.password_matches(wrong), "{wrong:?}");
+        }
+        let open = Frontend { resp_mode: RespMode::Proxy, password: None };
+        assert!(!open.password_matches(b""));
     }
 }

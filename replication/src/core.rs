@@ -26,6 +26,7 @@ use protobuf::Message as _;
 use raft::eraftpb::{Message, SnapshotMetadata};
 
 use crate::group::Group;
+use crate::keyspace::{self, wall_clock_ms};
 use crate::transport::Transport;
 use crate::{CoreConfig, CoreError, PENDING_PER_GROUP_MAX};
 
@@ -58,15 +59,33 @@ pub struct GroupStatus {
     pub applied: u64,
     pub last_index: u64,
     pub keys: usize,
+    /// Keys with a TTL.
+    pub expires: usize,
+    pub memory_bytes: u64,
     /// On a leader: (follower, entries it lacks).
     pub follower_lag: Vec<(u64, u64)>,
 }
 
-/// Counters a core keeps about itself (exported as metrics).
+/// One page of a shard's keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScanPage {
+    pub keys: Vec<Bytes>,
+    /// Where the next page starts; `None` when the shard is done.
+    pub next: Option<u64>,
+    /// Keys and keys with a TTL in the shard (expired ones not yet reaped included).
+    pub keys_total: u64,
+    pub expires_total: u64,
+}
+
+/// Counters a core keeps about itself (exported as metrics). Plain cells:
+/// bumping one costs an add on the core's own cache line.
 #[derive(Debug, Default)]
 pub struct CoreStats {
     pub proposals: Cell<u64>,
-    pub applied_batches: Cell<u64>,
+    /// Entries this replica learned to be committed (commit index advances).
+    pub committed_entries: Cell<u64>,
+    /// Entries applied to the shard maps.
+    pub applied_entries: Cell<u64>,
     pub flushes: Cell<u64>,
     pub wal_bytes: Cell<u64>,
     pub fsync_micros_total: Cell<u64>,
@@ -110,7 +129,13 @@ pub(crate) struct Inner {
     pub state: RefCell<DriverState>,
     pub wake: LocalSender<()>,
     pub stats: CoreStats,
+    /// Told about every WAL flush and timed sync (see [`Core::on_flush`]).
+    pub flush_observer: RefCell<Option<FlushObserver>>,
 }
+
+/// Receives the [`FlushStats`] of every WAL flush, and of every sync of the
+/// `interval` policy (as stats with only `sync_micros` and `synced` set).
+pub type FlushObserver = Box<dyn Fn(&FlushStats)>;
 
 /// Handle to this core's groups. Cheap to clone; not `Send`.
 #[derive(Clone)]
@@ -142,6 +167,7 @@ impl Core {
             state: RefCell::new(state),
             wake,
             stats: CoreStats::default(),
+            flush_observer: RefCell::new(None),
         });
         glommio::spawn_local(driver_loop(inner.clone(), wakeups)).detach();
         glommio::spawn_local(ticker(inner.clone())).detach();
@@ -160,6 +186,12 @@ impl Core {
 
     pub fn stats(&self) -> &CoreStats {
         &self.0.stats
+    }
+
+    /// Sets the observer of WAL flushes (metrics). The observer runs on the
+    /// core's executor and MUST NOT call back into the core.
+    pub fn on_flush(&self, observer: FlushObserver) {
+        *self.0.flush_observer.borrow_mut() = Some(observer);
     }
 
     /// Why this core refuses writes, if it does.
@@ -205,7 +237,41 @@ impl Core {
         if !allowed {
             return Err(CoreError::NotLeader { leader: group.leader_id() });
         }
-        Ok(group.map.get(key).cloned())
+        Ok(group.map.live(key, wall_clock_ms()).cloned())
+    }
+
+    /// A page of the shard's live keys from `cursor` on (see [`keyspace`]),
+    /// the next cursor, and the shard's key count; readable where
+    /// `consistency` allows, like [`Core::read_now`].
+    pub fn scan(&self, shard: u32, cursor: u64, count: usize, consistency: Consistency) -> Result<ScanPage, CoreError> {
+        let groups = self.0.groups.borrow();
+        let group = groups.get(&shard).ok_or(CoreError::WrongCore(shard))?;
+        let allowed = match consistency {
+            Consistency::Stale => true,
+            Consistency::Lease | Consistency::Strict => group.lease_valid(),
+        };
+        if !allowed {
+            return Err(CoreError::NotLeader { leader: group.leader_id() });
+        }
+        // A count of 0 asks only for the totals.
+        let (keys, next) = match count {
+            0 => (Vec::new(), None),
+            _ => keyspace::scan_page(&group.map, cursor, count, wall_clock_ms()),
+        };
+        Ok(ScanPage { keys, next, keys_total: group.map.len() as u64, expires_total: group.map.expires_len() as u64 })
+    }
+
+    /// For each shard this core leads, up to `max` keys whose expiry has
+    /// passed: what the active expiry cycle proposes to reap.
+    pub fn expired_keys(&self, max: usize) -> Vec<(u32, Vec<Bytes>)> {
+        let now_ms = wall_clock_ms();
+        let groups = self.0.groups.borrow();
+        groups
+            .values()
+            .filter(|g| g.is_leader())
+            .map(|g| (g.id, g.map.expired(now_ms, max)))
+            .filter(|(_, keys)| !keys.is_empty())
+            .collect()
     }
 
     /// Reads a key at `consistency`; `Strict` confirms leadership with a
@@ -224,7 +290,7 @@ impl Core {
         self.0.notify();
         rx.await.unwrap_or(Err(CoreError::ShuttingDown))?;
         let groups = self.0.groups.borrow();
-        Ok(groups.get(&shard).expect("shard checked above").map.get(key).cloned())
+        Ok(groups.get(&shard).expect("shard checked above").map.live(key, wall_clock_ms()).cloned())
     }
 
     /// Delivers a message from a peer to `group`. Unknown groups and
@@ -315,6 +381,8 @@ impl Core {
                     applied: g.map.applied_index(),
                     last_index,
                     keys: g.map.len(),
+                    expires: g.map.expires_len(),
+                    memory_bytes: g.map.memory_bytes(),
                     follower_lag: followers,
                 }
             })
@@ -463,6 +531,9 @@ impl Inner {
                         "role changed"
                     );
                 }
+                let s = &self.stats;
+                s.committed_entries.set(s.committed_entries.get() + h.committed);
+                s.applied_entries.set(s.applied_entries.get() + h.applied);
                 handled.push(Persisting {
                     group: group.id,
                     number: h.number,
@@ -572,12 +643,19 @@ impl Inner {
                 s.flushes.set(s.flushes.get() + 1);
                 s.wal_bytes.set(s.wal_bytes.get() + stats.written_bytes);
                 s.fsync_micros_total.set(s.fsync_micros_total.get() + stats.sync_micros);
+                self.observe_flush(&stats);
                 self.persisted(batch);
                 self.maybe_snapshot();
             }
             Err(e) => self.poison(e.to_string()),
         }
         self.notify();
+    }
+
+    fn observe_flush(&self, stats: &FlushStats) {
+        if let Some(observe) = &*self.flush_observer.borrow() {
+            observe(stats);
+        }
     }
 
     fn poison(&self, why: String) {
@@ -645,10 +723,13 @@ async fn interval_syncer(inner: Rc<Inner>, every: Duration) {
         if inner.state.borrow().stopped || inner.state.borrow().poisoned.is_some() {
             return;
         }
+        let started = std::time::Instant::now();
         if let Err(e) = wal.sync().await {
             inner.poison(e.to_string());
             return;
         }
+        let sync_micros = started.elapsed().as_micros() as u64;
+        inner.observe_flush(&FlushStats { sync_micros, synced: true, ..FlushStats::default() });
     }
 }
 

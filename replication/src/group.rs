@@ -60,6 +60,9 @@ pub(crate) struct Handled {
     /// A snapshot installed from the leader, to be written before the Ready
     /// counts as persisted.
     pub installed: Option<(SnapshotMeta, Bytes)>,
+    /// How far the commit index advanced, and entries applied (metrics).
+    pub committed: u64,
+    pub applied: u64,
 }
 
 impl Group {
@@ -188,7 +191,9 @@ impl Group {
         let before = self.node.raft.raft_log.last_index();
         // Refused before it was appended (e.g. a leadership transfer is under
         // way): nothing happened, so another node may take it.
-        self.node.propose(Vec::new(), command.encode()).map_err(|_| CoreError::NotLeader { leader: None })?;
+        self.node
+            .propose(Vec::new(), command.encode(crate::keyspace::wall_clock_ms()))
+            .map_err(|_| CoreError::NotLeader { leader: None })?;
         let index = self.node.raft.raft_log.last_index();
         assert_eq!(index, before + 1, "one proposal appends one entry");
         let (tx, rx) = oneshot::channel();
@@ -210,6 +215,7 @@ impl Group {
         }
         let installed = (!rd.snapshot().is_empty()).then(|| self.install_snapshot(rd.snapshot()));
         let committed = rd.take_committed_entries();
+        let applied = committed.len() as u64;
         self.apply(committed, wal);
         self.release_reads();
         let entries = rd.take_entries();
@@ -221,14 +227,16 @@ impl Group {
                 }
             }
         }
+        let mut commit_advance = 0;
         if let Some(hs) = rd.hs() {
+            commit_advance = hs.commit.saturating_sub(self.storage.hard_state().commit);
             self.storage.set_hard_state(hs.clone());
             if let Some(wal) = wal {
                 wal.append(&Record::HardState { group: self.id, term: hs.term, vote: hs.vote, commit: hs.commit });
             }
         }
         let after_persist = rd.take_persisted_messages().into_iter().map(|m| (id, m)).collect();
-        let handled = Handled { number: rd.number(), after_persist, installed };
+        let handled = Handled { number: rd.number(), after_persist, installed, committed: commit_advance, applied };
         self.node.advance_append_async(rd);
         if !self.is_leader() {
             self.fail_reads(CoreError::NotLeader { leader: self.leader_id() });
@@ -292,8 +300,9 @@ impl Group {
                     None
                 }
                 EntryType::EntryNormal => {
-                    let command = Command::decode(&entry.data).expect("committed entries were encoded by kvd");
-                    Some(self.map.apply(entry.index, command))
+                    let (now_ms, command) =
+                        Command::decode(&entry.data).expect("committed entries were encoded by kvd");
+                    Some(self.map.apply(entry.index, now_ms, command))
                 }
                 EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
                     self.apply_conf_change(&entry, wal);

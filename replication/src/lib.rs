@@ -15,6 +15,7 @@
 
 mod core;
 mod group;
+pub mod keyspace;
 pub mod layout;
 mod logger;
 pub mod oneshot;
@@ -27,7 +28,7 @@ use std::time::Duration;
 
 use kv_engine::wal::FsyncPolicy;
 
-pub use crate::core::{Consistency, Core, CoreStats, GroupStatus};
+pub use crate::core::{Consistency, Core, CoreStats, FlushObserver, GroupStatus, ScanPage};
 pub use crate::group::LOG_RETAIN_ENTRIES_DEFAULT;
 pub use crate::layout::Layout;
 pub use crate::open::StartError;

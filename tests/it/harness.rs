@@ -24,10 +24,8 @@ pub fn kvctl_bin() -> &'static str {
 pub struct Kvd {
     child: Child,
     pub addr: SocketAddr,
-    /// Where it serves RESP and HTTP (no test reads these yet).
-    #[allow(dead_code)]
+    /// Where it serves RESP and HTTP.
     pub resp_addr: SocketAddr,
-    #[allow(dead_code)]
     pub http_addr: SocketAddr,
     log: Arc<Mutex<Vec<String>>>,
 }
@@ -168,7 +166,13 @@ pub fn kvctl(endpoint: &str, args: &[&str], stdin: &[u8]) -> Output {
     run_bounded(cmd, stdin)
 }
 
-pub fn run_bounded(mut cmd: Command, stdin: &[u8]) -> Output {
+pub fn run_bounded(cmd: Command, stdin: &[u8]) -> Output {
+    run_bounded_for(cmd, stdin, READY_TIMEOUT)
+}
+
+/// Runs `cmd` with `stdin` as its input; kills it (by PID) and panics if it
+/// takes longer than `timeout`.
+pub fn run_bounded_for(mut cmd: Command, stdin: &[u8], timeout: Duration) -> Output {
     use std::io::Write;
     cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = cmd.spawn().expect("binary runs");
@@ -182,12 +186,12 @@ pub fn run_bounded(mut cmd: Command, stdin: &[u8]) -> Output {
     std::thread::spawn(move || {
         let _ = tx.send(child.wait_with_output());
     });
-    let out = match rx.recv_timeout(READY_TIMEOUT) {
+    let out = match rx.recv_timeout(timeout) {
         Ok(out) => out.expect("process output"),
         Err(_) => {
             // SAFETY: the PID is our child, not yet reaped (wait is pending).
             unsafe { libc::kill(pid, libc::SIGKILL) };
-            panic!("process {pid} did not finish within {READY_TIMEOUT:?}");
+            panic!("process {pid} ({cmd:?}) did not finish within {timeout:?}");
         }
     };
     feeder.join().unwrap();

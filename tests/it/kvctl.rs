@@ -137,3 +137,31 @@ fn config_precedence_is_flags_then_env_then_file_then_defaults() {
     let via_env = harness::run_kvd(&["--print-config"], &[("KVD_CONFIG", cfg)]);
     assert_eq!(listen_of(&via_env), "127.0.0.3:1003");
 }
+
+/// With `--requirepass-file`, native clients must AUTH first; a wrong
+/// password is refused and the data stays untouched.
+#[test]
+fn native_protocol_requires_the_password() {
+    let dir = data_dir();
+    let secret = dir.path().join("password");
+    std::fs::write(&secret, "open sesame\n").unwrap();
+    let wrong = dir.path().join("wrong");
+    std::fs::write(&wrong, "open barley").unwrap();
+    let kvd = Kvd::start(&dir.path().join("data"), &["--requirepass-file", secret.to_str().unwrap()]);
+    let ep = kvd.endpoint();
+    let denied = kvctl(&ep, &["put", "k", "v"], b"");
+    assert_eq!(denied.status.code(), Some(3), "{}", stderr(&denied));
+    assert!(stderr(&denied).contains("UNAUTHENTICATED"), "{}", stderr(&denied));
+    let bad = kvctl(&ep, &["--password-file", wrong.to_str().unwrap(), "put", "k", "v"], b"");
+    assert_eq!(bad.status.code(), Some(3), "{}", stderr(&bad));
+    let ok = kvctl(&ep, &["--password-file", secret.to_str().unwrap(), "put", "k", "v"], b"");
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    let got = kvctl(&ep, &["--password-file", secret.to_str().unwrap(), "get", "k"], b"");
+    assert_eq!(stdout(&got), "v");
+    // PING works before authentication (health checks); a large frame does not.
+    let mut c = kv_net::client::Client::connect(std::slice::from_ref(&ep), std::time::Duration::from_secs(10)).unwrap();
+    c.ping().unwrap();
+    let big = vec![b'x'; 100 * 1024];
+    assert!(c.put(b"big", &big, kv_engine::Condition::Always).is_err());
+    assert!(kvd.stop().success());
+}

@@ -41,6 +41,9 @@ struct Cli {
     /// Seconds to wait for a connection or an answer.
     #[arg(long, default_value_t = 5.0, global = true)]
     timeout: f64,
+    /// File holding the node's password (kvd --requirepass-file).
+    #[arg(long, env = "KVCTL_PASSWORD_FILE", global = true)]
+    password_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -70,6 +73,9 @@ enum Command {
         /// Only if the key does not exist yet.
         #[arg(long)]
         if_absent: bool,
+        /// Expire the key after this long: seconds, or a number with ms, s, m, h or d (e.g. 1500ms, 10m).
+        #[arg(long, value_parser = parse_ttl)]
+        ttl: Option<Duration>,
     },
     /// Replace the value of an existing key; prints the new version.
     Update {
@@ -175,6 +181,14 @@ fn run(cli: Cli) -> Result<(), Failure> {
     };
     let started = Instant::now();
     let mut client = Client::connect(&cli.endpoints, timeout)?;
+    if let Some(path) = &cli.password_file {
+        let mut password = std::fs::read(path)
+            .map_err(|e| fail(EXIT_USAGE, format!("cannot read the password file {}: {e}", path.display())))?;
+        if password.ends_with(b"\n") {
+            password.pop();
+        }
+        client.authenticate(&password)?;
+    }
     let out = cli.output;
     match cli.command {
         Command::Ping => {
@@ -202,15 +216,16 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 None => Err(fail(EXIT_NOT_FOUND, format!("key not found: {}", show(key)))),
             }
         }
-        Command::Put { key, if_absent, .. } => {
+        Command::Put { key, if_absent, ttl, .. } => {
             let condition = if if_absent { Condition::IfAbsent } else { Condition::Always };
-            write(out, &mut client, key.as_bytes(), &value.expect("read above"), condition)
+            write(out, &mut client, key.as_bytes(), &value.expect("read above"), condition, ttl)
         }
         Command::Update { key, .. } => {
-            write(out, &mut client, key.as_bytes(), &value.expect("read above"), Condition::IfExists)
+            write(out, &mut client, key.as_bytes(), &value.expect("read above"), Condition::IfExists, None)
         }
         Command::Cas { key, version, .. } => {
-            write(out, &mut client, key.as_bytes(), &value.expect("read above"), Condition::IfVersion(version))
+            let condition = Condition::IfVersion(version);
+            write(out, &mut client, key.as_bytes(), &value.expect("read above"), condition, None)
         }
         Command::Delete { key, version } => {
             let key = key.as_bytes();
@@ -223,6 +238,26 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 other => Err(condition_failure(key, other)),
             }
         }
+    }
+}
+
+/// `10` (seconds), `1500ms`, `10s`, `5m`, `2h`, `1d`; at least 1 ms.
+fn parse_ttl(text: &str) -> Result<Duration, String> {
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number.parse().map_err(|_| format!("{text:?} is not a duration such as 30, 1500ms, 10s, 5m"))?;
+    let ms_per_unit = match unit {
+        "ms" => 1,
+        "" | "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        other => return Err(format!("unknown unit {other:?} in {text:?}: use ms, s, m, h or d")),
+    };
+    match n.checked_mul(ms_per_unit) {
+        Some(0) => Err("a TTL must be at least 1 ms".to_string()),
+        Some(ms) => Ok(Duration::from_millis(ms)),
+        None => Err(format!("{text:?} is too long a TTL")),
     }
 }
 
@@ -241,8 +276,15 @@ fn read_value(value: Option<&OsString>, file: Option<&PathBuf>) -> Result<Vec<u8
     }
 }
 
-fn write(out: Output, client: &mut Client, key: &[u8], value: &[u8], condition: Condition) -> Result<(), Failure> {
-    match client.put_if(key, value, condition)? {
+fn write(
+    out: Output,
+    client: &mut Client,
+    key: &[u8],
+    value: &[u8],
+    condition: Condition,
+    ttl: Option<Duration>,
+) -> Result<(), Failure> {
+    match client.put_with_ttl(key, value, condition, ttl)? {
         WriteResult::Written { version } => {
             print_version(out, key, "version", version);
             Ok(())

@@ -83,6 +83,7 @@ fn run(mut s: Settings) -> Result<(), String> {
         None => (0..cores).map(|_| None).collect(),
     };
     let signals = Arc::new(NodeSignals::default());
+    let metrics = Arc::new(kv_net::metrics::Metrics::new(cores as usize));
     watch_signals(signals.clone())?;
 
     let mut handles = Vec::new();
@@ -123,6 +124,7 @@ fn run(mut s: Settings) -> Result<(), String> {
             http_listener: http_listeners.next().expect("one HTTP listener per core"),
             endpoints: endpoints.clone(),
             frontend: frontend.clone(),
+            metrics: metrics.clone(),
             mesh,
             signals: signals.clone(),
             peer,

@@ -90,6 +90,8 @@ pub struct FlushStats {
     pub written_bytes: u64,
     pub write_micros: u64,
     pub sync_micros: u64,
+    /// Whether the flush ended with an fdatasync (policy `always`).
+    pub synced: bool,
     pub rotated: bool,
 }
 
@@ -270,6 +272,7 @@ impl Wal {
             let started = std::time::Instant::now();
             fdatasync(&file, &self.config.dir).await?;
             stats.sync_micros = started.elapsed().as_micros() as u64;
+            stats.synced = true;
             // Crash point: durable, but not yet reported to anyone.
             fail::fail_point!("wal::after_fdatasync");
         }

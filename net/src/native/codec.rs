@@ -20,6 +20,8 @@ const LEN_FIELD_BYTES: usize = 4;
 pub const PUT_FIXED_BYTES: usize = 20;
 const DELETE_FIXED_BYTES: usize = 16;
 const GET_FIXED_BYTES: usize = 4;
+/// The TTL in front of a PUT_TTL body.
+const TTL_BYTES: usize = 8;
 
 /// Request opcodes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +33,10 @@ pub enum Opcode {
     Delete = 4,
     /// The answering node's view of the cluster, as JSON.
     Status = 5,
+    /// PUT with a time to live: a u64 TTL in milliseconds, then a PUT body.
+    PutTtl = 6,
+    /// The password, as the whole body.
+    Auth = 7,
 }
 
 impl Opcode {
@@ -41,6 +47,8 @@ impl Opcode {
             3 => Opcode::Put,
             4 => Opcode::Delete,
             5 => Opcode::Status,
+            6 => Opcode::PutTtl,
+            7 => Opcode::Auth,
             _ => return None,
         })
     }
@@ -59,6 +67,8 @@ pub enum Status {
     KeyTooLarge = 18,
     ValueTooLarge = 19,
     FrameTooLarge = 20,
+    /// The node requires a password (AUTH) and none or a wrong one was given.
+    Unauthenticated = 21,
     Unavailable = 32,
     ShuttingDown = 33,
     NotLeader = 34,
@@ -78,6 +88,7 @@ impl Status {
             18 => KeyTooLarge,
             19 => ValueTooLarge,
             20 => FrameTooLarge,
+            21 => Unauthenticated,
             32 => Unavailable,
             33 => ShuttingDown,
             34 => NotLeader,
@@ -98,6 +109,7 @@ impl Status {
             KeyTooLarge => "KEY_TOO_LARGE",
             ValueTooLarge => "VALUE_TOO_LARGE",
             FrameTooLarge => "FRAME_TOO_LARGE",
+            Unauthenticated => "UNAUTHENTICATED",
             Unavailable => "UNAVAILABLE",
             ShuttingDown => "SHUTTING_DOWN",
             NotLeader => "NOT_LEADER",
@@ -245,10 +257,30 @@ fn consistency_byte(c: Consistency) -> u8 {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
     Ping,
-    Get { key: Bytes, consistency: Consistency },
-    Put { key: Bytes, value: Bytes, condition: Condition },
-    Delete { key: Bytes, condition: Condition },
+    Get {
+        key: Bytes,
+        consistency: Consistency,
+    },
+    Put {
+        key: Bytes,
+        value: Bytes,
+        condition: Condition,
+    },
+    /// A put whose key expires `ttl_ms` after the server receives it.
+    PutTtl {
+        key: Bytes,
+        value: Bytes,
+        condition: Condition,
+        ttl_ms: u64,
+    },
+    Delete {
+        key: Bytes,
+        condition: Condition,
+    },
     Status,
+    Auth {
+        password: Bytes,
+    },
 }
 
 impl Request {
@@ -257,15 +289,20 @@ impl Request {
             Request::Ping => Opcode::Ping,
             Request::Get { .. } => Opcode::Get,
             Request::Put { .. } => Opcode::Put,
+            Request::PutTtl { .. } => Opcode::PutTtl,
             Request::Delete { .. } => Opcode::Delete,
+            Request::Auth { .. } => Opcode::Auth,
             Request::Status => Opcode::Status,
         }
     }
 
     pub fn key(&self) -> Option<&Bytes> {
         match self {
-            Request::Ping | Request::Status => None,
-            Request::Get { key, .. } | Request::Put { key, .. } | Request::Delete { key, .. } => Some(key),
+            Request::Ping | Request::Status | Request::Auth { .. } => None,
+            Request::Get { key, .. }
+            | Request::Put { key, .. }
+            | Request::PutTtl { key, .. }
+            | Request::Delete { key, .. } => Some(key),
         }
     }
 }
@@ -283,6 +320,10 @@ pub fn encode_request(id: u64, req: &Request, out: &mut Vec<u8>) {
     match req {
         Request::Ping => put_header(out, 0, Opcode::Ping as u8, 0, id),
         Request::Status => put_header(out, 0, Opcode::Status as u8, 0, id),
+        Request::Auth { password } => {
+            put_header(out, password.len(), Opcode::Auth as u8, 0, id);
+            out.extend_from_slice(password);
+        }
         Request::Get { key, consistency } => {
             put_header(out, GET_FIXED_BYTES + key.len(), Opcode::Get as u8, consistency_byte(*consistency), id);
             out.extend_from_slice(&(key.len() as u32).to_le_bytes());
@@ -290,13 +331,13 @@ pub fn encode_request(id: u64, req: &Request, out: &mut Vec<u8>) {
         }
         Request::Put { key, value, condition } => {
             put_header(out, PUT_FIXED_BYTES + key.len() + value.len(), Opcode::Put as u8, 0, id);
-            let (cond, version) = condition_code(*condition);
-            out.extend_from_slice(&[cond, 0, 0, 0]);
-            out.extend_from_slice(&version.to_le_bytes());
-            out.extend_from_slice(&(key.len() as u32).to_le_bytes());
-            out.extend_from_slice(&(value.len() as u32).to_le_bytes());
-            out.extend_from_slice(key);
-            out.extend_from_slice(value);
+            put_body(out, key, value, *condition);
+        }
+        Request::PutTtl { key, value, condition, ttl_ms } => {
+            let len = TTL_BYTES + PUT_FIXED_BYTES + key.len() + value.len();
+            put_header(out, len, Opcode::PutTtl as u8, 0, id);
+            out.extend_from_slice(&ttl_ms.to_le_bytes());
+            put_body(out, key, value, *condition);
         }
         Request::Delete { key, condition } => {
             put_header(out, DELETE_FIXED_BYTES + key.len(), Opcode::Delete as u8, 0, id);
@@ -307,6 +348,16 @@ pub fn encode_request(id: u64, req: &Request, out: &mut Vec<u8>) {
             out.extend_from_slice(key);
         }
     }
+}
+
+fn put_body(out: &mut Vec<u8>, key: &[u8], value: &[u8], condition: Condition) {
+    let (cond, version) = condition_code(condition);
+    out.extend_from_slice(&[cond, 0, 0, 0]);
+    out.extend_from_slice(&version.to_le_bytes());
+    out.extend_from_slice(&(key.len() as u32).to_le_bytes());
+    out.extend_from_slice(&(value.len() as u32).to_le_bytes());
+    out.extend_from_slice(key);
+    out.extend_from_slice(value);
 }
 
 /// Why a request body was refused; becomes an error response.
@@ -352,6 +403,7 @@ pub fn decode_request(opcode: u8, mut body: Bytes) -> Result<Request, Refusal> {
         Opcode::Ping => Err(bad("PING takes no body")),
         Opcode::Status if body.is_empty() => Ok(Request::Status),
         Opcode::Status => Err(bad("STATUS takes no body")),
+        Opcode::Auth => Ok(Request::Auth { password: body }),
         Opcode::Get => {
             if body.len() < GET_FIXED_BYTES {
                 return Err(bad("GET body shorter than its fixed part"));
@@ -361,6 +413,19 @@ pub fn decode_request(opcode: u8, mut body: Bytes) -> Result<Request, Refusal> {
                 return Err(bad("GET key length does not match the body"));
             }
             Ok(Request::Get { key: body, consistency: Consistency::Lease })
+        }
+        Opcode::PutTtl => {
+            if body.len() < TTL_BYTES {
+                return Err(bad("PUT_TTL body shorter than its TTL"));
+            }
+            let ttl_ms = body.get_u64_le();
+            if ttl_ms == 0 {
+                return Err(bad("PUT_TTL with a TTL of 0"));
+            }
+            match decode_request(Opcode::Put as u8, body)? {
+                Request::Put { key, value, condition } => Ok(Request::PutTtl { key, value, condition, ttl_ms }),
+                other => unreachable!("a PUT body decodes to a PUT, not {other:?}"),
+            }
         }
         Opcode::Put => {
             if body.len() < PUT_FIXED_BYTES {
@@ -473,9 +538,9 @@ pub fn decode_response(status: u8, opcode: u8, mut body: Bytes) -> Result<Respon
     let op = Opcode::from_u8(opcode);
     let version = |b: &mut Bytes| if b.len() >= 8 { Ok(b.get_u64_le()) } else { Err("short body".to_string()) };
     match (status, op) {
-        (Status::Ok, Some(Opcode::Ping)) => Ok(Response::Pong),
+        (Status::Ok, Some(Opcode::Ping | Opcode::Auth)) => Ok(Response::Pong),
         (Status::Ok, Some(Opcode::Get)) => Ok(Response::Value { version: version(&mut body)?, value: body }),
-        (Status::Ok, Some(Opcode::Put)) => Ok(Response::Written { version: version(&mut body)? }),
+        (Status::Ok, Some(Opcode::Put | Opcode::PutTtl)) => Ok(Response::Written { version: version(&mut body)? }),
         (Status::Ok, Some(Opcode::Delete)) => Ok(Response::Deleted { version: version(&mut body)? }),
         (Status::Ok, Some(Opcode::Status)) => Ok(Response::Status(String::from_utf8_lossy(&body).into_owned())),
         (Status::Ok, None) => Err(format!("OK for unknown opcode {opcode}")),
@@ -505,7 +570,14 @@ mod tests {
                 condition: Condition::IfVersion(9),
             },
             Request::Put { key: Bytes::new(), value: Bytes::new(), condition: Condition::IfAbsent },
+            Request::PutTtl {
+                key: Bytes::from_static(b"t"),
+                value: Bytes::from_static(b"v"),
+                condition: Condition::Always,
+                ttl_ms: 1500,
+            },
             Request::Delete { key: Bytes::from_static(b"k"), condition: Condition::Always },
+            Request::Auth { password: Bytes::from_static(b"secret") },
         ]
     }
 

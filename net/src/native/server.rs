@@ -18,18 +18,20 @@ use std::cell::{Cell, RefCell};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::net::TcpStream;
 use glommio::sync::Semaphore;
-use kv_engine::{Command, Outcome};
+use kv_engine::{Command, Expiry, Outcome};
+use kv_replication::keyspace::wall_clock_ms;
 use kv_replication::CoreError;
 
-use super::codec::{self, FrameError, Hello, Request, Response, Status, Welcome, WelcomeStatus};
+use super::codec::{self, FrameError, Hello, Opcode, Request, Response, Status, Welcome, WelcomeStatus};
 use crate::mesh::{Op, Reply};
+use crate::metrics::{OpLabel, Protocol, StatusLabel};
 use crate::service::Service;
 
 /// A client must complete the handshake within this time.
@@ -38,6 +40,8 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a closing connection waits for its in-flight answers.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest frame read from a connection that has not authenticated yet.
+const PREAUTH_FRAME_BYTES_MAX: usize = 64 * 1024;
 /// Bytes asked of the socket per read when no large frame is pending.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
 
@@ -49,6 +53,9 @@ struct Outbox {
     closed: Cell<bool>,
     wake: LocalSender<()>,
     permits: Rc<Semaphore>,
+    /// Whether the connection may make requests: it gave the password with
+    /// AUTH, or the node needs none.
+    authenticated: Cell<bool>,
 }
 
 impl Outbox {
@@ -112,6 +119,7 @@ async fn serve_connection(mut stream: TcpStream, svc: &Rc<Service>) -> io::Resul
         closed: Cell::new(false),
         wake,
         permits: Rc::new(Semaphore::new(depth)),
+        authenticated: Cell::new(svc.frontend.password.is_none()),
     });
     let writer_task = glommio::spawn_local(write_loop(writer, outbox.clone(), woken));
     let read_result = read_loop(&mut stream, svc, &outbox).await;
@@ -167,15 +175,22 @@ async fn read_loop(stream: &mut TcpStream, svc: &Rc<Service>, outbox: &Rc<Outbox
             if svc.shutdown.is_triggered() {
                 return Ok(());
             }
-            let header = match codec::parse_header(&buf, svc.limits.frame_bytes_max) {
+            // Before authentication only small frames are read, so a
+            // stranger cannot make the node buffer large requests.
+            let frame_bytes_max = match outbox.authenticated.get() {
+                true => svc.limits.frame_bytes_max,
+                false => svc.limits.frame_bytes_max.min(PREAUTH_FRAME_BYTES_MAX),
+            };
+            let header = match codec::parse_header(&buf, frame_bytes_max) {
                 Ok(Some(h)) => h,
                 Ok(None) => break,
                 Err(e) => {
                     let id = u64::from_le_bytes(buf[8..16].try_into().expect("header is buffered"));
-                    let status = match e {
-                        FrameError::TooLarge(..) => Status::FrameTooLarge,
-                        FrameError::TooShort(_) => Status::BadRequest,
+                    let (status, label) = match e {
+                        FrameError::TooLarge(..) => (Status::FrameTooLarge, StatusLabel::TooLarge),
+                        FrameError::TooShort(_) => (Status::BadRequest, StatusLabel::BadRequest),
                     };
+                    svc.metrics.request(Protocol::Native, OpLabel::Other, label, Duration::ZERO);
                     outbox.push_unpermitted(id, buf[4], &Response::Error { status, message: e.to_string() });
                     return Err(io::Error::other(e.to_string()));
                 }
@@ -216,67 +231,111 @@ async fn read_loop(stream: &mut TcpStream, svc: &Rc<Service>, outbox: &Rc<Outbox
 /// Starts one request: answered at once if it needs no waiting, otherwise
 /// in a task of its own.
 fn dispatch(svc: &Rc<Service>, outbox: &Rc<Outbox>, id: u64, opcode: u8, frame: Bytes) {
+    let answer = Answer { id, opcode, started: Instant::now() };
     let decoded = codec::decode_request_frame(&frame).and_then(|r| check_limits(svc, r));
     let req = match decoded {
         Ok(req) => req,
         Err(refusal) => {
-            outbox.push(id, opcode, &Response::Error { status: refusal.status, message: refusal.message });
-            return;
+            let resp = Response::Error { status: refusal.status, message: refusal.message };
+            return answer.send(svc, outbox, &resp);
         }
     };
+    if !outbox.authenticated.get() && !matches!(req, Request::Auth { .. } | Request::Ping) {
+        let message = "authentication required: send AUTH with the password first".to_string();
+        return outbox.push(id, opcode, &Response::Error { status: Status::Unauthenticated, message });
+    }
     let (key, op) = match req {
-        Request::Ping => return outbox.push(id, opcode, &Response::Pong),
+        Request::Ping => return answer.send(svc, outbox, &Response::Pong),
+        Request::Auth { password } => return answer.send(svc, outbox, &authenticate(svc, outbox, &password)),
         Request::Status => {
             let (svc, outbox) = (svc.clone(), outbox.clone());
             glommio::spawn_local(async move {
-                let resp = match node_status(&svc).await {
-                    Ok(json) => Response::Status(json),
+                let resp = match svc.node_status().await {
+                    Ok(json) => Response::Status(json.to_string()),
                     Err(e) => to_response(Err(e)),
                 };
-                outbox.push(id, opcode, &resp);
+                answer.send(&svc, &outbox, &resp);
             })
             .detach();
             return;
         }
         Request::Get { key, consistency } => {
             if let Some(reply) = svc.try_read_now(&key, consistency) {
-                return outbox.push(id, opcode, &to_response(Ok(reply)));
+                return answer.send(svc, outbox, &to_response(Ok(reply)));
             }
             (key.clone(), Op::Get { key, consistency })
         }
         Request::Put { key, value, condition } => (key.clone(), Op::Write(Command::Put { key, value, condition })),
+        Request::PutTtl { key, value, condition, ttl_ms } => {
+            let expiry = Expiry::At(wall_clock_ms().saturating_add(ttl_ms));
+            (key.clone(), Op::Write(Command::Set { key, value, condition, expiry, get: false }))
+        }
         Request::Delete { key, condition } => (key.clone(), Op::Write(Command::Delete { key, condition })),
     };
     let (svc, outbox) = (svc.clone(), outbox.clone());
     glommio::spawn_local(async move {
         let result = svc.execute(&key, op).await;
-        outbox.push(id, opcode, &to_response(result));
+        answer.send(&svc, &outbox, &to_response(result));
     })
     .detach();
 }
 
-/// This node's view: every core's groups and peer links.
-async fn node_status(svc: &Service) -> Result<String, CoreError> {
-    let mut cores = Vec::new();
-    let mut endpoints = serde_json::Map::new();
-    endpoints.insert(svc.layout.node_id.to_string(), svc.endpoints.native.clone().into());
-    for core in 0..svc.layout.cores {
-        match svc.execute_on(0, core, Op::Status).await? {
-            Reply::Status(json) => {
-                let core: serde_json::Value = serde_json::from_str(&json).expect("status is JSON");
-                for (node, endpoint) in core["endpoints"].as_object().into_iter().flatten() {
-                    endpoints.entry(node.clone()).or_insert(endpoint.clone());
-                }
-                cores.push(core);
-            }
-            other => unreachable!("status answered with {other:?}"),
-        }
+/// A request being answered: where the answer goes, and when it started
+/// (for the latency metric).
+struct Answer {
+    id: u64,
+    opcode: u8,
+    started: Instant,
+}
+
+impl Answer {
+    fn send(self, svc: &Service, outbox: &Outbox, resp: &Response) {
+        outbox.push(self.id, self.opcode, resp);
+        let op = match Opcode::from_u8(self.opcode) {
+            Some(Opcode::Ping) => OpLabel::Ping,
+            Some(Opcode::Get) => OpLabel::Get,
+            Some(Opcode::Put | Opcode::PutTtl) => OpLabel::Set,
+            Some(Opcode::Auth) => OpLabel::Auth,
+            Some(Opcode::Delete) => OpLabel::Del,
+            Some(Opcode::Status) => OpLabel::Status,
+            None => OpLabel::Other,
+        };
+        svc.metrics.request(Protocol::Native, op, status_label(resp), self.started.elapsed());
     }
-    let status = serde_json::json!({
-        "node": svc.layout.node_id, "nodes": svc.layout.nodes, "replicas": svc.layout.replicas,
-        "shards": svc.layout.shards, "endpoints": endpoints, "cores": cores,
-    });
-    Ok(status.to_string())
+}
+
+fn status_label(resp: &Response) -> StatusLabel {
+    match resp {
+        Response::Pong
+        | Response::Status(_)
+        | Response::Value { .. }
+        | Response::Written { .. }
+        | Response::Deleted { .. } => StatusLabel::Ok,
+        Response::NotFound => StatusLabel::NotFound,
+        Response::ConditionFailed { .. } => StatusLabel::Conflict,
+        Response::Error { status, .. } => match status {
+            Status::Ok | Status::NotFound => StatusLabel::Error,
+            Status::ConditionFailed => StatusLabel::Conflict,
+            Status::BadRequest | Status::UnknownOpcode => StatusLabel::BadRequest,
+            Status::KeyTooLarge | Status::ValueTooLarge | Status::FrameTooLarge => StatusLabel::TooLarge,
+            Status::Unavailable | Status::ShuttingDown | Status::NotLeader | Status::Retry => StatusLabel::Unavailable,
+            Status::Unauthenticated => StatusLabel::Unauthorized,
+            Status::Internal => StatusLabel::Error,
+        },
+    }
+}
+
+fn authenticate(svc: &Service, outbox: &Outbox, password: &[u8]) -> Response {
+    if svc.frontend.password.is_none() {
+        let message = "AUTH given, but this node has no password set".to_string();
+        return Response::Error { status: Status::BadRequest, message };
+    }
+    if !svc.frontend.password_matches(password) {
+        let message = "invalid password".to_string();
+        return Response::Error { status: Status::Unauthenticated, message };
+    }
+    outbox.authenticated.set(true);
+    Response::Pong
 }
 
 fn check_limits(svc: &Service, req: Request) -> Result<Request, codec::Refusal> {
@@ -287,7 +346,7 @@ fn check_limits(svc: &Service, req: Request) -> Result<Request, codec::Refusal> 
             return Err(codec::Refusal { status: Status::KeyTooLarge, message });
         }
     }
-    if let Request::Put { value, .. } = &req {
+    if let Request::Put { value, .. } | Request::PutTtl { value, .. } = &req {
         if value.len() > limits.value_bytes_max {
             let message =
                 format!("value of {} bytes exceeds the limit of {} bytes", value.len(), limits.value_bytes_max);
@@ -308,6 +367,7 @@ fn to_response(result: Result<Reply, CoreError>) -> Response {
             Response::ConditionFailed { current_version }
         }
         Ok(Reply::Status(json)) => Response::Status(json),
+        Ok(other) => Response::Error { status: Status::Internal, message: format!("unexpected answer {other:?}") },
         Err(e) => {
             let status = match e {
                 CoreError::NotLeader { .. } => Status::NotLeader,

@@ -41,7 +41,8 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 const RECONNECT_BACKOFF: Duration = Duration::from_millis(250);
 /// Raft messages queued for one node before new ones are dropped.
 const LINK_QUEUE_MESSAGES_MAX: usize = 65_536;
-/// Forwarded requests one inbound connection runs at once.
+/// Forwarded requests one inbound connection runs at once; more are
+/// answered Busy.
 const INBOUND_FORWARDS_MAX: u64 = 4096;
 const READ_CHUNK_BYTES: usize = 64 * 1024;
 
@@ -527,7 +528,18 @@ impl Inbound {
     /// Runs a forwarded request in a task of its own (bounded per connection).
     async fn forward(&self, payload: &[u8]) -> io::Result<()> {
         let f = wire::decode_forward(payload).map_err(io_err)?;
-        self.slots.acquire(1).await.map_err(io_err)?;
+        // At the limit, refuse rather than stop reading: the Raft frames
+        // behind this one (a follower's acknowledgements, say) may be what
+        // the running forwards wait for. Nothing was proposed: retryable.
+        if !self.slots.try_acquire(1).map_err(io_err)? {
+            wire::put_frame(
+                &mut self.replies.borrow_mut(),
+                wire::FRAME_FORWARD_REPLY,
+                &wire::encode_reply(f.id, &Err(CoreError::Busy)),
+            );
+            let _ = self.wake.try_send(());
+            return Ok(());
+        }
         let (owner, replies, wake, slots) =
             (self.owner.clone(), self.replies.clone(), self.wake.clone(), self.slots.clone());
         glommio::spawn_local(async move {

@@ -15,8 +15,8 @@
 
 use bytes::{Buf, Bytes};
 use hmac::{Hmac, Mac};
-use kv_engine::{Command, Outcome, Stored};
-use kv_replication::{Consistency, CoreError};
+use kv_engine::{Command, Outcome, Refusal, Stored};
+use kv_replication::{Consistency, CoreError, ScanPage};
 use protobuf::Message as _;
 use raft::eraftpb::Message;
 use sha2::Sha256;
@@ -364,9 +364,14 @@ pub fn encode_forward(f: &Forward) -> Vec<u8> {
         }
         Op::Write(command) => {
             p.extend_from_slice(&[2, 0]);
-            p.extend_from_slice(&command.encode());
+            p.extend_from_slice(&command.encode(0));
         }
         Op::Status => p.extend_from_slice(&[3, 0]),
+        Op::Scan { cursor, count, consistency } => {
+            p.extend_from_slice(&[4, consistency_code(*consistency)]);
+            p.extend_from_slice(&cursor.to_le_bytes());
+            p.extend_from_slice(&count.to_le_bytes());
+        }
     }
     p
 }
@@ -381,8 +386,13 @@ pub fn decode_forward(payload: &[u8]) -> Result<Forward, String> {
     let body = Bytes::copy_from_slice(&payload[15..]);
     let op = match payload[13] {
         1 => Op::Get { key: body, consistency: consistency_from(payload[14]).ok_or("unknown consistency")? },
-        2 => Op::Write(Command::decode(&body).map_err(|e| e.to_string())?),
+        2 => Op::Write(Command::decode(&body).map_err(|e| e.to_string())?.1),
         3 => Op::Status,
+        4 if body.len() == 12 => Op::Scan {
+            cursor: u64::from_le_bytes(body[0..8].try_into().expect("8 bytes")),
+            count: u32::from_le_bytes(body[8..12].try_into().expect("4 bytes")),
+            consistency: consistency_from(payload[14]).ok_or("unknown consistency")?,
+        },
         k => return Err(format!("unknown forward kind {k}")),
     };
     Ok(Forward { id, shard, hops, op })
@@ -405,6 +415,7 @@ pub fn encode_reply(id: u64, result: &Result<Reply, CoreError>) -> Vec<u8> {
         Ok(Reply::Value(Some(s))) => {
             p.push(2);
             p.extend_from_slice(&s.version.to_le_bytes());
+            p.extend_from_slice(&s.expires_at_ms.to_le_bytes());
             p.extend_from_slice(&s.value);
         }
         Ok(Reply::Outcome(Outcome::Written { version })) => {
@@ -421,6 +432,31 @@ pub fn encode_reply(id: u64, result: &Result<Reply, CoreError>) -> Vec<u8> {
             put_opt(&mut p, *current_version);
         }
         Ok(Reply::Status(json)) => put_text(&mut p, 7, json),
+        Ok(Reply::Outcome(Outcome::Previous { value, version })) => {
+            p.push(8);
+            put_opt(&mut p, *version);
+            p.push(value.is_some() as u8);
+            p.extend_from_slice(value.as_deref().unwrap_or_default());
+        }
+        Ok(Reply::Outcome(Outcome::Integer(n))) => {
+            p.push(9);
+            p.extend_from_slice(&n.to_le_bytes());
+        }
+        Ok(Reply::Outcome(Outcome::Bulk(b))) => {
+            p.push(10);
+            p.extend_from_slice(b);
+        }
+        Ok(Reply::Outcome(Outcome::Refused(r))) => p.extend_from_slice(&[11, refusal_code(*r)]),
+        Ok(Reply::Keys(page)) => {
+            p.push(12);
+            put_opt(&mut p, page.next);
+            p.extend_from_slice(&page.keys_total.to_le_bytes());
+            p.extend_from_slice(&page.expires_total.to_le_bytes());
+            for key in &page.keys {
+                p.extend_from_slice(&(key.len() as u32).to_le_bytes());
+                p.extend_from_slice(key);
+            }
+        }
         Err(CoreError::NotLeader { leader }) => {
             p.push(16);
             put_opt(&mut p, *leader);
@@ -452,12 +488,32 @@ pub fn decode_reply(payload: &[u8]) -> Result<(u64, Result<Reply, CoreError>), S
     let text = || String::from_utf8_lossy(rest).into_owned();
     let result = match payload[8] {
         1 => Ok(Reply::Value(None)),
-        2 => Ok(Reply::Value(Some(Stored { version: u64_at(rest)?, value: Bytes::copy_from_slice(&rest[8..]) }))),
+        2 => {
+            let expires_at_ms = u64_at(rest.get(8..).ok_or("short reply")?)?;
+            Ok(Reply::Value(Some(Stored {
+                version: u64_at(rest)?,
+                expires_at_ms,
+                value: Bytes::copy_from_slice(&rest[16..]),
+            })))
+        }
         3 => Ok(Reply::Outcome(Outcome::Written { version: u64_at(rest)? })),
         4 => Ok(Reply::Outcome(Outcome::Deleted { version: u64_at(rest)? })),
         5 => Ok(Reply::Outcome(Outcome::NotFound)),
         6 => Ok(Reply::Outcome(Outcome::ConditionFailed { current_version: opt(rest)? })),
         7 => Ok(Reply::Status(text())),
+        8 => {
+            let version = opt(rest)?;
+            let value = match rest.get(9) {
+                Some(0) => None,
+                Some(_) => Some(Bytes::copy_from_slice(&rest[10..])),
+                None => return Err("short reply".into()),
+            };
+            Ok(Reply::Outcome(Outcome::Previous { value, version }))
+        }
+        9 => Ok(Reply::Outcome(Outcome::Integer(u64_at(rest)? as i64))),
+        10 => Ok(Reply::Outcome(Outcome::Bulk(Bytes::copy_from_slice(rest)))),
+        11 => Ok(Reply::Outcome(Outcome::Refused(refusal_from(*rest.first().ok_or("short reply")?)?))),
+        12 => Ok(Reply::Keys(decode_page(rest)?)),
         16 => Err(CoreError::NotLeader { leader: opt(rest)? }),
         17 => Err(CoreError::Poisoned(text())),
         18 => Err(CoreError::ShuttingDown),
@@ -468,6 +524,33 @@ pub fn decode_reply(payload: &[u8]) -> Result<(u64, Result<Reply, CoreError>), S
         t => return Err(format!("unknown reply tag {t}")),
     };
     Ok((id, result))
+}
+
+const REFUSALS: [Refusal; 5] =
+    [Refusal::NotInteger, Refusal::NotFloat, Refusal::Overflow, Refusal::NoSuchKey, Refusal::TooLarge];
+
+fn refusal_code(r: Refusal) -> u8 {
+    REFUSALS.iter().position(|x| *x == r).expect("every refusal is listed") as u8
+}
+
+fn refusal_from(code: u8) -> Result<Refusal, String> {
+    REFUSALS.get(code as usize).copied().ok_or_else(|| format!("unknown refusal {code}"))
+}
+
+/// `next (u8 flag, u64) | keys_total u64 | expires_total u64 | { u32 len, key }*`.
+fn decode_page(b: &[u8]) -> Result<ScanPage, String> {
+    let u64_at = |at: usize| b.get(at..at + 8).map(|s| u64::from_le_bytes(s.try_into().expect("8 bytes")));
+    let short = || "short scan reply".to_string();
+    let next = (b.first().ok_or_else(short)? != &0).then_some(u64_at(1).ok_or_else(short)?);
+    let (keys_total, expires_total) = (u64_at(9).ok_or_else(short)?, u64_at(17).ok_or_else(short)?);
+    let (mut keys, mut at) = (Vec::new(), 25);
+    while at < b.len() {
+        let len = b.get(at..at + 4).ok_or_else(short)?;
+        let len = u32::from_le_bytes(len.try_into().expect("4 bytes")) as usize;
+        keys.push(Bytes::copy_from_slice(b.get(at + 4..at + 4 + len).ok_or_else(short)?));
+        at += 4 + len;
+    }
+    Ok(ScanPage { keys, next, keys_total, expires_total })
 }
 
 #[cfg(test)]
@@ -561,13 +644,28 @@ mod tests {
             Op::Get { key: Bytes::from_static(b"k"), consistency: Consistency::Strict },
             Op::Write(Command::Put { key: "k".into(), value: "v".into(), condition: Condition::IfVersion(3) }),
             Op::Status,
+            Op::Scan { cursor: u64::MAX - 1, count: 10, consistency: Consistency::Stale },
+            Op::Write(Command::Reap { keys: vec!["a".into(), "b".into()] }),
         ];
         for op in ops {
             let f = decode_forward(&encode_forward(&Forward { id: 9, shard: 4, hops: 1, op: op.clone() })).unwrap();
             assert_eq!((f.id, f.shard, f.hops, format!("{:?}", f.op)), (9, 4, 1, format!("{op:?}")));
         }
         let results: Vec<Result<Reply, CoreError>> = vec![
-            Ok(Reply::Value(Some(Stored { value: "v".into(), version: 5 }))),
+            Ok(Reply::Value(Some(Stored { value: "v".into(), version: 5, expires_at_ms: 77 }))),
+            Ok(Reply::Outcome(Outcome::Previous { value: Some("old".into()), version: None })),
+            Ok(Reply::Outcome(Outcome::Previous { value: None, version: Some(8) })),
+            Ok(Reply::Outcome(Outcome::Previous { value: Some("".into()), version: Some(8) })),
+            Ok(Reply::Outcome(Outcome::Integer(-5))),
+            Ok(Reply::Outcome(Outcome::Bulk("1.5".into()))),
+            Ok(Reply::Outcome(Outcome::Refused(Refusal::TooLarge))),
+            Ok(Reply::Keys(ScanPage {
+                keys: vec!["x".into(), "".into()],
+                next: Some(3),
+                keys_total: 9,
+                expires_total: 1,
+            })),
+            Ok(Reply::Keys(ScanPage { keys: vec![], next: None, keys_total: 0, expires_total: 0 })),
             Ok(Reply::Value(None)),
             Ok(Reply::Outcome(Outcome::ConditionFailed { current_version: Some(2) })),
             Ok(Reply::Status("{}".into())),
