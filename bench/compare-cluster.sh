@@ -12,8 +12,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-SERVER_CPU=${SERVER_CPU:-0}
-CLIENT_CPU=${CLIENT_CPU:-1}
+SERVER_CPU=${SERVER_CPU:-1}
+CLIENT_CPU=${CLIENT_CPU:-0}
 DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-2}
 CLIENTS=${CLIENTS:-100}
@@ -44,6 +44,8 @@ bench() {
     --keys 100000 --value-bytes "$VALUE" -w set --label "$label" --json --hgrm-dir "$OUT/hgrm" "$@" \
     >"$OUT/$label.json" 2>"$OUT/$label.err" || true
 }
+
+"$KVBENCH" floor --dir "$WORK" --cores "$CLIENT_CPU,$SERVER_CPU" >"$OUT/floor.txt"
 
 # ---- etcd, 3 members ----
 # Member i: clients on 24i1, peers on 24i2.
@@ -78,6 +80,7 @@ head -c 32 /dev/urandom | base64 >"$WORK/secret"
 peers="1=127.0.0.1:7481,2=127.0.0.1:7491,3=127.0.0.1:7501"
 for i in 1 2 3; do
   taskset -c "$SERVER_CPU" "$KVD" --node-id "$i" --cores "$SERVER_CPU" --listen "127.0.0.1:737$i" --peers "$peers" \
+    --resp-listen 127.0.0.1:0 --http-listen 127.0.0.1:0 \
     --cluster-secret-file "$WORK/secret" --data-dir "$WORK/kvd-$i" --fsync always >"$OUT/kvd-$i.log" 2>&1 &
   PIDS+=($!)
 done
@@ -116,4 +119,5 @@ for wl, servers in sorted(rows.items()):
         ratio = f"{kvd[0] / ops:.1f}x" if kvd and server != "kvd-3-nodes" and ops else ""
         print(f"SET_{wl:6} {server:16} {ops:9.0f} {p50:8.3f} {p99:8.3f} {err:6} {ratio:>9}")
 PY
+cat "$OUT/floor.txt"
 echo "reports: $OUT"

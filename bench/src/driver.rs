@@ -1,25 +1,36 @@
-//! Protocol drivers: kvd's native protocol, RESP, and etcd's v3 JSON
-//! gateway (HTTP/1.1 keep-alive; no Rust etcd client builds here without
-//! protoc), pipelined, over glommio sockets. A driver queues requests,
-//! flushes them in one write and reads answers; it does not interpret them
-//! beyond hit, miss or error.
+//! Protocol drivers: kvd's native protocol, RESP, memcached's text
+//! protocol, kvd's HTTP API and etcd's v3 JSON gateway (HTTP/1.1
+//! keep-alive; no Rust etcd client builds here without protoc), pipelined,
+//! over glommio sockets. An [`Encoder`] appends requests to a buffer, a
+//! [`Decoder`] takes replies off the front of the bytes read; neither does
+//! IO, so the closed loop ([`Conn`]) and the open loop (`crate::open`, with
+//! a connection's reading and writing in separate tasks) share them.
+//! Replies are not interpreted beyond hit, miss or error.
+//!
+//! Invariant: every protocol but the native one answers in request order;
+//! native replies carry the request's id and may come in any order, so
+//! they are matched by id.
 
+use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
 
 use bytes::Bytes;
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use kv_engine::Condition;
 use kv_net::native::codec::{self, Hello, Request, Response, Welcome};
 
 use crate::workload::Op;
+use crate::{http, memcache};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
     Native,
     Resp,
     Etcd,
+    Http,
+    Memcached,
 }
 
 impl Protocol {
@@ -28,7 +39,9 @@ impl Protocol {
             "native" => Ok(Protocol::Native),
             "resp" => Ok(Protocol::Resp),
             "etcd" => Ok(Protocol::Etcd),
-            _ => Err(format!("protocol {s:?} is not native, resp or etcd")),
+            "http" => Ok(Protocol::Http),
+            "memcached" | "memcache" => Ok(Protocol::Memcached),
+            _ => Err(format!("protocol {s:?} is not native, resp, http, memcached or etcd")),
         }
     }
 }
@@ -41,36 +54,45 @@ pub enum Answer {
     Error(String),
 }
 
-const READ_CHUNK_BYTES: usize = 64 * 1024;
-
-pub struct Conn {
-    stream: TcpStream,
-    protocol: Protocol,
-    out: Vec<u8>,
-    buf: Vec<u8>,
-    start: usize,
-    next_id: u64,
-    /// Operations sent and not answered (etcd answers do not say which).
-    sent: std::collections::VecDeque<Op>,
+/// One decoded reply: its answer, and the id of the request it answers
+/// where the protocol says (native); `None` means "the oldest unanswered".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub answer: Answer,
+    pub id: Option<u64>,
 }
 
-impl Conn {
-    pub async fn connect(addr: SocketAddr, protocol: Protocol) -> io::Result<Conn> {
-        let mut stream = TcpStream::connect(addr).await?;
-        stream.set_nodelay(true)?;
-        if protocol == Protocol::Native {
-            stream.write_all(&Hello { version_min: codec::VERSION, version_max: codec::VERSION }.encode()).await?;
-            let mut w = [0u8; codec::WELCOME_BYTES];
-            stream.read_exact(&mut w).await?;
-            match Welcome::decode(&w) {
-                Some(w) if w.status == 0 => {}
-                _ => return Err(io::Error::other("kvd refused the handshake")),
-            }
-        }
-        Ok(Conn { stream, protocol, out: Vec::new(), buf: Vec::new(), start: 0, next_id: 1, sent: Default::default() })
+/// What an answer means for the operation that asked. etcd answers a put
+/// without `kvs`, which the parser reads as a miss; an HTTP PUT answered
+/// 404 is a failure, not a miss.
+pub fn settle(protocol: Protocol, op: Op, answer: Answer) -> Answer {
+    match (protocol, op, answer) {
+        (Protocol::Etcd, Op::Set, Answer::Miss) => Answer::Ok,
+        (Protocol::Http, Op::Set, Answer::Miss) => Answer::Error("HTTP 404 on PUT".into()),
+        (_, _, answer) => answer,
+    }
+}
+
+const READ_CHUNK_BYTES: usize = 64 * 1024;
+
+/// Appends requests of one protocol to an output buffer.
+#[derive(Debug)]
+pub struct Encoder {
+    protocol: Protocol,
+    out: Vec<u8>,
+    next_id: u64,
+}
+
+impl Encoder {
+    pub fn new(protocol: Protocol) -> Encoder {
+        Encoder { protocol, out: Vec::new(), next_id: 1 }
     }
 
-    pub fn queue(&mut self, op: Op, key: &[u8], value: &[u8]) {
+    /// Appends one request and returns its id (ids count up from 1 on each
+    /// connection; the native protocol carries them on the wire).
+    pub fn queue(&mut self, op: Op, key: &[u8], value: &[u8]) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
         match self.protocol {
             Protocol::Native => {
                 let key = Bytes::copy_from_slice(key);
@@ -78,59 +100,153 @@ impl Conn {
                     Op::Get => Request::Get { key, consistency: kv_replication::Consistency::Lease },
                     Op::Set => Request::Put { key, value: Bytes::copy_from_slice(value), condition: Condition::Always },
                 };
-                codec::encode_request(self.next_id, &req, &mut self.out);
-                self.next_id += 1;
+                codec::encode_request(id, &req, &mut self.out);
             }
             Protocol::Resp => match op {
                 Op::Get => resp_command(&mut self.out, &[b"GET", key]),
                 Op::Set => resp_command(&mut self.out, &[b"SET", key, value]),
             },
-            Protocol::Etcd => {
-                etcd_request(&mut self.out, op, key, value);
-                self.sent.push_back(op);
-            }
+            Protocol::Etcd => etcd_request(&mut self.out, op, key, value),
+            Protocol::Http => http::kv_request(&mut self.out, op, key, value),
+            Protocol::Memcached => memcache::request(&mut self.out, op, key, value),
         }
+        id
     }
 
-    pub async fn flush(&mut self) -> io::Result<()> {
-        self.stream.write_all(&self.out).await?;
+    /// The bytes queued since the last [`Encoder::clear`].
+    pub fn pending(&self) -> &[u8] {
+        &self.out
+    }
+
+    pub fn clear(&mut self) {
         self.out.clear();
-        Ok(())
+    }
+}
+
+/// Takes replies of one protocol off the bytes read from a connection.
+#[derive(Debug)]
+pub struct Decoder {
+    protocol: Protocol,
+    buf: Vec<u8>,
+    start: usize,
+    chunk: Box<[u8]>,
+}
+
+impl Decoder {
+    pub fn new(protocol: Protocol) -> Decoder {
+        Decoder { protocol, buf: Vec::new(), start: 0, chunk: vec![0; READ_CHUNK_BYTES].into_boxed_slice() }
     }
 
-    /// The next answer (native answers may come in any order; the load
-    /// loop only counts them).
-    pub async fn answer(&mut self) -> io::Result<Answer> {
-        loop {
-            let parsed = match self.protocol {
-                Protocol::Native => parse_native(&self.buf[self.start..]),
-                Protocol::Resp => parse_resp(&self.buf[self.start..]),
-                Protocol::Etcd => parse_http(&self.buf[self.start..]),
-            };
-            if let Some((answer, used)) = parsed.map_err(io::Error::other)? {
-                self.start += used;
-                if self.protocol == Protocol::Etcd && self.sent.pop_front() == Some(Op::Set) && answer == Answer::Miss {
-                    return Ok(Answer::Ok);
-                }
-                return Ok(answer);
+    /// The next complete reply among the bytes received, if there is one.
+    pub fn parse(&mut self) -> Result<Option<Reply>, String> {
+        let buf = &self.buf[self.start..];
+        let parsed = match self.protocol {
+            Protocol::Native => parse_native(buf)?.map(|(answer, id, used)| (Reply { answer, id: Some(id) }, used)),
+            protocol => {
+                let parsed = match protocol {
+                    Protocol::Resp => parse_resp(buf)?,
+                    Protocol::Etcd => parse_http(buf)?,
+                    Protocol::Http => parse_kv_http(buf)?,
+                    Protocol::Memcached => memcache::parse_reply(buf)?,
+                    Protocol::Native => unreachable!("handled above"),
+                };
+                parsed.map(|(answer, used)| (Reply { answer, id: None }, used))
             }
-            self.fill().await?;
-        }
+        };
+        Ok(parsed.map(|(reply, used)| {
+            self.start += used;
+            reply
+        }))
     }
 
-    async fn fill(&mut self) -> io::Result<()> {
+    /// Adds received bytes (tests feed replies through this).
+    pub fn extend(&mut self, bytes: &[u8]) {
         if self.start > 0 {
             self.buf.drain(..self.start);
             self.start = 0;
         }
-        let len = self.buf.len();
-        self.buf.resize(len + READ_CHUNK_BYTES, 0);
-        let n = self.stream.read(&mut self.buf[len..]).await?;
-        self.buf.truncate(len + n);
-        if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "server closed the connection"));
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// The next reply, reading from `stream` as needed. Cancel-safe: bytes
+    /// are only added to the buffer after a read completed.
+    pub async fn next<R: AsyncRead + Unpin>(&mut self, stream: &mut R) -> io::Result<Reply> {
+        loop {
+            if let Some(reply) = self.parse().map_err(io::Error::other)? {
+                return Ok(reply);
+            }
+            let n = stream.read(&mut self.chunk).await?;
+            if n == 0 {
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "server closed the connection"));
+            }
+            let chunk = std::mem::take(&mut self.chunk);
+            self.extend(&chunk[..n]);
+            self.chunk = chunk;
         }
+    }
+}
+
+/// Opens a connection and, for kvd's native protocol, shakes hands.
+pub async fn connect(addr: SocketAddr, protocol: Protocol) -> io::Result<TcpStream> {
+    let mut stream = TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    if protocol == Protocol::Native {
+        stream.write_all(&Hello { version_min: codec::VERSION, version_max: codec::VERSION }.encode()).await?;
+        let mut w = [0u8; codec::WELCOME_BYTES];
+        stream.read_exact(&mut w).await?;
+        match Welcome::decode(&w) {
+            Some(w) if w.status == 0 => {}
+            _ => return Err(io::Error::other("kvd refused the handshake")),
+        }
+    }
+    Ok(stream)
+}
+
+/// A closed-loop connection: queue requests, flush them in one write,
+/// then take their answers.
+pub struct Conn {
+    stream: TcpStream,
+    protocol: Protocol,
+    encoder: Encoder,
+    decoder: Decoder,
+    /// Requests sent and not answered, oldest first.
+    sent: VecDeque<(u64, Op)>,
+}
+
+impl Conn {
+    pub async fn connect(addr: SocketAddr, protocol: Protocol) -> io::Result<Conn> {
+        let stream = connect(addr, protocol).await?;
+        Ok(Conn {
+            stream,
+            protocol,
+            encoder: Encoder::new(protocol),
+            decoder: Decoder::new(protocol),
+            sent: VecDeque::new(),
+        })
+    }
+
+    pub fn queue(&mut self, op: Op, key: &[u8], value: &[u8]) {
+        let id = self.encoder.queue(op, key, value);
+        self.sent.push_back((id, op));
+    }
+
+    pub async fn flush(&mut self) -> io::Result<()> {
+        self.stream.write_all(self.encoder.pending()).await?;
+        self.encoder.clear();
         Ok(())
+    }
+
+    /// The next answer and the operation it answers.
+    pub async fn answer(&mut self) -> io::Result<(Op, Answer)> {
+        let reply = self.decoder.next(&mut self.stream).await?;
+        let at = match reply.id {
+            None => Some(0).filter(|_| !self.sent.is_empty()),
+            Some(id) => self.sent.iter().position(|(sent, _)| *sent == id),
+        };
+        let (_, op) = at
+            .and_then(|i| self.sent.remove(i))
+            .ok_or_else(|| io::Error::other(format!("an answer to no request sent (id {:?})", reply.id)))?;
+        Ok((op, settle(self.protocol, op, reply.answer)))
     }
 }
 
@@ -164,36 +280,37 @@ pub fn etcd_request(out: &mut Vec<u8>, op: Op, key: &[u8], value: &[u8]) {
     out.extend_from_slice(body.as_bytes());
 }
 
-/// Parses one HTTP/1.1 response with a Content-Length body.
+/// Parses one etcd gateway response.
 pub fn parse_http(buf: &[u8]) -> Parsed {
-    let Some(head_end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else { return Ok(None) };
-    let head = std::str::from_utf8(&buf[..head_end]).map_err(|_| "response head is not UTF-8")?;
-    let status: u16 = head.split(' ').nth(1).and_then(|s| s.parse().ok()).ok_or("no HTTP status")?;
-    let len: usize = head
-        .lines()
-        .find_map(|l| {
-            l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("content-length")).map(|(_, v)| v.trim())
-        })
-        .and_then(|v| v.parse().ok())
-        .ok_or("response without Content-Length")?;
-    let total = head_end + 4 + len;
-    if buf.len() < total {
-        return Ok(None);
-    }
-    let body = &buf[head_end + 4..total];
-    let answer = if status != 200 {
-        Answer::Error(format!("HTTP {status}: {}", String::from_utf8_lossy(body)))
-    } else if !body.windows(6).any(|w| w == b"\"kvs\":") {
+    let Some(r) = http::parse_response(buf).map_err(|e| e.to_string())? else { return Ok(None) };
+    let answer = if r.status != 200 {
+        Answer::Error(format!("HTTP {}: {}", r.status, String::from_utf8_lossy(r.body)))
+    } else if !r.body.windows(6).any(|w| w == b"\"kvs\":") {
         // No values: a put's normal answer, a range's miss (the caller
         // knows which it asked).
         Answer::Miss
     } else {
         Answer::Ok
     };
-    Ok(Some((answer, total)))
+    Ok(Some((answer, r.used)))
 }
 
-fn parse_native(buf: &[u8]) -> Parsed {
+/// Parses one answer of kvd's HTTP API: 200, 201 or 204 a success, 404 a
+/// miss, anything else an error.
+pub fn parse_kv_http(buf: &[u8]) -> Parsed {
+    let Some(r) = http::parse_response(buf).map_err(|e| e.to_string())? else { return Ok(None) };
+    let answer = match r.status {
+        200 | 201 | 204 => Answer::Ok,
+        404 => Answer::Miss,
+        status => {
+            let body = &r.body[..r.body.len().min(200)];
+            Answer::Error(format!("HTTP {status}: {}", String::from_utf8_lossy(body)))
+        }
+    };
+    Ok(Some((answer, r.used)))
+}
+
+fn parse_native(buf: &[u8]) -> Result<Option<(Answer, u64, usize)>, String> {
     let Some(h) = codec::parse_header(buf, u32::MAX as usize).map_err(|e| e.to_string())? else { return Ok(None) };
     if buf.len() < h.frame_bytes {
         return Ok(None);
@@ -204,7 +321,7 @@ fn parse_native(buf: &[u8]) -> Parsed {
         Response::Error { status, message } => Answer::Error(format!("{}: {message}", status.name())),
         _ => Answer::Ok,
     };
-    Ok(Some((answer, h.frame_bytes)))
+    Ok(Some((answer, h.id, h.frame_bytes)))
 }
 
 /// Parses one RESP2 reply (simple string, error, integer, bulk string).
@@ -270,9 +387,50 @@ mod tests {
         let mut buf = Vec::new();
         codec::encode_response(1, codec::Opcode::Get as u8, &Response::NotFound, &mut buf);
         codec::encode_response(2, codec::Opcode::Put as u8, &Response::Written { version: 3 }, &mut buf);
-        let (a, used) = parse_native(&buf).unwrap().unwrap();
-        assert_eq!(a, Answer::Miss);
+        let (a, id, used) = parse_native(&buf).unwrap().unwrap();
+        assert_eq!((a, id), (Answer::Miss, 1));
         assert_eq!(parse_native(&buf[used..]).unwrap().unwrap().0, Answer::Ok);
         assert_eq!(parse_native(&buf[..used - 1]).unwrap(), None);
+    }
+
+    #[test]
+    fn kvd_http_answers_and_settling() {
+        let ok = b"HTTP/1.1 204 No Content\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n";
+        let (a, used) = parse_kv_http(ok).unwrap().unwrap();
+        assert_eq!((a, parse_kv_http(&ok[used..]).unwrap().unwrap().0), (Answer::Ok, Answer::Ok));
+        let miss = b"HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\n\r\nnot found";
+        assert_eq!(parse_kv_http(miss).unwrap().unwrap().0, Answer::Miss);
+        let err = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\nbusy";
+        assert_eq!(parse_kv_http(err).unwrap().unwrap().0, Answer::Error("HTTP 503: busy".into()));
+        assert!(parse_kv_http(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n").is_err());
+        assert_eq!(settle(Protocol::Etcd, Op::Set, Answer::Miss), Answer::Ok);
+        assert!(matches!(settle(Protocol::Http, Op::Set, Answer::Miss), Answer::Error(_)));
+        assert_eq!(settle(Protocol::Http, Op::Get, Answer::Miss), Answer::Miss);
+    }
+
+    #[test]
+    fn decoder_takes_replies_across_partial_reads_and_encoder_counts_ids() {
+        let mut enc = Encoder::new(Protocol::Memcached);
+        assert_eq!((enc.queue(Op::Set, b"k", b"v"), enc.queue(Op::Get, b"k", b"")), (1, 2));
+        assert_eq!(enc.pending(), b"set k 0 0 1\r\nv\r\nget k\r\n");
+        enc.clear();
+        assert!(enc.pending().is_empty());
+        let mut dec = Decoder::new(Protocol::Memcached);
+        let stream = b"STORED\r\nVALUE k 0 1\r\nv\r\nEND\r\n";
+        let mut replies = Vec::new();
+        for b in stream {
+            dec.extend(&[*b]);
+            while let Some(r) = dec.parse().unwrap() {
+                replies.push(r);
+            }
+        }
+        let ok = Reply { answer: Answer::Ok, id: None };
+        assert_eq!(replies, [ok.clone(), ok]);
+        for (protocol, name) in
+            [(Protocol::Http, "http"), (Protocol::Memcached, "memcached"), (Protocol::Native, "native")]
+        {
+            assert_eq!(Protocol::parse(name), Ok(protocol));
+        }
+        assert!(Protocol::parse("gopher").is_err());
     }
 }

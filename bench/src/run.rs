@@ -1,8 +1,9 @@
-//! Closed-loop load: each load thread is a glommio executor pinned to one
-//! CPU, running its share of the connections; each connection sends
-//! `pipeline` requests in one write, waits for all answers, and repeats.
-//! Latency of a request is from its batch's write to its answer. Answers in
-//! the warm-up are not recorded.
+//! Load threads and the closed loop: each load thread is a glommio executor
+//! pinned to one CPU, running its share of the connections. Closed loop:
+//! each connection sends `pipeline` requests in one write, waits for all
+//! answers, and repeats; latency of a request is from its batch's write to
+//! its answer. Open loop (a `rate`): see `crate::open`. Answers in the
+//! warm-up are not recorded.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -12,6 +13,7 @@ use std::time::{Duration, Instant};
 use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::driver::{Answer, Conn, Protocol};
+use crate::schedule::Arrival;
 use crate::stats::Stats;
 use crate::workload::{Generator, Op, Workload};
 
@@ -31,6 +33,15 @@ pub struct Config {
     pub warmup: Duration,
     pub workload: Workload,
     pub seed: u64,
+    /// Open loop at this offered load; closed loop if `None`.
+    pub rate: Option<Rate>,
+}
+
+/// An open-loop offered load, spread evenly over the connections.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rate {
+    pub ops_per_sec: f64,
+    pub arrival: Arrival,
 }
 
 /// Shared with the progress printer.
@@ -46,35 +57,54 @@ pub struct Outcome {
     pub measured: Duration,
 }
 
-/// Writes every key once (so reads hit), `pipeline` at a time.
+/// Connections that preload keys at once: servers that serialise a
+/// connection's requests (etcd's gateway) load many times faster in
+/// parallel; more would only add set-up.
+pub const PRELOAD_CONNECTIONS_MAX: usize = 16;
+/// Requests per write when preloading.
+pub const PRELOAD_BATCH_MIN: usize = 64;
+
+/// Writes every key once (so reads hit), over up to
+/// [`PRELOAD_CONNECTIONS_MAX`] connections, each loading every n-th key.
 pub fn preload(config: &Config) -> Result<(), String> {
     let c = config.clone();
+    let loaders = c.connections.clamp(1, PRELOAD_CONNECTIONS_MAX) as u64;
     LocalExecutorBuilder::new(Placement::Unbound)
         .spawn(move || async move {
-            let mut conn = Conn::connect(c.targets[0], c.protocol).await.map_err(|e| e.to_string())?;
-            let mut gen = Generator::new(c.workload.clone(), c.seed, u64::MAX);
-            let batch = c.pipeline.max(64) as u64;
-            let mut next = 0;
-            while next < c.workload.keys {
-                let end = (next + batch).min(c.workload.keys);
-                for i in next..end {
-                    let key = format!("{}{i:012}", c.workload.key_prefix);
-                    let value = gen.value().to_vec();
-                    conn.queue(Op::Set, key.as_bytes(), &value);
-                }
-                conn.flush().await.map_err(|e| e.to_string())?;
-                for _ in next..end {
-                    if let Answer::Error(e) = conn.answer().await.map_err(|e| e.to_string())? {
-                        return Err(format!("preload: {e}"));
-                    }
-                }
-                next = end;
+            let tasks: Vec<_> =
+                (0..loaders).map(|j| glommio::spawn_local(preload_share(c.clone(), j, loaders))).collect();
+            for t in tasks {
+                t.await?;
             }
             Ok(())
         })
         .map_err(|e| e.to_string())?
         .join()
         .map_err(|e| e.to_string())?
+}
+
+/// Keys `j`, `j + n`, `j + 2n`, … on a connection of its own.
+async fn preload_share(c: Config, j: u64, n: u64) -> Result<(), String> {
+    let mut conn = Conn::connect(c.targets[0], c.protocol).await.map_err(|e| e.to_string())?;
+    let mut gen = Generator::new(c.workload.clone(), c.seed, u64::MAX - j);
+    let batch = c.pipeline.max(PRELOAD_BATCH_MIN);
+    let mut keys = (j..c.workload.keys).step_by(n as usize).peekable();
+    while keys.peek().is_some() {
+        let mut queued = 0;
+        for i in keys.by_ref().take(batch) {
+            let key = format!("{}{i:012}", c.workload.key_prefix);
+            let value = gen.value().to_vec();
+            conn.queue(Op::Set, key.as_bytes(), &value);
+            queued += 1;
+        }
+        conn.flush().await.map_err(|e| e.to_string())?;
+        for _ in 0..queued {
+            if let (_, Answer::Error(e)) = conn.answer().await.map_err(|e| e.to_string())? {
+                return Err(format!("preload: {e}"));
+            }
+        }
+    }
+    Ok(())
 }
 
 pub fn run(config: &Config, progress: Arc<Progress>) -> Result<Outcome, String> {
@@ -92,7 +122,15 @@ pub fn run(config: &Config, progress: Arc<Progress>) -> Result<Outcome, String> 
             .spawn(move || async move {
                 let tasks: Vec<_> = conns
                     .into_iter()
-                    .map(|id| glommio::spawn_local(connection(c.clone(), id, p.clone(), measure_from, deadline)))
+                    .map(|id| {
+                        let (c, p) = (c.clone(), p.clone());
+                        glommio::spawn_local(async move {
+                            match c.rate {
+                                None => connection(c, id, p, measure_from, deadline).await,
+                                Some(rate) => crate::open::connection(c, id, rate, p, measure_from, deadline).await,
+                            }
+                        })
+                    })
                     .collect();
                 let mut stats = Stats::default();
                 for task in tasks {
@@ -122,81 +160,100 @@ async fn connection(
     let mut conn = Routed::connect(target, &c).await.map_err(|e| format!("connect to {target}: {e}"))?;
     let mut gen = Generator::new(c.workload.clone(), c.seed, id);
     let mut stats = Stats::default();
-    let mut ops = Vec::with_capacity(c.pipeline);
     while Instant::now() < deadline {
-        ops.clear();
         for _ in 0..c.pipeline {
             let op = gen.op();
             let key = gen.key();
             let value = if op == Op::Set { gen.value() } else { &[][..] };
             conn.queue(op, &key, value);
-            ops.push(op);
         }
         let sent = Instant::now();
         conn.flush().await.map_err(|e| e.to_string())?;
         let measuring = sent >= measure_from;
-        for &op in &ops {
-            let answer = conn.answer().await.map_err(|e| e.to_string())?;
-            if !measuring {
-                continue;
+        for _ in 0..c.pipeline {
+            let (op, answer) = conn.answer().await.map_err(|e| e.to_string())?;
+            if measuring {
+                record(&mut stats, op, answer, sent.elapsed().as_nanos() as u64, &progress);
             }
-            match answer {
-                Answer::Ok => stats.record(op, sent.elapsed().as_nanos() as u64),
-                Answer::Miss => {
-                    stats.record(op, sent.elapsed().as_nanos() as u64);
-                    stats.op_mut(op).misses += 1;
-                }
-                Answer::Error(e) => {
-                    stats.op_mut(op).errors += 1;
-                    progress.errors.fetch_add(1, Ordering::Relaxed);
-                    stats.first_error.get_or_insert(e);
-                }
-            }
-        }
-        if measuring {
-            progress.measuring.store(true, Ordering::Relaxed);
-            progress.done.fetch_add(ops.len() as u64, Ordering::Relaxed);
         }
     }
     Ok(stats)
 }
 
-/// One load connection: a single server, or one connection per shard
+/// Counts one measured answer: its latency (misses too), or its error.
+pub(crate) fn record(stats: &mut Stats, op: Op, answer: Answer, latency_ns: u64, progress: &Progress) {
+    match answer {
+        Answer::Ok => stats.record(op, latency_ns),
+        Answer::Miss => {
+            stats.record(op, latency_ns);
+            stats.op_mut(op).misses += 1;
+        }
+        Answer::Error(e) => {
+            stats.op_mut(op).errors += 1;
+            progress.errors.fetch_add(1, Ordering::Relaxed);
+            stats.first_error.get_or_insert(e);
+        }
+    }
+    progress.measuring.store(true, Ordering::Relaxed);
+    progress.done.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Where one load connection sends: one server, or (routed) one per shard
 /// leader with each request sent to its key's leader.
-struct Routed {
-    conns: Vec<Conn>,
-    /// Endpoint index per shard (routed), unused for a single server.
+pub(crate) struct Plan {
+    pub addrs: Vec<SocketAddr>,
+    /// Index into `addrs` per shard (routed), empty for a single server.
     by_shard: Vec<usize>,
     shards: u32,
+}
+
+impl Plan {
+    pub fn new(target: SocketAddr, c: &Config) -> std::io::Result<Plan> {
+        let Some(t) = &c.topology else {
+            return Ok(Plan { addrs: vec![target], by_shard: Vec::new(), shards: 0 });
+        };
+        let endpoints: Vec<&String> = t.endpoints.values().collect();
+        let addrs = endpoints
+            .iter()
+            .map(|e| e.parse().map_err(|_| std::io::Error::other(format!("bad endpoint {e}"))))
+            .collect::<std::io::Result<Vec<SocketAddr>>>()?;
+        let index_of = |node: Option<u64>| {
+            node.and_then(|n| t.endpoints.get(&n)).and_then(|e| endpoints.iter().position(|x| *x == e)).unwrap_or(0)
+        };
+        let by_shard = t.leaders.iter().map(|l| index_of(*l)).collect();
+        Ok(Plan { addrs, by_shard, shards: t.shards })
+    }
+
+    /// The index of the server a key's requests go to.
+    pub fn server_of(&self, key: &[u8]) -> usize {
+        if self.shards == 0 {
+            0
+        } else {
+            self.by_shard[kv_replication::layout::shard_of_key(key, self.shards) as usize]
+        }
+    }
+}
+
+/// One closed-loop load connection over a [`Plan`]'s servers.
+struct Routed {
+    plan: Plan,
+    conns: Vec<Conn>,
     /// The connection of each request queued and not yet answered.
     order: std::collections::VecDeque<usize>,
 }
 
 impl Routed {
     async fn connect(target: SocketAddr, c: &Config) -> std::io::Result<Routed> {
-        let Some(t) = &c.topology else {
-            let conn = Conn::connect(target, c.protocol).await?;
-            return Ok(Routed { conns: vec![conn], by_shard: Vec::new(), shards: 0, order: Default::default() });
-        };
-        let endpoints: Vec<&String> = t.endpoints.values().collect();
+        let plan = Plan::new(target, c)?;
         let mut conns = Vec::new();
-        for e in &endpoints {
-            let addr = e.parse().map_err(|_| std::io::Error::other(format!("bad endpoint {e}")))?;
-            conns.push(Conn::connect(addr, c.protocol).await?);
+        for addr in &plan.addrs {
+            conns.push(Conn::connect(*addr, c.protocol).await?);
         }
-        let index_of = |node: Option<u64>| {
-            node.and_then(|n| t.endpoints.get(&n)).and_then(|e| endpoints.iter().position(|x| *x == e)).unwrap_or(0)
-        };
-        let by_shard = t.leaders.iter().map(|l| index_of(*l)).collect();
-        Ok(Routed { conns, by_shard, shards: t.shards, order: Default::default() })
+        Ok(Routed { plan, conns, order: Default::default() })
     }
 
     fn queue(&mut self, op: Op, key: &[u8], value: &[u8]) {
-        let i = if self.shards == 0 {
-            0
-        } else {
-            self.by_shard[kv_replication::layout::shard_of_key(key, self.shards) as usize]
-        };
+        let i = self.plan.server_of(key);
         self.conns[i].queue(op, key, value);
         self.order.push_back(i);
     }
@@ -208,10 +265,25 @@ impl Routed {
         Ok(())
     }
 
-    async fn answer(&mut self) -> std::io::Result<Answer> {
+    async fn answer(&mut self) -> std::io::Result<(Op, Answer)> {
         let i = self.order.pop_front().expect("an answer is only awaited for a queued request");
         self.conns[i].answer().await
     }
+}
+
+/// CPU seconds all CPUs of the machine have spent busy (everything but
+/// idle and iowait), from /proc/stat.
+pub fn machine_busy_cpu_seconds() -> Result<f64, String> {
+    let stat = std::fs::read_to_string("/proc/stat").map_err(|e| format!("/proc/stat: {e}"))?;
+    let line = stat.lines().next().filter(|l| l.starts_with("cpu ")).ok_or("malformed /proc/stat")?;
+    let ticks: Vec<f64> = line.split_whitespace().skip(1).map(|f| f.parse().unwrap_or(0.0)).collect();
+    if ticks.len() < 8 {
+        return Err("malformed /proc/stat".into());
+    }
+    // user nice system idle iowait irq softirq steal: all but idle and iowait.
+    let busy = ticks[0] + ticks[1] + ticks[2] + ticks[5] + ticks[6] + ticks[7];
+    // SAFETY: sysconf has no preconditions.
+    Ok(busy / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64)
 }
 
 /// CPU seconds (user + system) a process has used, from /proc.

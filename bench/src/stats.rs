@@ -36,6 +36,11 @@ pub struct Stats {
     pub set: OpStats,
     /// One example error message, for the report.
     pub first_error: Option<String>,
+    /// Open loop: requests whose intended send time fell in the measured
+    /// window (each is answered, failed, or counted in `unanswered`).
+    pub scheduled: u64,
+    /// Open loop: scheduled requests still unanswered when the run ended.
+    pub unanswered: u64,
 }
 
 impl Stats {
@@ -59,6 +64,8 @@ impl Stats {
         if self.first_error.is_none() {
             self.first_error.clone_from(&other.first_error);
         }
+        self.scheduled += other.scheduled;
+        self.unanswered += other.unanswered;
     }
 
     pub fn ops(&self) -> u64 {
@@ -125,7 +132,8 @@ pub fn to_json(stats: &Stats, seconds: f64, extra: serde_json::Value) -> serde_j
     }
     json!({
         "seconds": seconds, "ops": stats.ops(), "ops_per_sec": stats.ops() as f64 / seconds,
-        "errors": stats.errors(), "first_error": stats.first_error, "ops_by_type": ops, "run": extra,
+        "errors": stats.errors(), "first_error": stats.first_error, "scheduled": stats.scheduled,
+        "unanswered": stats.unanswered, "ops_by_type": ops, "run": extra,
     })
 }
 

@@ -26,8 +26,6 @@ pub struct Kvd {
     pub addr: SocketAddr,
     /// Where it serves RESP and HTTP.
     pub resp_addr: SocketAddr,
-    // Read by the HTTP front end's tests.
-    #[allow(dead_code)]
     pub http_addr: SocketAddr,
     log: Arc<Mutex<Vec<String>>>,
 }

@@ -1,23 +1,34 @@
-//! `kvbench`: closed-loop load against kvd (native protocol) or anything
-//! that speaks RESP, with HDR latency histograms. See `kvbench --help`.
+//! `kvbench`: closed- or open-loop load against kvd (native protocol or
+//! HTTP), Redis and other RESP servers, memcached or etcd, with HDR latency
+//! histograms; `kvbench plot` draws `.hgrm` files as percentile spectra and
+//! `kvbench floor` probes the machine's floor. See `kvbench --help`.
 
 use std::io::Write;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use kv_bench::driver::Protocol;
-use kv_bench::run::{self, Config, Progress};
-use kv_bench::stats;
+use kv_bench::run::{self, Config, Progress, Rate};
+use kv_bench::schedule::{Arrival, OPS_PER_SEC_MIN};
 use kv_bench::workload::{KeyDist, Mix, Workload};
+use kv_bench::{affinity, floor, plot, stats};
 use serde_json::json;
 
 #[derive(Parser)]
-#[command(name = "kvbench", version, about = "Load generator with latency histograms for kvd and RESP servers")]
+#[command(
+    name = "kvbench",
+    version,
+    about = "Load generator with latency histograms for kvd, Redis, memcached and etcd",
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Server address, or several separated by commas (connections are
     /// spread over them).
     #[arg(long, default_value = "127.0.0.1:7379")]
@@ -26,16 +37,28 @@ struct Cli {
     /// leader (kvd clusters, native protocol; the topology is read at start).
     #[arg(long, default_value = "any")]
     route: String,
-    /// native (kvd), resp (Redis and compatible servers) or etcd (v3 JSON gateway).
+    /// native (kvd), http (kvd's HTTP API), resp (Redis and compatible
+    /// servers), memcached (text protocol) or etcd (v3 JSON gateway).
     #[arg(long, default_value = "native")]
     protocol: String,
     /// Connections in total.
     #[arg(short = 'c', long, default_value_t = 50)]
     connections: usize,
-    /// Requests sent per connection before waiting for the answers.
+    /// Requests sent per connection before waiting for the answers
+    /// (closed loop only).
     #[arg(short = 'P', long, default_value_t = 1)]
     pipeline: usize,
-    /// CPUs for kvbench's own load threads, e.g. `1` or `2-3`.
+    /// Open loop: offer this many requests per second in total, spread
+    /// over the connections, whether or not earlier ones were answered;
+    /// latency runs from each request's intended send time.
+    #[arg(long, value_name = "OPS_PER_SEC")]
+    rate: Option<f64>,
+    /// Open loop: gaps between requests, poisson (exponential, the
+    /// default) or uniform (equal).
+    #[arg(long, default_value = "poisson")]
+    arrival: String,
+    /// CPUs for all of kvbench's threads (one load thread per CPU), e.g.
+    /// `1` or `2-3`.
     #[arg(long, default_value = "0")]
     cores: String,
     /// Measured seconds.
@@ -73,7 +96,44 @@ struct Cli {
     json: bool,
     /// Write HdrHistogram percentile distributions (<label>-<op>.hgrm) here.
     #[arg(long)]
-    hgrm_dir: Option<std::path::PathBuf>,
+    hgrm_dir: Option<PathBuf>,
+    /// Write this run's percentile spectrum (one line per operation) as SVG.
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Draw .hgrm files (from --hgrm-dir) as percentile spectra in one SVG.
+    Plot {
+        /// The .hgrm files, one line each (labelled with the file name).
+        #[arg(required = true)]
+        hgrm: Vec<PathBuf>,
+        #[arg(short = 'o', long, value_name = "FILE.svg")]
+        output: PathBuf,
+        #[arg(long, default_value = "latency by percentile")]
+        title: String,
+    },
+    /// The machine's floor: loopback TCP round trip, 4 KiB write + fdatasync.
+    Floor {
+        /// Directory for the fdatasync probe (the file system under test).
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// Loopback round trips measured.
+        #[arg(long, default_value_t = 20_000)]
+        rtt_iterations: usize,
+        /// Writes (each with fdatasync) measured per case.
+        #[arg(long, default_value_t = 1000)]
+        fsync_iterations: usize,
+        /// CPUs for the probe: `A,B` puts the client on A and the echo
+        /// thread on B (a cross-CPU round trip, as between kvbench and a
+        /// server); one CPU runs both there. Default: not pinned.
+        #[arg(long)]
+        cores: Option<String>,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -81,25 +141,21 @@ fn main() -> ExitCode {
     // quietly instead of a panic on the next print.
     // SAFETY: restoring a signal's default disposition at startup.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
-    match real_main(Cli::parse()) {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Command::Plot { hgrm, output, title }) => plot_files(&hgrm, &output, &title),
+        Some(Command::Floor { dir, rtt_iterations, fsync_iterations, cores, json }) => {
+            floor_main(&dir, rtt_iterations, fsync_iterations, cores.as_deref(), json)
+        }
+        None => real_main(cli),
+    };
+    match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("kvbench: {e}");
             ExitCode::from(2)
         }
     }
-}
-
-fn parse_cpus(s: &str) -> Result<Vec<usize>, String> {
-    let mut cpus = Vec::new();
-    for part in s.split(',') {
-        let err = || format!("cores: {part:?} is not a CPU or range");
-        match part.split_once('-') {
-            Some((a, b)) => cpus.extend(a.parse::<usize>().map_err(|_| err())?..=b.parse().map_err(|_| err())?),
-            None => cpus.push(part.parse().map_err(|_| err())?),
-        }
-    }
-    Ok(cpus)
 }
 
 fn value_range(s: &str) -> Result<(usize, usize), String> {
@@ -119,7 +175,67 @@ fn value_range(s: &str) -> Result<(usize, usize), String> {
     }
 }
 
+fn plot_files(files: &[PathBuf], output: &std::path::Path, title: &str) -> Result<ExitCode, String> {
+    let series = files.iter().map(|f| plot::read_hgrm(f)).collect::<Result<Vec<_>, _>>()?;
+    plot::write_svg(output, &series, title)?;
+    eprintln!("kvbench: wrote {} ({} series)", output.display(), series.len());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn floor_main(
+    dir: &std::path::Path,
+    rtt: usize,
+    fsync: usize,
+    cores: Option<&str>,
+    json: bool,
+) -> Result<ExitCode, String> {
+    if rtt == 0 || fsync == 0 {
+        return Err("iterations must be positive".into());
+    }
+    let cpus = match cores {
+        None => None,
+        Some(list) => {
+            // In the order given: client first.
+            let bad = || format!("floor --cores takes one or two CPUs, not {list:?}");
+            let one = |part: &str| match affinity::parse_cpus(part)?.as_slice() {
+                [cpu] => Ok(*cpu),
+                _ => Err(bad()),
+            };
+            let cpus = list.split(',').map(one).collect::<Result<Vec<usize>, String>>()?;
+            match cpus.as_slice() {
+                [one] => Some(floor::Cpus { client: *one, server: *one }),
+                [a, b] => Some(floor::Cpus { client: *a, server: *b }),
+                _ => return Err(bad()),
+            }
+        }
+    };
+    let probes =
+        floor::probe_all(rtt, fsync, dir, cpus).map_err(|e| format!("floor probe in {}: {e}", dir.display()))?;
+    if json {
+        println!("{}", floor::to_json(&probes, dir));
+    } else {
+        print!("{}", floor::summary(&probes, dir));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The open-loop rate, checked: enough per connection to send at all.
+fn rate(cli: &Cli) -> Result<Option<Rate>, String> {
+    let Some(ops_per_sec) = cli.rate else { return Ok(None) };
+    let arrival = Arrival::parse(&cli.arrival)?;
+    if !(ops_per_sec.is_finite() && ops_per_sec / cli.connections as f64 >= OPS_PER_SEC_MIN) {
+        return Err(format!("rate {ops_per_sec} is below {OPS_PER_SEC_MIN} ops/s per connection"));
+    }
+    if cli.pipeline != 1 {
+        return Err("--pipeline is for the closed loop: with --rate, requests go out when scheduled".into());
+    }
+    Ok(Some(Rate { ops_per_sec, arrival }))
+}
+
 fn real_main(cli: Cli) -> Result<ExitCode, String> {
+    let cpus = affinity::parse_cpus(&cli.cores)?;
+    // Before any other thread starts, so that all of them inherit the set.
+    affinity::pin_current_thread(&cpus)?;
     let targets = cli
         .target
         .split(',')
@@ -159,32 +275,38 @@ fn real_main(cli: Cli) -> Result<ExitCode, String> {
         protocol: Protocol::parse(&cli.protocol)?,
         connections: cli.connections,
         pipeline: cli.pipeline,
-        cpus: parse_cpus(&cli.cores)?,
+        cpus,
         duration: Duration::from_secs_f64(cli.duration),
         warmup: Duration::from_secs_f64(cli.warmup),
         workload,
         seed,
+        rate: rate(&cli)?,
+    };
+    let load = match config.rate {
+        None => format!("closed loop P={}", cli.pipeline),
+        Some(r) => format!("open loop {} ops/s {}", r.ops_per_sec, cli.arrival),
     };
     eprintln!(
-        "kvbench {}: {} {} c={} P={} {} keys={} dist={} value={}B seed={seed}",
-        cli.label,
-        cli.protocol,
-        cli.target,
-        cli.connections,
-        cli.pipeline,
-        cli.workload,
-        cli.keys,
-        cli.dist,
-        cli.value_bytes
+        "kvbench {}: {} {} c={} {load} {} keys={} dist={} value={}B seed={seed}",
+        cli.label, cli.protocol, cli.target, cli.connections, cli.workload, cli.keys, cli.dist, cli.value_bytes
     );
     if cli.preload {
         run::preload(&config)?;
     }
     let progress = Arc::new(Progress::default());
     let cpu_before = cli.server_pid.map(run::process_cpu_seconds).transpose()?;
+    let (own_before, machine_before, wall_before) =
+        (run::process_cpu_seconds(std::process::id())?, run::machine_busy_cpu_seconds()?, Instant::now());
     let printer = spawn_progress(progress.clone(), config.warmup + config.duration);
     let outcome = run::run(&config, progress.clone())?;
     let cpu_after = cli.server_pid.map(run::process_cpu_seconds).transpose()?;
+    let own_cpu_s = run::process_cpu_seconds(std::process::id())? - own_before;
+    let machine_cpu_s = run::machine_busy_cpu_seconds()? - machine_before;
+    let wall_s = wall_before.elapsed().as_secs_f64();
+    let server_cpu_s = cpu_before.zip(cpu_after).map(|(b, a)| a - b);
+    // CPUs' worth of work done by neither kvbench nor the server during the
+    // run: other processes sharing the machine (noise in the results).
+    let other_cpus = server_cpu_s.map(|server| ((machine_cpu_s - own_cpu_s - server) / wall_s).max(0.0));
     printer.store(true, Ordering::Relaxed);
     let seconds = outcome.measured.as_secs_f64().max(1e-9);
     let s = &outcome.stats;
@@ -198,11 +320,27 @@ fn real_main(cli: Cli) -> Result<ExitCode, String> {
             }
         }
     }
+    if let Some(path) = &cli.plot {
+        let series = s
+            .named()
+            .iter()
+            .filter(|(_, op)| !op.latency_ns.is_empty())
+            .map(|(name, op)| plot::parse_hgrm(&format!("{} {name}", cli.label), &stats::hgrm(&op.latency_ns)))
+            .collect::<Result<Vec<_>, _>>()?;
+        if series.is_empty() {
+            eprintln!("kvbench: no latency recorded, no plot written");
+        } else {
+            plot::write_svg(path, &series, &format!("kvbench {}: {load}", cli.label))?;
+        }
+    }
     if cli.json {
         let extra = json!({
             "label": cli.label, "target": cli.target, "protocol": cli.protocol, "connections": cli.connections,
             "pipeline": cli.pipeline, "workload": cli.workload, "keys": cli.keys, "dist": cli.dist,
             "value_bytes": cli.value_bytes, "seed": seed, "server_cpu_s_per_mop": server_cpu_s_per_mop,
+            "server_cpu_s": server_cpu_s, "client_cpu_s": own_cpu_s, "machine_busy_cpu_s": machine_cpu_s,
+            "wall_s": wall_s, "other_cpus": other_cpus,
+            "rate": cli.rate, "arrival": cli.rate.map(|_| &cli.arrival),
         });
         println!("{}", stats::to_json(s, seconds, extra));
     } else {
@@ -211,11 +349,17 @@ fn real_main(cli: Cli) -> Result<ExitCode, String> {
         if let Some(cpu) = server_cpu_s_per_mop {
             println!("server CPU: {cpu:.3} s per million ops");
         }
+        if let Some(r) = config.rate {
+            println!(
+                "open loop: offered {:.0} ops/s ({}), scheduled {}, unanswered {}",
+                r.ops_per_sec, cli.arrival, s.scheduled, s.unanswered
+            );
+        }
     }
     if let Some(e) = &s.first_error {
-        eprintln!("kvbench: {} errors, e.g.: {e}", s.errors());
+        eprintln!("kvbench: {} errors, {} unanswered, e.g.: {e}", s.errors(), s.unanswered);
     }
-    Ok(if s.errors() > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
+    Ok(if s.errors() > 0 || s.unanswered > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }
 
 /// Prints ops/s once a second on stderr until the returned flag is set.
