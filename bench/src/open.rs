@@ -123,9 +123,10 @@ async fn send(
             let intended = started + Duration::from_nanos(at);
             let op = gen.op();
             let key = gen.key();
+            let ttl_s = gen.ttl_s(op);
             let value = if op == Op::Set { gen.value() } else { &[][..] };
             let link = &mut links[plan.server_of(&key)];
-            let id = link.encoder.queue(op, &key, value);
+            let id = link.encoder.queue(op, &key, value, ttl_s);
             scheduled += u64::from(intended >= measure_from);
             // The entry goes in before the request goes out: see the module doc.
             link.tx.send(Entry { id, op, intended }).await.map_err(|_| "a receiver stopped".to_string())?;

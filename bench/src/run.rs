@@ -94,7 +94,9 @@ async fn preload_share(c: Config, j: u64, n: u64) -> Result<(), String> {
         for i in keys.by_ref().take(batch) {
             let key = format!("{}{i:012}", c.workload.key_prefix);
             let value = gen.value().to_vec();
-            conn.queue(Op::Set, key.as_bytes(), &value);
+            // Without a TTL whatever `--ttl-share` says: preloaded keys are
+            // there so that reads hit, however long the run.
+            conn.queue(Op::Set, key.as_bytes(), &value, None);
             queued += 1;
         }
         conn.flush().await.map_err(|e| e.to_string())?;
@@ -164,8 +166,9 @@ async fn connection(
         for _ in 0..c.pipeline {
             let op = gen.op();
             let key = gen.key();
+            let ttl_s = gen.ttl_s(op);
             let value = if op == Op::Set { gen.value() } else { &[][..] };
-            conn.queue(op, &key, value);
+            conn.queue(op, &key, value, ttl_s);
         }
         let sent = Instant::now();
         conn.flush().await.map_err(|e| e.to_string())?;
@@ -252,9 +255,9 @@ impl Routed {
         Ok(Routed { plan, conns, order: Default::default() })
     }
 
-    fn queue(&mut self, op: Op, key: &[u8], value: &[u8]) {
+    fn queue(&mut self, op: Op, key: &[u8], value: &[u8], ttl_s: Option<u64>) {
         let i = self.plan.server_of(key);
-        self.conns[i].queue(op, key, value);
+        self.conns[i].queue(op, key, value, ttl_s);
         self.order.push_back(i);
     }
 

@@ -12,10 +12,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
-use kv_bench::driver::Protocol;
+use kv_bench::driver::{self, Protocol};
 use kv_bench::run::{self, Config, Progress, Rate};
 use kv_bench::schedule::{Arrival, OPS_PER_SEC_MIN};
-use kv_bench::workload::{KeyDist, Mix, Workload};
+use kv_bench::workload::{KeyDist, Mix, Ttl, Workload};
 use kv_bench::{affinity, floor, plot, stats};
 use serde_json::json;
 
@@ -79,6 +79,13 @@ struct Cli {
     /// Value size in bytes: N or MIN-MAX.
     #[arg(long, default_value = "256")]
     value_bytes: String,
+    /// Share of SETs, 0 to 1, that carry an expiry of --ttl seconds (the
+    /// choice is seeded; not with etcd, whose expiries need leases).
+    #[arg(long, value_name = "F", default_value_t = 0.0)]
+    ttl_share: f64,
+    /// Time to live of the SETs --ttl-share picks, in seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    ttl: u64,
     /// Write every key once before the run, so reads hit.
     #[arg(long)]
     preload: bool,
@@ -261,6 +268,9 @@ fn real_main(cli: Cli) -> Result<ExitCode, String> {
         return Err("keys, connections, pipeline and duration must be positive".into());
     }
     let seed = cli.seed.unwrap_or_else(rand::random);
+    let protocol = Protocol::parse(&cli.protocol)?;
+    let ttl = Ttl::new(cli.ttl_share, cli.ttl)?;
+    driver::check_ttl(protocol, ttl)?;
     let workload = Workload {
         mix: Mix::parse(&cli.workload)?,
         keys: cli.keys,
@@ -268,11 +278,12 @@ fn real_main(cli: Cli) -> Result<ExitCode, String> {
         value_bytes_min,
         value_bytes_max,
         key_prefix: "kvbench:".into(),
+        ttl,
     };
     let config = Config {
         targets,
         topology,
-        protocol: Protocol::parse(&cli.protocol)?,
+        protocol,
         connections: cli.connections,
         pipeline: cli.pipeline,
         cpus,
@@ -286,8 +297,9 @@ fn real_main(cli: Cli) -> Result<ExitCode, String> {
         None => format!("closed loop P={}", cli.pipeline),
         Some(r) => format!("open loop {} ops/s {}", r.ops_per_sec, cli.arrival),
     };
+    let expiry = if ttl.share > 0.0 { format!(" ttl-share={} ttl={}s", ttl.share, ttl.seconds) } else { String::new() };
     eprintln!(
-        "kvbench {}: {} {} c={} {load} {} keys={} dist={} value={}B seed={seed}",
+        "kvbench {}: {} {} c={} {load} {}{expiry} keys={} dist={} value={}B seed={seed}",
         cli.label, cli.protocol, cli.target, cli.connections, cli.workload, cli.keys, cli.dist, cli.value_bytes
     );
     if cli.preload {
@@ -337,7 +349,7 @@ fn real_main(cli: Cli) -> Result<ExitCode, String> {
         let extra = json!({
             "label": cli.label, "target": cli.target, "protocol": cli.protocol, "connections": cli.connections,
             "pipeline": cli.pipeline, "workload": cli.workload, "keys": cli.keys, "dist": cli.dist,
-            "value_bytes": cli.value_bytes, "seed": seed, "server_cpu_s_per_mop": server_cpu_s_per_mop,
+            "value_bytes": cli.value_bytes, "ttl_share": ttl.share, "ttl_s": ttl.seconds, "seed": seed, "server_cpu_s_per_mop": server_cpu_s_per_mop,
             "server_cpu_s": server_cpu_s, "client_cpu_s": own_cpu_s, "machine_busy_cpu_s": machine_cpu_s,
             "wall_s": wall_s, "other_cpus": other_cpus,
             "rate": cli.rate, "arrival": cli.rate.map(|_| &cli.arrival),
