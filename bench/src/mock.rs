@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::driver::Protocol;
-use crate::run::{self, Config, Progress, Rate};
+use crate::run::{self, Config, End, Progress, Rate};
 use crate::schedule::Arrival;
 use crate::stats::Stats;
 use crate::workload::{KeyDist, Mix, Ttl, Workload};
@@ -106,7 +106,7 @@ fn http(s: TcpStream, store: Store) -> std::io::Result<()> {
     Ok(())
 }
 
-fn config(target: SocketAddr, protocol: Protocol, rate: Option<Rate>) -> Config {
+fn config(target: SocketAddr, protocol: Protocol, rate: Option<Rate>, end: End) -> Config {
     Config {
         targets: vec![target],
         topology: None,
@@ -114,7 +114,7 @@ fn config(target: SocketAddr, protocol: Protocol, rate: Option<Rate>) -> Config 
         connections: 4,
         pipeline: if rate.is_some() { 1 } else { 8 },
         cpus: vec![crate::affinity::current().unwrap()[0]],
-        duration: Duration::from_millis(600),
+        end,
         warmup: Duration::from_millis(200),
         workload: Workload {
             mix: Mix { read_share: 0.5 },
@@ -148,13 +148,37 @@ fn memcached_and_http_drivers_in_both_loops() {
     for (protocol, serve) in [(Protocol::Memcached, memcached as fn(_, _) -> _), (Protocol::Http, http)] {
         for rate in [None, open] {
             let (addr, store) = server(4, serve);
-            let outcome = run::run(&config(addr, protocol, rate), Arc::new(Progress::default()))
+            let end = End::After(Duration::from_millis(600));
+            let outcome = run::run(&config(addr, protocol, rate, end), Arc::new(Progress::default()))
                 .unwrap_or_else(|e| panic!("{protocol:?} {rate:?}: {e}"));
             check(&outcome.stats, rate.is_some());
             // Half the SETs carry the TTL: some keys were last set with it,
             // some without.
             let ttls: Vec<Option<u64>> = store.lock().unwrap().values().map(|(_, t)| *t).collect();
             assert!(ttls.contains(&Some(600)) && ttls.contains(&None), "{protocol:?} {rate:?}: {ttls:?}");
+        }
+    }
+}
+
+#[test]
+fn a_run_of_n_requests_counts_exactly_n_in_both_loops() {
+    // Neither a multiple of the pipeline depth (8) nor of the connections
+    // (4): the last batches are partial.
+    let n = 1001;
+    let open = Some(Rate { ops_per_sec: 4000.0, arrival: Arrival::Poisson });
+    for rate in [None, open] {
+        let (addr, _) = server(4, memcached);
+        let outcome =
+            run::run(&config(addr, Protocol::Memcached, rate, End::Requests(n)), Arc::new(Progress::default()))
+                .unwrap_or_else(|e| panic!("{rate:?}: {e}"));
+        let s = &outcome.stats;
+        check(s, rate.is_some());
+        assert_eq!(s.ops(), n, "{rate:?}: every request answered, none more");
+        assert_eq!(s.get.latency_ns.len() + s.set.latency_ns.len(), n);
+        if rate.is_some() {
+            assert_eq!(s.scheduled, n);
+            // 1001 requests at 4000/s: about a quarter of a second.
+            assert!(outcome.measured < Duration::from_secs(2), "{:?}", outcome.measured);
         }
     }
 }
