@@ -365,7 +365,8 @@ fn real_main(cli: Cli) -> Result<ExitCode, String> {
         let extra = json!({
             "label": cli.label, "target": cli.target, "protocol": cli.protocol, "connections": cli.connections,
             "pipeline": cli.pipeline, "workload": cli.workload, "keys": cli.keys, "dist": cli.dist,
-            "value_bytes": cli.value_bytes, "ttl_share": ttl.share, "ttl_s": ttl.seconds, "seed": seed, "server_cpu_s_per_mop": server_cpu_s_per_mop,
+            "value_bytes": cli.value_bytes, "ttl_share": ttl.share, "ttl_s": ttl.seconds, "seed": seed,
+            "server_cpu_s_per_mop": server_cpu_s_per_mop,
             "server_cpu_s": server_cpu_s, "client_cpu_s": own_cpu_s, "machine_busy_cpu_s": machine_cpu_s,
             "wall_s": wall_s, "other_cpus": other_cpus,
             "rate": cli.rate, "arrival": cli.rate.map(|_| &cli.arrival),
