@@ -21,7 +21,7 @@ use glommio::net::TcpStream;
 use kv_engine::Condition;
 use kv_net::native::codec::{self, Hello, Request, Response, Welcome};
 
-use crate::workload::Op;
+use crate::workload::{Op, Ttl};
 use crate::{http, memcache};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +43,19 @@ impl Protocol {
             "memcached" | "memcache" => Ok(Protocol::Memcached),
             _ => Err(format!("protocol {s:?} is not native, resp, http, memcached or etcd")),
         }
+    }
+}
+
+/// Why the etcd driver takes no `--ttl-share`: an expiring key in etcd
+/// hangs off a lease, so a TTL per SET would be a lease grant per SET, a
+/// different workload from a plain put with an expiry.
+pub const ETCD_TTL_REFUSED: &str = "--ttl-share is not supported by the etcd driver: etcd needs a lease per TTL";
+
+/// Whether `protocol` can send SETs with a TTL: every driver but etcd's.
+pub fn check_ttl(protocol: Protocol, ttl: Ttl) -> Result<(), String> {
+    match protocol {
+        Protocol::Etcd if ttl.share > 0.0 => Err(ETCD_TTL_REFUSED.into()),
+        _ => Ok(()),
     }
 }
 
@@ -89,26 +102,28 @@ impl Encoder {
     }
 
     /// Appends one request and returns its id (ids count up from 1 on each
-    /// connection; the native protocol carries them on the wire).
-    pub fn queue(&mut self, op: Op, key: &[u8], value: &[u8]) -> u64 {
+    /// connection; the native protocol carries them on the wire). A SET
+    /// with `ttl_s` expires that many seconds after the server takes it.
+    pub fn queue(&mut self, op: Op, key: &[u8], value: &[u8], ttl_s: Option<u64>) -> u64 {
+        assert!(op == Op::Set || ttl_s.is_none(), "only a SET carries a TTL");
+        assert!(ttl_s != Some(0), "a TTL is at least a second");
         let id = self.next_id;
         self.next_id += 1;
         match self.protocol {
-            Protocol::Native => {
-                let key = Bytes::copy_from_slice(key);
-                let req = match op {
-                    Op::Get => Request::Get { key, consistency: kv_replication::Consistency::Lease },
-                    Op::Set => Request::Put { key, value: Bytes::copy_from_slice(value), condition: Condition::Always },
-                };
-                codec::encode_request(id, &req, &mut self.out);
-            }
-            Protocol::Resp => match op {
-                Op::Get => resp_command(&mut self.out, &[b"GET", key]),
-                Op::Set => resp_command(&mut self.out, &[b"SET", key, value]),
+            Protocol::Native => native_request(&mut self.out, id, op, key, value, ttl_s),
+            Protocol::Resp => match (op, ttl_s) {
+                (Op::Get, _) => resp_command(&mut self.out, &[b"GET", key]),
+                (Op::Set, None) => resp_command(&mut self.out, &[b"SET", key, value]),
+                (Op::Set, Some(s)) => {
+                    resp_command(&mut self.out, &[b"SET", key, value, b"EX", s.to_string().as_bytes()])
+                }
             },
-            Protocol::Etcd => etcd_request(&mut self.out, op, key, value),
-            Protocol::Http => http::kv_request(&mut self.out, op, key, value),
-            Protocol::Memcached => memcache::request(&mut self.out, op, key, value),
+            Protocol::Etcd => {
+                assert!(ttl_s.is_none(), "{ETCD_TTL_REFUSED} (checked at start)");
+                etcd_request(&mut self.out, op, key, value)
+            }
+            Protocol::Http => http::kv_request(&mut self.out, op, key, value, ttl_s),
+            Protocol::Memcached => memcache::request(&mut self.out, op, key, value, ttl_s),
         }
         id
     }
@@ -225,8 +240,8 @@ impl Conn {
         })
     }
 
-    pub fn queue(&mut self, op: Op, key: &[u8], value: &[u8]) {
-        let id = self.encoder.queue(op, key, value);
+    pub fn queue(&mut self, op: Op, key: &[u8], value: &[u8], ttl_s: Option<u64>) {
+        let id = self.encoder.queue(op, key, value, ttl_s);
         self.sent.push_back((id, op));
     }
 
@@ -248,6 +263,20 @@ impl Conn {
             .ok_or_else(|| io::Error::other(format!("an answer to no request sent (id {:?})", reply.id)))?;
         Ok((op, settle(self.protocol, op, reply.answer)))
     }
+}
+
+/// A native GET, PUT, or PUT_TTL (opcode 6: the TTL in milliseconds, then
+/// a PUT body; see docs/protocol.md).
+fn native_request(out: &mut Vec<u8>, id: u64, op: Op, key: &[u8], value: &[u8], ttl_s: Option<u64>) {
+    let key = Bytes::copy_from_slice(key);
+    let value = || Bytes::copy_from_slice(value);
+    let condition = Condition::Always;
+    let req = match (op, ttl_s) {
+        (Op::Get, _) => Request::Get { key, consistency: kv_replication::Consistency::Lease },
+        (Op::Set, None) => Request::Put { key, value: value(), condition },
+        (Op::Set, Some(s)) => Request::PutTtl { key, value: value(), condition, ttl_ms: s * 1000 },
+    };
+    codec::encode_request(id, &req, out);
 }
 
 /// A RESP array of bulk strings.
@@ -383,6 +412,43 @@ mod tests {
     }
 
     #[test]
+    fn a_set_with_a_ttl_encodes_per_protocol() {
+        let text = |protocol| {
+            let mut enc = Encoder::new(protocol);
+            enc.queue(Op::Set, b"kvbench:1", b"val", Some(600));
+            String::from_utf8_lossy(enc.pending()).into_owned()
+        };
+        assert_eq!(
+            text(Protocol::Resp),
+            "*5\r\n$3\r\nSET\r\n$9\r\nkvbench:1\r\n$3\r\nval\r\n$2\r\nEX\r\n$3\r\n600\r\n"
+        );
+        assert_eq!(text(Protocol::Memcached), "set kvbench:1 0 600 3\r\nval\r\n");
+        assert!(text(Protocol::Http).starts_with("PUT /v1/kv/kvbench%3A1?ttl=600 HTTP/1.1\r\n"));
+        // Native: a PUT_TTL frame that kvd's own decoder reads back.
+        let mut enc = Encoder::new(Protocol::Native);
+        let id = enc.queue(Op::Set, b"kvbench:1", b"val", Some(600));
+        let frame = enc.pending();
+        let h = codec::parse_header(frame, usize::MAX).unwrap().expect("a whole frame");
+        assert_eq!((h.frame_bytes, h.id), (frame.len(), id));
+        assert_eq!(h.code, codec::Opcode::PutTtl as u8);
+        let want = Request::PutTtl {
+            key: Bytes::from_static(b"kvbench:1"),
+            value: Bytes::from_static(b"val"),
+            condition: Condition::Always,
+            ttl_ms: 600_000,
+        };
+        assert_eq!(codec::decode_request_frame(&Bytes::copy_from_slice(frame)), Ok(want));
+        // Without a TTL, a plain PUT (which clears any TTL the key had).
+        let mut plain = Encoder::new(Protocol::Native);
+        plain.queue(Op::Set, b"k", b"v", None);
+        let h = codec::parse_header(plain.pending(), usize::MAX).unwrap().unwrap();
+        assert_eq!(h.code, codec::Opcode::Put as u8);
+        assert_eq!(check_ttl(Protocol::Etcd, Ttl::new(0.1, 60).unwrap()), Err(ETCD_TTL_REFUSED.into()));
+        assert_eq!(check_ttl(Protocol::Etcd, Ttl::NONE), Ok(()));
+        assert_eq!(check_ttl(Protocol::Memcached, Ttl::new(1.0, 60).unwrap()), Ok(()));
+    }
+
+    #[test]
     fn native_answers() {
         let mut buf = Vec::new();
         codec::encode_response(1, codec::Opcode::Get as u8, &Response::NotFound, &mut buf);
@@ -411,7 +477,7 @@ mod tests {
     #[test]
     fn decoder_takes_replies_across_partial_reads_and_encoder_counts_ids() {
         let mut enc = Encoder::new(Protocol::Memcached);
-        assert_eq!((enc.queue(Op::Set, b"k", b"v"), enc.queue(Op::Get, b"k", b"")), (1, 2));
+        assert_eq!((enc.queue(Op::Set, b"k", b"v", None), enc.queue(Op::Get, b"k", b"", None)), (1, 2));
         assert_eq!(enc.pending(), b"set k 0 0 1\r\nv\r\nget k\r\n");
         enc.clear();
         assert!(enc.pending().is_empty());

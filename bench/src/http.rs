@@ -67,9 +67,10 @@ pub fn percent_encode(bytes: &[u8], out: &mut Vec<u8>) {
 }
 
 /// Appends one request to kvd's HTTP API: `PUT /v1/kv/{key}` with the
-/// value as body, or `GET /v1/kv/{key}`. HTTP/1.1 connections are
-/// keep-alive unless a side says otherwise, so no `Connection` header.
-pub fn kv_request(out: &mut Vec<u8>, op: Op, key: &[u8], value: &[u8]) {
+/// value as body (and `?ttl=S` for an expiry in `ttl_s` seconds), or `GET
+/// /v1/kv/{key}`. HTTP/1.1 connections are keep-alive unless a side says
+/// otherwise, so no `Connection` header.
+pub fn kv_request(out: &mut Vec<u8>, op: Op, key: &[u8], value: &[u8], ttl_s: Option<u64>) {
     let method: &[u8] = match op {
         Op::Set => b"PUT",
         Op::Get => b"GET",
@@ -77,6 +78,9 @@ pub fn kv_request(out: &mut Vec<u8>, op: Op, key: &[u8], value: &[u8]) {
     out.extend_from_slice(method);
     out.extend_from_slice(b" /v1/kv/");
     percent_encode(key, out);
+    if let Some(s) = ttl_s {
+        out.extend_from_slice(format!("?ttl={s}").as_bytes());
+    }
     out.extend_from_slice(b" HTTP/1.1\r\nHost: kvd\r\n");
     if op == Op::Set {
         out.extend_from_slice(
@@ -153,14 +157,18 @@ mod tests {
     #[test]
     fn requests_encode_method_path_and_body() {
         let mut out = Vec::new();
-        kv_request(&mut out, Op::Set, b"kvbench:7", b"abc");
+        kv_request(&mut out, Op::Set, b"kvbench:7", b"abc", None);
         assert_eq!(
             out,
             b"PUT /v1/kv/kvbench%3A7 HTTP/1.1\r\nHost: kvd\r\nContent-Type: application/octet-stream\r\n\
               Content-Length: 3\r\n\r\nabc"
         );
         out.clear();
-        kv_request(&mut out, Op::Get, b"a b/\xff~", b"");
+        kv_request(&mut out, Op::Set, b"kvbench:7", b"abc", Some(600));
+        assert!(out.starts_with(b"PUT /v1/kv/kvbench%3A7?ttl=600 HTTP/1.1\r\n"), "{}", String::from_utf8_lossy(&out));
+        assert!(out.ends_with(b"Content-Length: 3\r\n\r\nabc"));
+        out.clear();
+        kv_request(&mut out, Op::Get, b"a b/\xff~", b"", None);
         assert_eq!(out, b"GET /v1/kv/a%20b%2F%FF~ HTTP/1.1\r\nHost: kvd\r\n\r\n");
     }
 

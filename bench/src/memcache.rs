@@ -1,5 +1,5 @@
 //! memcached's text protocol, the two commands kvbench sends:
-//! `set <key> 0 0 <bytes>\r\n<data>\r\n` (answered `STORED`) and
+//! `set <key> 0 <exptime> <bytes>\r\n<data>\r\n` (answered `STORED`) and
 //! `get <key>\r\n` (answered `VALUE <key> <flags> <bytes>\r\n<data>\r\nEND`
 //! on a hit, `END` on a miss).
 //!
@@ -20,12 +20,16 @@ pub const VALUE_BYTES_MAX: usize = 1 << 30;
 
 /// Appends one request. Keys are sent as they are: memcached refuses
 /// keys with spaces or control characters, and kvbench's keys have none.
-pub fn request(out: &mut Vec<u8>, op: Op, key: &[u8], value: &[u8]) {
+/// A SET's `ttl_s` goes in the exptime field (0: never expires).
+pub fn request(out: &mut Vec<u8>, op: Op, key: &[u8], value: &[u8], ttl_s: Option<u64>) {
     match op {
         Op::Set => {
+            // memcached reads an exptime over 30 days as a Unix time.
+            let exptime = ttl_s.unwrap_or(0);
+            assert!(exptime <= crate::workload::TTL_SECONDS_MAX, "TTL {exptime} s checked at start");
             out.extend_from_slice(b"set ");
             out.extend_from_slice(key);
-            out.extend_from_slice(format!(" 0 0 {}\r\n", value.len()).as_bytes());
+            out.extend_from_slice(format!(" 0 {exptime} {}\r\n", value.len()).as_bytes());
             out.extend_from_slice(value);
             out.extend_from_slice(b"\r\n");
         }
@@ -96,9 +100,10 @@ mod tests {
     #[test]
     fn requests() {
         let mut out = Vec::new();
-        request(&mut out, Op::Set, b"k1", b"hello");
-        request(&mut out, Op::Get, b"k1", b"");
-        assert_eq!(out, b"set k1 0 0 5\r\nhello\r\nget k1\r\n");
+        request(&mut out, Op::Set, b"k1", b"hello", None);
+        request(&mut out, Op::Get, b"k1", b"", None);
+        request(&mut out, Op::Set, b"k2", b"hi", Some(600));
+        assert_eq!(out, b"set k1 0 0 5\r\nhello\r\nget k1\r\nset k2 0 600 2\r\nhi\r\n");
     }
 
     #[test]

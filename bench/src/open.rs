@@ -17,7 +17,11 @@
 //!
 //! Counts: every request scheduled in the measured window is answered
 //! (latency recorded), failed (an error), or — if the server has not
-//! answered [`DRAIN_TIMEOUT`] after the end — counted as unanswered.
+//! answered [`DRAIN_TIMEOUT`] after the end — counted as unanswered. The
+//! window closes at a deadline, or (`--requests N`) when the run's count of
+//! measured requests is spent: each connection takes one from the shared
+//! [`Quota`] per request due, so the N go out at the full offered rate and
+//! the run lasts about N / rate seconds.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -32,7 +36,7 @@ use glommio::net::TcpStream;
 use glommio::task::JoinHandle;
 
 use crate::driver::{self, settle, Decoder, Encoder, Protocol};
-use crate::run::{self, Config, Plan, Progress, Rate};
+use crate::run::{self, Config, Plan, Progress, Quota, Rate};
 use crate::schedule::Schedule;
 use crate::stats::Stats;
 use crate::workload::{Generator, Op};
@@ -66,13 +70,13 @@ struct Link {
     receiver: JoinHandle<Result<(), String>>,
 }
 
-pub async fn connection(
+pub(crate) async fn connection(
     c: Config,
     id: u64,
     rate: Rate,
     progress: Arc<Progress>,
     measure_from: Instant,
-    deadline: Instant,
+    quota: Quota,
 ) -> Result<Stats, String> {
     let target = c.targets[id as usize % c.targets.len()];
     let plan = Plan::new(target, &c).map_err(|e| format!("{target}: {e}"))?;
@@ -91,42 +95,51 @@ pub async fn connection(
     let seed = c.seed ^ id.wrapping_mul(0xA076_1D64_78BD_642F);
     let mut schedule = Schedule::new(per_connection, rate.arrival, phase, seed);
     let mut gen = Generator::new(c.workload.clone(), c.seed, id);
-    let sent = send(&mut links, &plan, &mut schedule, &mut gen, measure_from, deadline).await;
+    let sent = send(&mut links, &plan, &mut schedule, &mut gen, measure_from, &quota).await;
     finish(links, sent).await
 }
 
-/// Sends on schedule until the deadline; returns how many requests were
-/// scheduled in the measured window.
+/// Sends on schedule until the quota is spent; returns how many requests
+/// were scheduled in the measured window.
 async fn send(
     links: &mut [Link],
     plan: &Plan,
     schedule: &mut Schedule,
     gen: &mut Generator,
     measure_from: Instant,
-    deadline: Instant,
+    quota: &Quota,
 ) -> Result<u64, String> {
     let started = Instant::now();
     let mut due = Vec::with_capacity(SEND_BATCH_MAX);
     let mut scheduled = 0;
     loop {
         let now = Instant::now();
-        if now >= deadline {
+        if quota.deadline().is_some_and(|deadline| now >= deadline) {
             return Ok(scheduled);
         }
         due.clear();
         if schedule.due(now.duration_since(started).as_nanos() as u64, SEND_BATCH_MAX, &mut due) == 0 {
             let next = started + Duration::from_nanos(schedule.next_ns());
-            glommio::timer::sleep(next.min(deadline).saturating_duration_since(now)).await;
+            let wake = quota.deadline().map_or(next, |deadline| next.min(deadline));
+            glommio::timer::sleep(wake.saturating_duration_since(now)).await;
             continue;
         }
+        let mut spent = false;
         for &at in &due {
             let intended = started + Duration::from_nanos(at);
+            let measured = intended >= measure_from;
+            // Later requests are due later still: none of them is sent.
+            if measured && quota.take(intended, 1) == 0 {
+                spent = true;
+                break;
+            }
             let op = gen.op();
             let key = gen.key();
+            let ttl_s = gen.ttl_s(op);
             let value = if op == Op::Set { gen.value() } else { &[][..] };
             let link = &mut links[plan.server_of(&key)];
-            let id = link.encoder.queue(op, &key, value);
-            scheduled += u64::from(intended >= measure_from);
+            let id = link.encoder.queue(op, &key, value, ttl_s);
+            scheduled += u64::from(measured);
             // The entry goes in before the request goes out: see the module doc.
             link.tx.send(Entry { id, op, intended }).await.map_err(|_| "a receiver stopped".to_string())?;
         }
@@ -135,6 +148,9 @@ async fn send(
                 link.writer.write_all(link.encoder.pending()).await.map_err(|e| e.to_string())?;
                 link.encoder.clear();
             }
+        }
+        if spent {
+            return Ok(scheduled);
         }
     }
 }

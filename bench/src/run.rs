@@ -4,6 +4,12 @@
 //! answers, and repeats; latency of a request is from its batch's write to
 //! its answer. Open loop (a `rate`): see `crate::open`. Answers in the
 //! warm-up are not recorded.
+//!
+//! A run's measured part ends after a duration or after a number of
+//! requests ([`End`]). Invariant: with [`End::Requests`], every measured
+//! request is taken from one count shared by all connections ([`Quota`])
+//! before it is sent, so exactly that many go out, and each is counted
+//! once: answered, failed, or (open loop) unanswered.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -29,12 +35,64 @@ pub struct Config {
     pub pipeline: usize,
     /// CPUs for the load threads, one thread each.
     pub cpus: Vec<usize>,
-    pub duration: Duration,
+    /// When the measured part ends (the warm-up is always timed).
+    pub end: End,
     pub warmup: Duration,
     pub workload: Workload,
     pub seed: u64,
     /// Open loop at this offered load; closed loop if `None`.
     pub rate: Option<Rate>,
+}
+
+/// When a run's measured part ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// After this long.
+    After(Duration),
+    /// After this many measured requests (at least one), each answered or
+    /// failed (open loop: or unanswered at the end of the drain).
+    Requests(u64),
+}
+
+/// How many more measured requests the connections of a run may send.
+#[derive(Debug, Clone)]
+pub(crate) enum Quota {
+    /// Any number until this instant.
+    Until(Instant),
+    /// The run's requests left, shared by every connection.
+    Left(Arc<AtomicU64>),
+}
+
+impl Quota {
+    fn new(end: End, measure_from: Instant) -> Quota {
+        match end {
+            End::After(d) => Quota::Until(measure_from + d),
+            End::Requests(n) => {
+                assert!(n > 0, "a run of no requests");
+                Quota::Left(Arc::new(AtomicU64::new(n)))
+            }
+        }
+    }
+
+    /// Takes up to `want` measured requests to send at `at`: all of them
+    /// before the deadline and none after, or as many as are left. 0 means
+    /// that this connection is done.
+    pub fn take(&self, at: Instant, want: u64) -> u64 {
+        match self {
+            Quota::Until(deadline) => u64::from(at < *deadline) * want,
+            // Relaxed: the count is the only data it guards.
+            Quota::Left(left) => left
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| (n > 0).then(|| n.saturating_sub(want)))
+                .map_or(0, |before| before.min(want)),
+        }
+    }
+
+    pub fn deadline(&self) -> Option<Instant> {
+        match self {
+            Quota::Until(deadline) => Some(*deadline),
+            Quota::Left(_) => None,
+        }
+    }
 }
 
 /// An open-loop offered load, spread evenly over the connections.
@@ -94,7 +152,9 @@ async fn preload_share(c: Config, j: u64, n: u64) -> Result<(), String> {
         for i in keys.by_ref().take(batch) {
             let key = format!("{}{i:012}", c.workload.key_prefix);
             let value = gen.value().to_vec();
-            conn.queue(Op::Set, key.as_bytes(), &value);
+            // Without a TTL whatever `--ttl-share` says: preloaded keys are
+            // there so that reads hit, however long the run.
+            conn.queue(Op::Set, key.as_bytes(), &value, None);
             queued += 1;
         }
         conn.flush().await.map_err(|e| e.to_string())?;
@@ -111,23 +171,23 @@ pub fn run(config: &Config, progress: Arc<Progress>) -> Result<Outcome, String> 
     assert!(!config.cpus.is_empty() && config.connections > 0 && config.pipeline > 0);
     let started = Instant::now();
     let measure_from = started + config.warmup;
-    let deadline = measure_from + config.duration;
+    let quota = Quota::new(config.end, measure_from);
     let threads = config.cpus.len().min(config.connections);
     let mut handles = Vec::new();
     for (t, cpu) in config.cpus.iter().take(threads).enumerate() {
         let conns: Vec<u64> = (0..config.connections as u64).filter(|c| *c as usize % threads == t).collect();
-        let (c, p) = (config.clone(), progress.clone());
+        let (c, p, q) = (config.clone(), progress.clone(), quota.clone());
         let handle = LocalExecutorBuilder::new(Placement::Fixed(*cpu))
             .name(&format!("kvbench-{t}"))
             .spawn(move || async move {
                 let tasks: Vec<_> = conns
                     .into_iter()
                     .map(|id| {
-                        let (c, p) = (c.clone(), p.clone());
+                        let (c, p, q) = (c.clone(), p.clone(), q.clone());
                         glommio::spawn_local(async move {
                             match c.rate {
-                                None => connection(c, id, p, measure_from, deadline).await,
-                                Some(rate) => crate::open::connection(c, id, rate, p, measure_from, deadline).await,
+                                None => connection(c, id, p, measure_from, q).await,
+                                Some(rate) => crate::open::connection(c, id, rate, p, measure_from, q).await,
                             }
                         })
                     })
@@ -145,8 +205,12 @@ pub fn run(config: &Config, progress: Arc<Progress>) -> Result<Outcome, String> 
     for h in handles {
         stats.merge(&h.join().map_err(|e| e.to_string())??);
     }
-    let measured = Instant::now().min(deadline).saturating_duration_since(measure_from);
-    Ok(Outcome { stats, measured })
+    let ended = quota.deadline().map_or(Instant::now(), |deadline| Instant::now().min(deadline));
+    if let End::Requests(n) = config.end {
+        let counted = stats.ops() + stats.errors() + stats.unanswered;
+        assert_eq!(counted, n, "every measured request is counted once");
+    }
+    Ok(Outcome { stats, measured: ended.saturating_duration_since(measure_from) })
 }
 
 async fn connection(
@@ -154,30 +218,37 @@ async fn connection(
     id: u64,
     progress: Arc<Progress>,
     measure_from: Instant,
-    deadline: Instant,
+    quota: Quota,
 ) -> Result<Stats, String> {
     let target = c.targets[id as usize % c.targets.len()];
     let mut conn = Routed::connect(target, &c).await.map_err(|e| format!("connect to {target}: {e}"))?;
     let mut gen = Generator::new(c.workload.clone(), c.seed, id);
     let mut stats = Stats::default();
-    while Instant::now() < deadline {
-        for _ in 0..c.pipeline {
+    loop {
+        // A batch that starts in the warm-up is not measured, whenever its
+        // answers come.
+        let now = Instant::now();
+        let measuring = now >= measure_from;
+        let batch = if measuring { quota.take(now, c.pipeline as u64) as usize } else { c.pipeline };
+        if batch == 0 {
+            return Ok(stats);
+        }
+        for _ in 0..batch {
             let op = gen.op();
             let key = gen.key();
+            let ttl_s = gen.ttl_s(op);
             let value = if op == Op::Set { gen.value() } else { &[][..] };
-            conn.queue(op, &key, value);
+            conn.queue(op, &key, value, ttl_s);
         }
         let sent = Instant::now();
         conn.flush().await.map_err(|e| e.to_string())?;
-        let measuring = sent >= measure_from;
-        for _ in 0..c.pipeline {
+        for _ in 0..batch {
             let (op, answer) = conn.answer().await.map_err(|e| e.to_string())?;
             if measuring {
                 record(&mut stats, op, answer, sent.elapsed().as_nanos() as u64, &progress);
             }
         }
     }
-    Ok(stats)
 }
 
 /// Counts one measured answer: its latency (misses too), or its error.
@@ -252,9 +323,9 @@ impl Routed {
         Ok(Routed { plan, conns, order: Default::default() })
     }
 
-    fn queue(&mut self, op: Op, key: &[u8], value: &[u8]) {
+    fn queue(&mut self, op: Op, key: &[u8], value: &[u8], ttl_s: Option<u64>) {
         let i = self.plan.server_of(key);
-        self.conns[i].queue(op, key, value);
+        self.conns[i].queue(op, key, value, ttl_s);
         self.order.push_back(i);
     }
 
@@ -298,4 +369,25 @@ pub fn process_cpu_seconds(pid: u32) -> Result<f64, String> {
     // SAFETY: sysconf has no preconditions.
     let clock_ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     Ok((ticks(11)? + ticks(12)?) / clock_ticks)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_quota_of_requests_hands_out_exactly_its_count() {
+        let now = Instant::now();
+        let q = Quota::new(End::Requests(10), now);
+        assert_eq!(q.deadline(), None);
+        let taken: Vec<u64> = (0..5).map(|_| q.take(now, 4)).collect();
+        assert_eq!(taken, [4, 4, 2, 0, 0]);
+        // Shared by clones, as by the connections of a run.
+        let q = Quota::new(End::Requests(5), now);
+        let other = q.clone();
+        assert_eq!((q.take(now, 3), other.take(now, 3), q.take(now, 3)), (3, 2, 0));
+        let timed = Quota::new(End::After(Duration::from_secs(1)), now);
+        assert_eq!(timed.deadline(), Some(now + Duration::from_secs(1)));
+        assert_eq!((timed.take(now, 8), timed.take(now + Duration::from_secs(1), 8)), (8, 0));
+    }
 }

@@ -1,4 +1,10 @@
-//! Workload generation: which operation, which key, which value.
+//! Workload generation: which operation, which key, which value, and
+//! which SETs carry an expiry.
+//!
+//! Invariant: everything is drawn from seeded generators, so a seed repeats
+//! a run's requests. The TTL choice has a stream of its own, so a run with
+//! `--ttl-share` sends the same operations, keys and values as the run
+//! without it under the same seed.
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -54,6 +60,35 @@ impl Mix {
     }
 }
 
+/// Longest TTL: memcached reads an exptime over 30 days as an absolute
+/// Unix time, so a longer relative TTL would mean something else there.
+pub const TTL_SECONDS_MAX: u64 = 30 * 24 * 3600;
+
+/// Which SETs carry an expiry: a share of them, each with the same TTL.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Ttl {
+    /// In `[0, 1]`; 0 sends no TTL at all.
+    pub share: f64,
+    /// In `1..=TTL_SECONDS_MAX`.
+    pub seconds: u64,
+}
+
+impl Ttl {
+    /// No SET carries a TTL.
+    pub const NONE: Ttl = Ttl { share: 0.0, seconds: 60 };
+
+    /// Checks `--ttl-share` and `--ttl`.
+    pub fn new(share: f64, seconds: u64) -> Result<Ttl, String> {
+        if !(0.0..=1.0).contains(&share) {
+            return Err(format!("--ttl-share {share} is not in 0..=1"));
+        }
+        if !(1..=TTL_SECONDS_MAX).contains(&seconds) {
+            return Err(format!("--ttl {seconds} is not 1 to {TTL_SECONDS_MAX} seconds (30 days, memcached's limit)"));
+        }
+        Ok(Ttl { share, seconds })
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
     Get,
@@ -68,6 +103,7 @@ pub struct Workload {
     pub value_bytes_min: usize,
     pub value_bytes_max: usize,
     pub key_prefix: String,
+    pub ttl: Ttl,
 }
 
 /// Zipfian sampler (Gray et al., "Quickly generating billion-record
@@ -110,6 +146,8 @@ impl Zipf {
 pub struct Generator {
     workload: Workload,
     rng: SmallRng,
+    /// Draws which SETs carry a TTL (see the module doc for why apart).
+    ttl_rng: SmallRng,
     zipf: Option<Zipf>,
     next_seq: u64,
     value: Vec<u8>,
@@ -123,10 +161,12 @@ impl Generator {
             KeyDist::Zipf(theta) => Some(Zipf::new(workload.keys, theta)),
             _ => None,
         };
-        let mut rng = SmallRng::seed_from_u64(seed ^ stream.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let stream_seed = seed ^ stream.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let mut rng = SmallRng::seed_from_u64(stream_seed);
+        let ttl_rng = SmallRng::seed_from_u64(stream_seed ^ 0xD1B5_4A32_D192_ED03);
         let next_seq = rng.gen_range(0..workload.keys);
         let value = (0..workload.value_bytes_max).map(|i| b'a' + (i % 26) as u8).collect();
-        Generator { workload, rng, zipf, next_seq, value }
+        Generator { workload, rng, ttl_rng, zipf, next_seq, value }
     }
 
     pub fn op(&mut self) -> Op {
@@ -135,6 +175,14 @@ impl Generator {
         } else {
             Op::Set
         }
+    }
+
+    /// The TTL of a request: `Some(seconds)` for the workload's share of
+    /// SETs, `None` for the other SETs and for every GET.
+    pub fn ttl_s(&mut self, op: Op) -> Option<u64> {
+        let Ttl { share, seconds } = self.workload.ttl;
+        // A draw in [0, 1): share 0 never passes, share 1 always does.
+        (op == Op::Set && self.ttl_rng.gen::<f64>() < share).then_some(seconds)
     }
 
     pub fn key_index(&mut self) -> u64 {
@@ -172,6 +220,7 @@ mod tests {
             value_bytes_min: 10,
             value_bytes_max: 20,
             key_prefix: "k".into(),
+            ttl: Ttl::NONE,
         }
     }
 
@@ -218,6 +267,46 @@ mod tests {
         let mut c = Generator::new(workload(0.5, KeyDist::Uniform), 42, 5);
         for _ in 0..100 {
             assert_eq!((b.op(), b.key()), (c.op(), c.key()));
+        }
+    }
+
+    #[test]
+    fn the_ttl_goes_on_a_seeded_share_of_sets() {
+        let draws = 100_000;
+        let with = |share: f64, seed: u64| {
+            let ttl = Ttl::new(share, 600).unwrap();
+            Generator::new(Workload { ttl, ..workload(0.0, KeyDist::Uniform) }, seed, 3)
+        };
+        let count =
+            |g: &mut Generator| (0..draws).filter_map(|_| g.ttl_s(Op::Set)).inspect(|s| assert_eq!(*s, 600)).count();
+        assert_eq!(count(&mut with(0.0, 9)), 0);
+        assert_eq!(count(&mut with(1.0, 9)), draws);
+        let seed = 20260301;
+        println!("ttl share seed {seed}");
+        let tagged = count(&mut with(0.3, seed));
+        // 30 000 expected; a binomial count's standard deviation is ~145.
+        assert!((29_000..31_000).contains(&tagged), "{tagged}");
+        let (mut a, mut b) = (with(0.3, seed), with(0.3, seed));
+        for _ in 0..1000 {
+            assert_eq!(a.ttl_s(Op::Set), b.ttl_s(Op::Set), "same seed, same choice");
+        }
+        assert!((0..1000).all(|_| a.ttl_s(Op::Get).is_none()), "a GET never carries a TTL");
+        // The TTL draw has its own stream: keys and values do not change.
+        let (mut plain, mut tagged) = (with(0.0, seed), with(0.5, seed));
+        for _ in 0..1000 {
+            tagged.ttl_s(Op::Set);
+            assert_eq!(
+                (plain.op(), plain.key(), plain.value().len()),
+                (tagged.op(), tagged.key(), tagged.value().len())
+            );
+        }
+    }
+
+    #[test]
+    fn ttl_options_are_checked() {
+        assert!(Ttl::new(0.5, 60).is_ok());
+        for (share, seconds) in [(-0.1, 60), (1.5, 60), (f64::NAN, 60), (0.5, 0), (0.5, TTL_SECONDS_MAX + 1)] {
+            assert!(Ttl::new(share, seconds).is_err(), "{share} {seconds}");
         }
     }
 }

@@ -1,7 +1,9 @@
-//! kvbench against a real kvd: the counts it reports add up and the files
-//! it writes are there and well-formed.
+//! kvbench against a real kvd: the counts it reports add up, the files it
+//! writes are there and well-formed, and the TTLs it asks for are on the
+//! keys it wrote.
 
 use crate::harness::{data_dir, path_str, run_bounded, stderr, Kvd};
+use crate::resp::{Raw, Reply};
 
 fn kvbench_bin() -> &'static str {
     env!("CARGO_BIN_EXE_kvbench")
@@ -77,6 +79,40 @@ fn an_open_loop_run_answers_every_scheduled_request_and_writes_its_files() {
     let polylines = cmp_text.lines().filter(|l| l.contains("<polyline")).count();
     assert!(cmp_text.contains("open-get") && cmp_text.contains("open-set"), "{cmp_text}");
     assert!(polylines >= 4, "two series and their legend samples: {polylines}");
+    assert!(kvd.stop().success());
+}
+
+#[test]
+fn a_run_of_n_ttl_writes_sends_exactly_n_and_every_key_expires() {
+    let dir = data_dir();
+    let kvd = Kvd::start(dir.path(), &["--fsync", "never"]);
+    let keys = 50;
+    // Sequential keys: a connection's 50 consecutive writes cover every key,
+    // and one of the two connections sends at least 1000.
+    let mut cmd = std::process::Command::new(kvbench_bin());
+    cmd.args(["--target", &kvd.endpoint(), "-c", "2", "-P", "4", "--cores", "0", "--warmup", "0.1"])
+        .args(["-w", "set", "--keys", &keys.to_string(), "--dist", "seq", "--value-bytes", "16", "--seed", "3"])
+        .args(["--ttl-share", "1", "--ttl", "600", "--requests", "2000", "--json"]);
+    let out = run_bounded(cmd, b"");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    assert_eq!((report["ops"].as_u64(), report["errors"].as_u64()), (Some(2000), Some(0)));
+    assert_eq!(report["ops_by_type"]["set"]["count"], 2000);
+    let run = &report["run"];
+    assert_eq!(
+        (run["requests"].as_u64(), run["ttl_share"].as_f64(), run["ttl_s"].as_u64()),
+        (Some(2000), Some(1.0), Some(600))
+    );
+    // kvbench names its keys `kvbench:` and the index in 12 digits.
+    let mut resp = Raw::connect(kvd.resp_addr);
+    for i in 0..keys {
+        let key = format!("kvbench:{i:012}");
+        match resp.cmd(&["TTL", &key]) {
+            Reply::Int(s) => assert!((590..=600).contains(&s), "{key}: TTL {s}"),
+            other => panic!("{key}: TTL answered {other:?}"),
+        }
+    }
+    assert_eq!(resp.cmd(&["TTL", &format!("kvbench:{keys:012}")]), Reply::Int(-2), "a key never written");
     assert!(kvd.stop().success());
 }
 

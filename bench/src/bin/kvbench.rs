@@ -12,10 +12,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
-use kv_bench::driver::Protocol;
-use kv_bench::run::{self, Config, Progress, Rate};
+use kv_bench::driver::{self, Protocol};
+use kv_bench::run::{self, Config, End, Progress, Rate};
 use kv_bench::schedule::{Arrival, OPS_PER_SEC_MIN};
-use kv_bench::workload::{KeyDist, Mix, Workload};
+use kv_bench::workload::{KeyDist, Mix, Ttl, Workload};
 use kv_bench::{affinity, floor, plot, stats};
 use serde_json::json;
 
@@ -64,6 +64,11 @@ struct Cli {
     /// Measured seconds.
     #[arg(short = 'd', long, default_value_t = 10.0)]
     duration: f64,
+    /// Stop after this many measured requests (answered or failed), in
+    /// total over the connections, instead of after --duration. With
+    /// --rate the run lasts about N / rate seconds.
+    #[arg(long, value_name = "N", conflicts_with = "duration")]
+    requests: Option<u64>,
     /// Seconds of load before measuring.
     #[arg(long, default_value_t = 2.0)]
     warmup: f64,
@@ -79,6 +84,13 @@ struct Cli {
     /// Value size in bytes: N or MIN-MAX.
     #[arg(long, default_value = "256")]
     value_bytes: String,
+    /// Share of SETs, 0 to 1, that carry an expiry of --ttl seconds (the
+    /// choice is seeded; not with etcd, whose expiries need leases).
+    #[arg(long, value_name = "F", default_value_t = 0.0)]
+    ttl_share: f64,
+    /// Time to live of the SETs --ttl-share picks, in seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    ttl: u64,
     /// Write every key once before the run, so reads hit.
     #[arg(long)]
     preload: bool,
@@ -260,7 +272,15 @@ fn real_main(cli: Cli) -> Result<ExitCode, String> {
     if cli.keys == 0 || cli.connections == 0 || cli.pipeline == 0 || cli.duration <= 0.0 || cli.warmup < 0.0 {
         return Err("keys, connections, pipeline and duration must be positive".into());
     }
+    let end = match cli.requests {
+        Some(0) => return Err("--requests must be positive".into()),
+        Some(n) => End::Requests(n),
+        None => End::After(Duration::from_secs_f64(cli.duration)),
+    };
     let seed = cli.seed.unwrap_or_else(rand::random);
+    let protocol = Protocol::parse(&cli.protocol)?;
+    let ttl = Ttl::new(cli.ttl_share, cli.ttl)?;
+    driver::check_ttl(protocol, ttl)?;
     let workload = Workload {
         mix: Mix::parse(&cli.workload)?,
         keys: cli.keys,
@@ -268,15 +288,16 @@ fn real_main(cli: Cli) -> Result<ExitCode, String> {
         value_bytes_min,
         value_bytes_max,
         key_prefix: "kvbench:".into(),
+        ttl,
     };
     let config = Config {
         targets,
         topology,
-        protocol: Protocol::parse(&cli.protocol)?,
+        protocol,
         connections: cli.connections,
         pipeline: cli.pipeline,
         cpus,
-        duration: Duration::from_secs_f64(cli.duration),
+        end,
         warmup: Duration::from_secs_f64(cli.warmup),
         workload,
         seed,
@@ -286,8 +307,9 @@ fn real_main(cli: Cli) -> Result<ExitCode, String> {
         None => format!("closed loop P={}", cli.pipeline),
         Some(r) => format!("open loop {} ops/s {}", r.ops_per_sec, cli.arrival),
     };
+    let expiry = if ttl.share > 0.0 { format!(" ttl-share={} ttl={}s", ttl.share, ttl.seconds) } else { String::new() };
     eprintln!(
-        "kvbench {}: {} {} c={} {load} {} keys={} dist={} value={}B seed={seed}",
+        "kvbench {}: {} {} c={} {load} {}{expiry} keys={} dist={} value={}B seed={seed}",
         cli.label, cli.protocol, cli.target, cli.connections, cli.workload, cli.keys, cli.dist, cli.value_bytes
     );
     if cli.preload {
@@ -297,7 +319,13 @@ fn real_main(cli: Cli) -> Result<ExitCode, String> {
     let cpu_before = cli.server_pid.map(run::process_cpu_seconds).transpose()?;
     let (own_before, machine_before, wall_before) =
         (run::process_cpu_seconds(std::process::id())?, run::machine_busy_cpu_seconds()?, Instant::now());
-    let printer = spawn_progress(progress.clone(), config.warmup + config.duration);
+    // How long the run should take, if known: a bound for the printer.
+    let expected = match (config.end, config.rate) {
+        (End::After(d), _) => Some(d),
+        (End::Requests(n), Some(r)) => Some(Duration::from_secs_f64(n as f64 / r.ops_per_sec)),
+        (End::Requests(_), None) => None,
+    };
+    let printer = spawn_progress(progress.clone(), expected.map(|e| config.warmup + e));
     let outcome = run::run(&config, progress.clone())?;
     let cpu_after = cli.server_pid.map(run::process_cpu_seconds).transpose()?;
     let own_cpu_s = run::process_cpu_seconds(std::process::id())? - own_before;
@@ -337,15 +365,20 @@ fn real_main(cli: Cli) -> Result<ExitCode, String> {
         let extra = json!({
             "label": cli.label, "target": cli.target, "protocol": cli.protocol, "connections": cli.connections,
             "pipeline": cli.pipeline, "workload": cli.workload, "keys": cli.keys, "dist": cli.dist,
-            "value_bytes": cli.value_bytes, "seed": seed, "server_cpu_s_per_mop": server_cpu_s_per_mop,
+            "value_bytes": cli.value_bytes, "ttl_share": ttl.share, "ttl_s": ttl.seconds, "seed": seed,
+            "server_cpu_s_per_mop": server_cpu_s_per_mop,
             "server_cpu_s": server_cpu_s, "client_cpu_s": own_cpu_s, "machine_busy_cpu_s": machine_cpu_s,
             "wall_s": wall_s, "other_cpus": other_cpus,
             "rate": cli.rate, "arrival": cli.rate.map(|_| &cli.arrival),
+            "duration_s": cli.requests.is_none().then_some(cli.duration), "requests": cli.requests,
         });
         println!("{}", stats::to_json(s, seconds, extra));
     } else {
         eprint!("\r{:60}\r", "");
         print!("{}", stats::summary(s, seconds));
+        if let Some(n) = cli.requests {
+            println!("{n} measured requests in {seconds:.3} s");
+        }
         if let Some(cpu) = server_cpu_s_per_mop {
             println!("server CPU: {cpu:.3} s per million ops");
         }
@@ -362,14 +395,16 @@ fn real_main(cli: Cli) -> Result<ExitCode, String> {
     Ok(if s.errors() > 0 || s.unanswered > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }
 
-/// Prints ops/s once a second on stderr until the returned flag is set.
-fn spawn_progress(progress: Arc<Progress>, total: Duration) -> Arc<std::sync::atomic::AtomicBool> {
+/// Prints ops/s once a second on stderr until the returned flag is set
+/// (or, if the run's length is known, a while after it should have ended).
+fn spawn_progress(progress: Arc<Progress>, total: Option<Duration>) -> Arc<std::sync::atomic::AtomicBool> {
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flag = stop.clone();
     std::thread::spawn(move || {
         let started = Instant::now();
         let mut last = 0;
-        while !flag.load(Ordering::Relaxed) && started.elapsed() < total + Duration::from_secs(30) {
+        let overdue = |total: Duration| started.elapsed() >= total + Duration::from_secs(30);
+        while !flag.load(Ordering::Relaxed) && !total.is_some_and(overdue) {
             std::thread::sleep(Duration::from_secs(1));
             let done = progress.done.load(Ordering::Relaxed);
             let phase = if progress.measuring.load(Ordering::Relaxed) { "measuring" } else { "warm-up" };
