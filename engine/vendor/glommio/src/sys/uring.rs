@@ -903,8 +903,23 @@ impl SleepableRing {
         source_map: Rc<RefCell<SourceMap>>,
     ) -> io::Result<Self> {
         assert!(*IO_URING_RECENT_ENOUGH);
+        // kvd patch: the main ring (sockets, files) runs its completions
+        // cooperatively, so a socket becoming ready does not interrupt a busy
+        // executor with an inter-processor interrupt; the executor makes
+        // syscalls all the time and sleeps in io_uring_enter, where the
+        // completions are run. The latency ring keeps the default: the
+        // preemption timer must be seen without any kernel entry.
+        let ring = match name {
+            "main" => iou::IoUring::new_with_flags(
+                size as _,
+                iou::SetupFlags::COOP_TASKRUN,
+                iou::SetupFeatures::empty(),
+            )
+            .or_else(|_| iou::IoUring::new(size as _))?,
+            _ => iou::IoUring::new(size as _)?,
+        };
         Ok(SleepableRing {
-            ring: iou::IoUring::new(size as _)?,
+            ring,
             size,
             submission_queue: UringQueueState::with_capacity(size * 4),
             name,
