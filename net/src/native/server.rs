@@ -32,6 +32,7 @@ use kv_replication::CoreError;
 use super::codec::{self, FrameError, Hello, Opcode, Request, Response, Status, Welcome, WelcomeStatus};
 use crate::mesh::{Op, Reply};
 use crate::metrics::{OpLabel, Protocol, StatusLabel};
+use crate::readbuf::Reader;
 use crate::service::Service;
 
 /// A client must complete the handshake within this time.
@@ -166,6 +167,7 @@ async fn handshake(stream: &mut TcpStream, svc: &Service) -> io::Result<bool> {
 
 async fn read_loop(stream: &mut TcpStream, svc: &Rc<Service>, outbox: &Rc<Outbox>) -> io::Result<()> {
     let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
+    let mut reader = Reader::new(READ_CHUNK_BYTES);
     let mut want = READ_CHUNK_BYTES;
     loop {
         loop {
@@ -209,9 +211,7 @@ async fn read_loop(stream: &mut TcpStream, svc: &Rc<Service>, outbox: &Rc<Outbox
             }
             dispatch(svc, outbox, header.id, header.code, frame);
         }
-        let start = buf.len();
-        buf.resize(start + want.max(READ_CHUNK_BYTES), 0);
-        let read = futures_lite::future::or(async { Some(stream.read(&mut buf[start..]).await) }, async {
+        let read = futures_lite::future::or(async { Some(reader.read(stream, &mut buf, want).await) }, async {
             svc.shutdown.wait().await;
             None
         });
@@ -220,7 +220,6 @@ async fn read_loop(stream: &mut TcpStream, svc: &Rc<Service>, outbox: &Rc<Outbox
             Some(Err(e)) => return Err(e),
             None => return Ok(()),
         };
-        buf.truncate(start + n);
         if n == 0 {
             return Ok(());
         }

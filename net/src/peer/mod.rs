@@ -31,6 +31,7 @@ use kv_replication::{oneshot, CoreError};
 use raft::eraftpb::Message;
 
 use crate::mesh::{Op, Reply};
+use crate::readbuf::Reader;
 use crate::route::Owner;
 use crate::service::Endpoints;
 use wire::{Challenge, Forward, PeerHello};
@@ -356,6 +357,7 @@ fn dup(stream: &TcpStream) -> io::Result<TcpStream> {
 
 async fn read_replies(peers: Rc<Peers>, link: Rc<Link>, mut stream: TcpStream) {
     let mut buf = Vec::new();
+    let mut reader = Reader::new(READ_CHUNK_BYTES);
     let result: Result<(), String> = async {
         loop {
             while let Some((kind, payload, used)) =
@@ -371,7 +373,7 @@ async fn read_replies(peers: Rc<Peers>, link: Rc<Link>, mut stream: TcpStream) {
                 }
                 buf.drain(..used);
             }
-            if read_more(&mut stream, &mut buf).await.map_err(|e| e.to_string())? == 0 {
+            if reader.read(&mut stream, &mut buf, READ_CHUNK_BYTES).await.map_err(|e| e.to_string())? == 0 {
                 return Err("closed by the peer".into());
             }
         }
@@ -383,14 +385,6 @@ async fn read_replies(peers: Rc<Peers>, link: Rc<Link>, mut stream: TcpStream) {
     link.broken.set(true);
     link.up.set(false);
     peers.fail_node(link.node);
-}
-
-async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
-    let len = buf.len();
-    buf.resize(len + READ_CHUNK_BYTES, 0);
-    let n = stream.read(&mut buf[len..]).await;
-    buf.truncate(len + *n.as_ref().unwrap_or(&0));
-    n
 }
 
 /// Accepts peer connections for this core until the node stops accepting.
@@ -456,6 +450,7 @@ async fn serve_inbound(mut stream: TcpStream, peers: &Rc<Peers>, owner: &Rc<Owne
     };
     let writer = glommio::spawn_local(write_replies(dup(&stream)?, conn.replies.clone(), woken));
     let mut buf = Vec::new();
+    let mut reader = Reader::new(READ_CHUNK_BYTES);
     let result: io::Result<()> = async {
         loop {
             while let Some((kind, payload, used)) =
@@ -465,7 +460,7 @@ async fn serve_inbound(mut stream: TcpStream, peers: &Rc<Peers>, owner: &Rc<Owne
                 buf.drain(..used);
                 conn.handle(kind, &payload).await?;
             }
-            if read_more(&mut stream, &mut buf).await? == 0 {
+            if reader.read(&mut stream, &mut buf, READ_CHUNK_BYTES).await? == 0 {
                 return Ok(());
             }
         }

@@ -25,7 +25,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::AsyncWriteExt;
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::net::TcpStream;
 use glommio::sync::Semaphore;
@@ -34,6 +34,7 @@ use super::codec::Parser;
 use super::frame::{Frame, Proto};
 use super::session::Conn;
 use super::{batch, stats};
+use crate::readbuf::Reader;
 use crate::service::Service;
 
 /// A write to a client that does not read for this long fails the connection.
@@ -148,6 +149,7 @@ async fn read_loop(stream: &mut TcpStream, conn: &Rc<Conn>, outbox: &Rc<Outbox>)
     let svc = &conn.svc;
     let depth = svc.limits.pipeline_depth_max;
     let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
+    let mut reader = Reader::new(READ_CHUNK_BYTES);
     let mut parser = Parser::default();
     loop {
         // Checked before every batch: a client that keeps its pipeline full
@@ -192,9 +194,8 @@ async fn read_loop(stream: &mut TcpStream, conn: &Rc<Conn>, outbox: &Rc<Outbox>)
         if full {
             continue;
         }
-        let start = buf.len();
-        buf.resize(start + parser.wanted(start).clamp(READ_CHUNK_BYTES, READ_BYTES_MAX), 0);
-        let read = futures_lite::future::or(async { Some(stream.read(&mut buf[start..]).await) }, async {
+        let want = parser.wanted(buf.len()).clamp(READ_CHUNK_BYTES, READ_BYTES_MAX);
+        let read = futures_lite::future::or(async { Some(reader.read(stream, &mut buf, want).await) }, async {
             svc.shutdown.wait().await;
             None
         });
@@ -203,7 +204,6 @@ async fn read_loop(stream: &mut TcpStream, conn: &Rc<Conn>, outbox: &Rc<Outbox>)
             Some(Err(e)) => return Err(e),
             None => return Ok(()),
         };
-        buf.truncate(start + n);
         stats::add(&conn.counters.net_input_bytes, n as u64);
         if n == 0 {
             return Ok(());
