@@ -190,6 +190,18 @@ impl Client {
         }
     }
 
+    /// The key's version and expiry (Unix milliseconds; `None`: it never
+    /// expires), or `None` if the key does not exist.
+    pub fn expiry(&mut self, key: &[u8], consistency: Consistency) -> Result<Option<(u64, Option<u64>)>, ClientError> {
+        match self.call(&Request::GetTtl { key: Bytes::copy_from_slice(key), consistency })? {
+            Response::Expiry { version, expires_at_ms } => {
+                Ok(Some((version, (expires_at_ms != 0).then_some(expires_at_ms))))
+            }
+            Response::NotFound => Ok(None),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// The answering node's view of the cluster, as JSON text.
     pub fn status(&mut self) -> Result<String, ClientError> {
         match self.call(&Request::Status)? {

@@ -60,8 +60,24 @@ fn expired_keys_vanish_for_readers_and_from_memory() {
     for i in (0..200).step_by(17) {
         assert_eq!(c.get(format!("short-{i}").as_bytes()).unwrap(), None);
     }
+    // The native protocol reports expiries (GET_TTL), and so does kvctl.
+    let before = unix_ms();
+    let (_, at) = c.expiry(b"kept", Consistency::Strict).unwrap().expect("kept exists");
+    let at = at.expect("kept has a TTL");
+    assert!(at > before && at <= before + LONG_TTL.as_millis() as u64, "{at} vs {before}");
+    assert_eq!(c.expiry(b"forever", Consistency::Lease).unwrap().map(|(_, at)| at), Some(None));
+    assert_eq!(c.expiry(b"short-3", Consistency::Lease).unwrap(), None);
+    let left: f64 = stdout(&kvctl(&kvd.endpoint(), &["ttl", "kept"], b"")).trim().parse().unwrap();
+    assert!(left > 3000.0 && left <= 3600.0, "{left}");
+    assert_eq!(stdout(&kvctl(&kvd.endpoint(), &["ttl", "forever"], b"")).trim(), "none");
+    let missing = kvctl(&kvd.endpoint(), &["ttl", "short-3"], b"");
+    assert_eq!(missing.status.code(), Some(1), "a missing key is not found");
+    let json: serde_json::Value =
+        serde_json::from_str(&stdout(&kvctl(&kvd.endpoint(), &["-o", "json", "ttl", "kept"], b""))).unwrap();
+    assert_eq!(json["expires_at_ms"], at);
     // A put without a TTL clears one; kvctl sets one.
     put(&mut c, "kept", None);
+    assert_eq!(c.expiry(b"kept", Consistency::Lease).unwrap().map(|(_, at)| at), Some(None));
     assert_eq!(total(&c.status().unwrap(), "expires"), 0);
     let out = kvctl(&kvd.endpoint(), &["put", "cli-key", "v", "--ttl", "400ms"], b"");
     assert!(out.status.success(), "{}", crate::harness::stderr(&out));
@@ -107,8 +123,10 @@ fn expiry_reaches_every_replica() {
     }
     put(&mut c, "stays", Some(LONG_TTL));
     cluster.wait_converged();
+    let mut expiries = Vec::new();
     for id in cluster.ids() {
         let mut c = cluster.client(id);
+        expiries.push(c.expiry(b"stays", Consistency::Stale).unwrap().expect("stays is everywhere"));
         // Stale reads are local: each replica filters expired keys itself,
         // and each removes them when the leaders' reap commands arrive.
         wait_until("replica reaped the keys", || {
@@ -117,6 +135,12 @@ fn expiry_reaches_every_replica() {
         assert!(c.get_with(b"stays", Consistency::Stale).unwrap().is_some(), "node {id}");
         assert_eq!(total(&c.status().unwrap(), "expires"), 1, "node {id}");
     }
+    // The leader fixed the expiry once; every replica holds the same.
+    assert!(expiries.iter().all(|e| *e == expiries[0] && e.1.is_some()), "{expiries:?}");
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
 }
 
 /// One redis-cli command against `addr`; its output, trimmed.

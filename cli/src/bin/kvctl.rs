@@ -64,6 +64,12 @@ enum Command {
         #[arg(long, value_enum, default_value_t = ReadLevel::Lease)]
         consistency: ReadLevel,
     },
+    /// Print how long until a key expires, in seconds (`none`: never).
+    Ttl {
+        key: OsString,
+        #[arg(long, value_enum, default_value_t = ReadLevel::Lease)]
+        consistency: ReadLevel,
+    },
     /// Store a value (from VALUE, --file, or stdin); prints the new version.
     Put {
         key: OsString,
@@ -216,6 +222,16 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 None => Err(fail(EXIT_NOT_FOUND, format!("key not found: {}", show(key)))),
             }
         }
+        Command::Ttl { key, consistency } => {
+            let key = key.as_bytes();
+            match client.expiry(key, consistency.into())? {
+                Some((version, expires_at_ms)) => {
+                    print_expiry(out, key, version, expires_at_ms);
+                    Ok(())
+                }
+                None => Err(fail(EXIT_NOT_FOUND, format!("key not found: {}", show(key)))),
+            }
+        }
         Command::Put { key, if_absent, ttl, .. } => {
             let condition = if if_absent { Condition::IfAbsent } else { Condition::Always };
             write(out, &mut client, key.as_bytes(), &value.expect("read above"), condition, ttl)
@@ -319,6 +335,29 @@ fn json_bytes(map: &mut serde_json::Map<String, serde_json::Value>, name: &str, 
         Ok(s) => map.insert(name.to_string(), json!(s)),
         Err(_) => map.insert(format!("{name}_base64"), json!(base64::engine::general_purpose::STANDARD.encode(bytes))),
     };
+}
+
+/// Time left measured with this machine's clock (the server stamped the
+/// expiry with its own).
+fn print_expiry(out: Output, key: &[u8], version: u64, expires_at_ms: Option<u64>) {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    let left_ms = expires_at_ms.map(|at| at.saturating_sub(now));
+    let left = left_ms.map_or("none".to_string(), |ms| format!("{}.{:03}", ms / 1000, ms % 1000));
+    let mut stdout = std::io::stdout().lock();
+    match out {
+        Output::Raw => {
+            let _ = writeln!(stdout, "{left}");
+        }
+        Output::Table => print_table(&["KEY", "VERSION", "TTL"], &[show(key), version.to_string(), left]),
+        Output::Json => {
+            let mut m = serde_json::Map::new();
+            json_bytes(&mut m, "key", key);
+            m.insert("version".into(), json!(version));
+            m.insert("expires_at_ms".into(), json!(expires_at_ms));
+            m.insert("ttl_ms".into(), json!(left_ms));
+            let _ = writeln!(stdout, "{}", serde_json::Value::Object(m));
+        }
+    }
 }
 
 fn print_value(out: Output, key: &[u8], value: &[u8], version: u64) {

@@ -37,6 +37,8 @@ pub enum Opcode {
     PutTtl = 6,
     /// The password, as the whole body.
     Auth = 7,
+    /// A key's version and expiry: a GET body; answered with 16 bytes.
+    GetTtl = 8,
 }
 
 impl Opcode {
@@ -49,6 +51,7 @@ impl Opcode {
             5 => Opcode::Status,
             6 => Opcode::PutTtl,
             7 => Opcode::Auth,
+            8 => Opcode::GetTtl,
             _ => return None,
         })
     }
@@ -261,6 +264,11 @@ pub enum Request {
         key: Bytes,
         consistency: Consistency,
     },
+    /// A key's version and expiry, without its value.
+    GetTtl {
+        key: Bytes,
+        consistency: Consistency,
+    },
     Put {
         key: Bytes,
         value: Bytes,
@@ -288,6 +296,7 @@ impl Request {
         match self {
             Request::Ping => Opcode::Ping,
             Request::Get { .. } => Opcode::Get,
+            Request::GetTtl { .. } => Opcode::GetTtl,
             Request::Put { .. } => Opcode::Put,
             Request::PutTtl { .. } => Opcode::PutTtl,
             Request::Delete { .. } => Opcode::Delete,
@@ -300,6 +309,7 @@ impl Request {
         match self {
             Request::Ping | Request::Status | Request::Auth { .. } => None,
             Request::Get { key, .. }
+            | Request::GetTtl { key, .. }
             | Request::Put { key, .. }
             | Request::PutTtl { key, .. }
             | Request::Delete { key, .. } => Some(key),
@@ -324,8 +334,9 @@ pub fn encode_request(id: u64, req: &Request, out: &mut Vec<u8>) {
             put_header(out, password.len(), Opcode::Auth as u8, 0, id);
             out.extend_from_slice(password);
         }
-        Request::Get { key, consistency } => {
-            put_header(out, GET_FIXED_BYTES + key.len(), Opcode::Get as u8, consistency_byte(*consistency), id);
+        Request::Get { key, consistency } | Request::GetTtl { key, consistency } => {
+            let (opcode, flags) = (req.opcode() as u8, consistency_byte(*consistency));
+            put_header(out, GET_FIXED_BYTES + key.len(), opcode, flags, id);
             out.extend_from_slice(&(key.len() as u32).to_le_bytes());
             out.extend_from_slice(key);
         }
@@ -377,18 +388,17 @@ pub fn decode_request_frame(frame: &Bytes) -> Result<Request, Refusal> {
         return Err(bad("reserved header bytes 6..8 of a request must be zero"));
     }
     let request = decode_request(frame[4], frame.slice(FRAME_HEADER_BYTES..))?;
+    let consistency = |flags: u8| match flags {
+        0 => Ok(Consistency::Lease),
+        1 => Ok(Consistency::Strict),
+        2 => Ok(Consistency::Stale),
+        _ => Err(bad("GET consistency (header byte 5) must be 0 lease, 1 strict or 2 stale")),
+    };
     match (request, frame[5]) {
-        (Request::Get { key, .. }, flags) => {
-            let consistency = match flags {
-                0 => Consistency::Lease,
-                1 => Consistency::Strict,
-                2 => Consistency::Stale,
-                _ => return Err(bad("GET consistency (header byte 5) must be 0 lease, 1 strict or 2 stale")),
-            };
-            Ok(Request::Get { key, consistency })
-        }
+        (Request::Get { key, .. }, flags) => Ok(Request::Get { key, consistency: consistency(flags)? }),
+        (Request::GetTtl { key, .. }, flags) => Ok(Request::GetTtl { key, consistency: consistency(flags)? }),
         (request, 0) => Ok(request),
-        _ => Err(bad("header byte 5 must be zero except for GET")),
+        _ => Err(bad("header byte 5 must be zero except for GET and GET_TTL")),
     }
 }
 
@@ -404,7 +414,7 @@ pub fn decode_request(opcode: u8, mut body: Bytes) -> Result<Request, Refusal> {
         Opcode::Status if body.is_empty() => Ok(Request::Status),
         Opcode::Status => Err(bad("STATUS takes no body")),
         Opcode::Auth => Ok(Request::Auth { password: body }),
-        Opcode::Get => {
+        Opcode::Get | Opcode::GetTtl => {
             if body.len() < GET_FIXED_BYTES {
                 return Err(bad("GET body shorter than its fixed part"));
             }
@@ -412,7 +422,10 @@ pub fn decode_request(opcode: u8, mut body: Bytes) -> Result<Request, Refusal> {
             if key_len != body.len() {
                 return Err(bad("GET key length does not match the body"));
             }
-            Ok(Request::Get { key: body, consistency: Consistency::Lease })
+            match op {
+                Opcode::Get => Ok(Request::Get { key: body, consistency: Consistency::Lease }),
+                _ => Ok(Request::GetTtl { key: body, consistency: Consistency::Lease }),
+            }
         }
         Opcode::PutTtl => {
             if body.len() < TTL_BYTES {
@@ -487,6 +500,11 @@ pub enum Response {
         value: Bytes,
     },
     NotFound,
+    /// A key's version and when it expires (Unix milliseconds; 0: never).
+    Expiry {
+        version: u64,
+        expires_at_ms: u64,
+    },
     Written {
         version: u64,
     },
@@ -516,6 +534,11 @@ pub fn encode_response(id: u64, echo: u8, resp: &Response, out: &mut Vec<u8>) {
             out.extend_from_slice(value);
         }
         Response::NotFound => put_header(out, 0, Status::NotFound as u8, echo, id),
+        Response::Expiry { version, expires_at_ms } => {
+            put_header(out, 16, Status::Ok as u8, echo, id);
+            out.extend_from_slice(&version.to_le_bytes());
+            out.extend_from_slice(&expires_at_ms.to_le_bytes());
+        }
         Response::Written { version } | Response::Deleted { version } => {
             put_header(out, 8, Status::Ok as u8, echo, id);
             out.extend_from_slice(&version.to_le_bytes());
@@ -540,6 +563,10 @@ pub fn decode_response(status: u8, opcode: u8, mut body: Bytes) -> Result<Respon
     match (status, op) {
         (Status::Ok, Some(Opcode::Ping | Opcode::Auth)) => Ok(Response::Pong),
         (Status::Ok, Some(Opcode::Get)) => Ok(Response::Value { version: version(&mut body)?, value: body }),
+        (Status::Ok, Some(Opcode::GetTtl)) if body.len() == 16 => {
+            Ok(Response::Expiry { version: body.get_u64_le(), expires_at_ms: body.get_u64_le() })
+        }
+        (Status::Ok, Some(Opcode::GetTtl)) => Err("GET_TTL answer is not 16 bytes".to_string()),
         (Status::Ok, Some(Opcode::Put | Opcode::PutTtl)) => Ok(Response::Written { version: version(&mut body)? }),
         (Status::Ok, Some(Opcode::Delete)) => Ok(Response::Deleted { version: version(&mut body)? }),
         (Status::Ok, Some(Opcode::Status)) => Ok(Response::Status(String::from_utf8_lossy(&body).into_owned())),
@@ -563,6 +590,7 @@ mod tests {
         vec![
             Request::Ping,
             Request::Get { key: Bytes::from_static(b"k"), consistency: Consistency::Strict },
+            Request::GetTtl { key: Bytes::from_static(b"k"), consistency: Consistency::Stale },
             Request::Status,
             Request::Put {
                 key: Bytes::from_static(b"key"),
@@ -599,6 +627,9 @@ mod tests {
             (Opcode::Status, Response::Status("{\"node\":1}".into())),
             (Opcode::Get, Response::Value { version: 7, value: Bytes::from_static(b"v") }),
             (Opcode::Get, Response::NotFound),
+            (Opcode::GetTtl, Response::Expiry { version: 9, expires_at_ms: 1_800_000_000_000 }),
+            (Opcode::GetTtl, Response::Expiry { version: 9, expires_at_ms: 0 }),
+            (Opcode::GetTtl, Response::NotFound),
             (Opcode::Put, Response::Written { version: 3 }),
             (Opcode::Delete, Response::Deleted { version: 3 }),
             (Opcode::Put, Response::ConditionFailed { current_version: None }),

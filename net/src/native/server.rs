@@ -258,9 +258,9 @@ fn dispatch(svc: &Rc<Service>, outbox: &Rc<Outbox>, id: u64, opcode: u8, frame: 
             .detach();
             return;
         }
-        Request::Get { key, consistency } => {
+        Request::Get { key, consistency } | Request::GetTtl { key, consistency } => {
             if let Some(reply) = svc.try_read_now(&key, consistency) {
-                return answer.send(svc, outbox, &to_response(Ok(reply)));
+                return answer.send(svc, outbox, &respond(opcode, Ok(reply)));
             }
             (key.clone(), Op::Get { key, consistency })
         }
@@ -274,7 +274,7 @@ fn dispatch(svc: &Rc<Service>, outbox: &Rc<Outbox>, id: u64, opcode: u8, frame: 
     let (svc, outbox) = (svc.clone(), outbox.clone());
     glommio::spawn_local(async move {
         let result = svc.execute(&key, op).await;
-        answer.send(&svc, &outbox, &to_response(result));
+        answer.send(&svc, &outbox, &respond(opcode, result));
     })
     .detach();
 }
@@ -295,6 +295,7 @@ impl Answer {
             Some(Opcode::Get) => OpLabel::Get,
             Some(Opcode::Put | Opcode::PutTtl) => OpLabel::Set,
             Some(Opcode::Auth) => OpLabel::Auth,
+            Some(Opcode::GetTtl) => OpLabel::Ttl,
             Some(Opcode::Delete) => OpLabel::Del,
             Some(Opcode::Status) => OpLabel::Status,
             None => OpLabel::Other,
@@ -308,6 +309,7 @@ fn status_label(resp: &Response) -> StatusLabel {
         Response::Pong
         | Response::Status(_)
         | Response::Value { .. }
+        | Response::Expiry { .. }
         | Response::Written { .. }
         | Response::Deleted { .. } => StatusLabel::Ok,
         Response::NotFound => StatusLabel::NotFound,
@@ -353,6 +355,17 @@ fn check_limits(svc: &Service, req: Request) -> Result<Request, codec::Refusal> 
         }
     }
     Ok(req)
+}
+
+/// The answer to a request with this opcode: GET_TTL answers a value with
+/// its expiry instead.
+fn respond(opcode: u8, result: Result<Reply, CoreError>) -> Response {
+    match (Opcode::from_u8(opcode), result) {
+        (Some(Opcode::GetTtl), Ok(Reply::Value(Some(stored)))) => {
+            Response::Expiry { version: stored.version, expires_at_ms: stored.expires_at_ms }
+        }
+        (_, result) => to_response(result),
+    }
 }
 
 fn to_response(result: Result<Reply, CoreError>) -> Response {
