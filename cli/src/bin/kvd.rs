@@ -19,12 +19,6 @@ use kv_net::peer::PeerConfig;
 use kv_net::service::{Endpoints, Frontend};
 use kv_replication::{CoreConfig, Layout, Persistence, TICK_INTERVAL_DEFAULT};
 
-/// Every request allocates (frames, values, Raft entries) and frees on the
-/// same core; glibc's allocator spent a quarter of a core on that under
-/// pipelined writes.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let options = Options::parse();
     let print = options.print_config;
