@@ -6,6 +6,7 @@
 #
 #   bench/compare.sh                            # all cases, 10 s per run
 #   DURATION=3 WARMUP=1 CASES=memory bench/compare.sh
+#   KVD_PROTOCOL=resp bench/compare.sh          # drive kvd over RESP, like Redis
 #
 # Cases:
 #   memory   kvd --persistence none   vs Redis (no persistence), memcached (-t 1)
@@ -29,6 +30,13 @@ KEYS=${KEYS:-100000}
 VALUE=${VALUE:-256}
 # Offered load of the open-loop workload (requests per second, all connections).
 RATE=${RATE:-10000}
+# How kvbench talks to kvd: native (its binary protocol) or resp.
+KVD_PROTOCOL=${KVD_PROTOCOL:-native}
+case $KVD_PROTOCOL in
+  native) KVD_PORT=7402 ;;
+  resp) KVD_PORT=7406 ;;
+  *) echo "KVD_PROTOCOL must be native or resp" >&2; exit 2 ;;
+esac
 OUT=${OUT:-bench/out/$(date -u +%Y%m%dT%H%M%SZ)}
 KVD=target/release/kvd
 KVBENCH=target/release/kvbench
@@ -84,7 +92,7 @@ stop_server() {
 }
 
 start_kvd() { # extra args...
-  taskset -c "$SERVER_CPU" "$KVD" --cores "$SERVER_CPU" --listen 127.0.0.1:7402 --resp-listen 127.0.0.1:0 \
+  taskset -c "$SERVER_CPU" "$KVD" --cores "$SERVER_CPU" --listen 127.0.0.1:7402 --resp-listen 127.0.0.1:7406 \
     --http-listen 127.0.0.1:0 --data-dir "$WORK/data" "$@" >"$OUT/kvd.log" 2>&1 &
   started kvd
   for _ in $(seq 1 200); do grep -q "kvd ready" "$OUT/kvd.log" && return 0; sleep 0.05; done
@@ -175,7 +183,7 @@ for case in $CASES; do
       case $server in
         kvd)
           if [ "$case" = memory ]; then start_kvd --persistence none; else start_kvd --fsync always; fi
-          bench "$case~kvd~$n" 7402 native "${args[@]}" ;;
+          bench "$case~kvd~$n" "$KVD_PORT" "$KVD_PROTOCOL" "${args[@]}" ;;
         redis-nopersist) start_redis "$server" --appendonly no; bench "$case~$server~$n" 7401 resp "${args[@]}" ;;
         redis-aof-always)
           start_redis "$server" --appendonly yes --appendfsync always
