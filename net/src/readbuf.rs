@@ -22,29 +22,24 @@ pub trait Growable: DerefMut<Target = [u8]> {
     fn append(&mut self, bytes: &[u8]);
 }
 
-impl Growable for BytesMut {
-    fn resize_zeroed(&mut self, len: usize) {
-        self.resize(len, 0);
-    }
-    fn truncate_to(&mut self, len: usize) {
-        self.truncate(len);
-    }
-    fn append(&mut self, bytes: &[u8]) {
-        self.extend_from_slice(bytes);
-    }
+/// `BytesMut` and `Vec<u8>` have the same inherent methods for this.
+macro_rules! growable {
+    ($($t:ty),*) => {$(
+        impl Growable for $t {
+            fn resize_zeroed(&mut self, len: usize) {
+                self.resize(len, 0);
+            }
+            fn truncate_to(&mut self, len: usize) {
+                self.truncate(len);
+            }
+            fn append(&mut self, bytes: &[u8]) {
+                self.extend_from_slice(bytes);
+            }
+        }
+    )*};
 }
 
-impl Growable for Vec<u8> {
-    fn resize_zeroed(&mut self, len: usize) {
-        self.resize(len, 0);
-    }
-    fn truncate_to(&mut self, len: usize) {
-        self.truncate(len);
-    }
-    fn append(&mut self, bytes: &[u8]) {
-        self.extend_from_slice(bytes);
-    }
-}
+growable!(BytesMut, Vec<u8>);
 
 /// One connection's reader: its scratch chunk.
 pub struct Reader {
