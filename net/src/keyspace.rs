@@ -231,10 +231,23 @@ mod tests {
             ("*a*b*", "xxbxxaxx", false),
             ("key", "key", true),
             ("key", "keys", false),
+            // CONFIG GET's patterns use the same matcher.
+            ("max*", "maxmemory-policy", true),
+            ("*memory*", "maxmemory", true),
+            ("[abs]ave", "save", true),
+            ("\\save", "save", true),
+            ("*a*b*c*", "xaxbxc", true),
+            ("max", "maxmemory", false),
+            ("?", "", false),
+            ("a*b", "acbx", false),
+            ("", "x", false),
         ];
         for (pattern, text, want) in cases {
             assert_eq!(glob_match(pattern.as_bytes(), text.as_bytes()), *want, "{pattern} vs {text}");
         }
+        // Many stars on a long miss stay fast (no exponential backtracking).
+        let pattern = "*a".repeat(30);
+        assert!(!glob_match(pattern.as_bytes(), "a".repeat(29).as_bytes()));
     }
 
     #[test]

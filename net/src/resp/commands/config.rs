@@ -12,6 +12,7 @@ use std::rc::Rc;
 use kv_engine::wal::FsyncPolicy;
 
 use super::{now, Args, Exec};
+use crate::keyspace::glob_match;
 use crate::resp::frame::{Frame, OK};
 use crate::resp::session::Conn;
 use crate::resp::{stats, topology};
@@ -124,98 +125,4 @@ pub fn resetstat(_: &Rc<Conn>, _: Args) -> Exec {
 
 pub fn rewrite(_: &Rc<Conn>, _: Args) -> Exec {
     now(Frame::error("ERR kvd has no config file to rewrite: its settings come from flags, environment and --config"))
-}
-
-/// Redis's glob (`*`, `?`, `[abc]`, `[^a-z]`, `\x`), without recursion:
-/// on a mismatch, back up to the last `*` and let it eat one more byte.
-pub fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
-    let (mut p, mut t) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while t < text.len() {
-        if p < pattern.len() && pattern[p] == b'*' {
-            star = Some((p, t));
-            p += 1;
-            continue;
-        }
-        if p < pattern.len() {
-            if let Some(next) = match_one(pattern, p, text[t]) {
-                p = next;
-                t += 1;
-                continue;
-            }
-        }
-        match star {
-            Some((sp, st)) => {
-                p = sp + 1;
-                t = st + 1;
-                star = Some((sp, st + 1));
-            }
-            None => return false,
-        }
-    }
-    pattern[p..].iter().all(|b| *b == b'*')
-}
-
-/// Whether the pattern item at `p` (not `*`) matches `c`; the index after
-/// the item if so.
-fn match_one(pattern: &[u8], p: usize, c: u8) -> Option<usize> {
-    match pattern[p] {
-        b'?' => Some(p + 1),
-        b'\\' if p + 1 < pattern.len() => (pattern[p + 1] == c).then_some(p + 2),
-        b'[' => {
-            let mut i = p + 1;
-            let negate = pattern.get(i) == Some(&b'^');
-            if negate {
-                i += 1;
-            }
-            let mut matched = false;
-            while i < pattern.len() && pattern[i] != b']' {
-                if pattern[i] == b'\\' && i + 1 < pattern.len() {
-                    matched |= pattern[i + 1] == c;
-                    i += 2;
-                } else if i + 2 < pattern.len() && pattern[i + 1] == b'-' && pattern[i + 2] != b']' {
-                    let (lo, hi) = (pattern[i].min(pattern[i + 2]), pattern[i].max(pattern[i + 2]));
-                    matched |= (lo..=hi).contains(&c);
-                    i += 3;
-                } else {
-                    matched |= pattern[i] == c;
-                    i += 1;
-                }
-            }
-            // An unclosed class ends at the end of the pattern, as in Redis.
-            (matched != negate).then_some((i + 1).min(pattern.len()))
-        }
-        other => (other == c).then_some(p + 1),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn globs() {
-        let yes: &[(&str, &str)] = &[
-            ("*", "maxmemory"),
-            ("max*", "maxmemory-policy"),
-            ("*memory*", "maxmemory"),
-            ("save", "save"),
-            ("s?ve", "save"),
-            ("[abs]ave", "save"),
-            ("[^x]ave", "save"),
-            ("[a-z]ave", "save"),
-            ("\\save", "save"),
-            ("*a*b*c*", "xaxbxc"),
-        ];
-        for (p, t) in yes {
-            assert!(glob_match(p.as_bytes(), t.as_bytes()), "{p} {t}");
-        }
-        let no: &[(&str, &str)] = &[("max", "maxmemory"), ("[^s]ave", "save"), ("?", ""), ("a*b", "acbx"), ("", "x")];
-        for (p, t) in no {
-            assert!(!glob_match(p.as_bytes(), t.as_bytes()), "{p} {t}");
-        }
-        // Many stars on a long miss stay fast (no exponential backtracking).
-        let pattern = "*a".repeat(30);
-        assert!(!glob_match(pattern.as_bytes(), "a".repeat(29).as_bytes()));
-    }
 }
