@@ -8,7 +8,8 @@
 //! - [`service`]: protocol-independent routing — key → shard → core, run
 //!   locally or forwarded over the [`mesh`] of cross-core channels.
 //! - [`listener`]: `SO_REUSEPORT` sockets, one per core, and accept loops;
-//!   [`readbuf`]: reading sockets without zero-filling buffers.
+//!   [`readbuf`]: reading sockets without zero-filling buffers; [`outbox`]:
+//!   a client connection's answers and the task that writes them.
 //! - [`node`]: one core's life from start to clean stop.
 //! - [`peer`]: the authenticated node-to-node transport (Raft messages,
 //!   forwarded requests); [`route`]: serving or forwarding to the leader.
@@ -28,6 +29,7 @@ pub mod mesh;
 pub mod metrics;
 pub mod native;
 pub mod node;
+pub mod outbox;
 pub mod peer;
 pub mod readbuf;
 pub mod resp;

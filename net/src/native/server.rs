@@ -1,7 +1,8 @@
 //! Serving one native-protocol connection.
 //!
 //! A reader loop decodes frames and starts each request; answers are encoded
-//! into an [`Outbox`] that a writer task drains with one `write` per batch.
+//! into an outbox ([`crate::outbox`]) that a writer task drains with one
+//! `write` per batch.
 //! At most `pipeline_depth_max` requests are in flight per connection: the
 //! reader takes a permit per request and the writer returns it once the
 //! answer is on the wire, so a client that does not read its answers stops
@@ -14,17 +15,14 @@
 //! error answer and the connection is closed, since the stream cannot be
 //! resynchronised.
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::net::TcpStream;
-use glommio::sync::Semaphore;
 use kv_engine::{Command, Expiry, Outcome};
 use kv_replication::keyspace::wall_clock_ms;
 use kv_replication::CoreError;
@@ -32,6 +30,7 @@ use kv_replication::CoreError;
 use super::codec::{self, FrameError, Hello, Opcode, Request, Response, Status, Welcome, WelcomeStatus};
 use crate::mesh::{Op, Reply};
 use crate::metrics::{OpLabel, Protocol, StatusLabel};
+use crate::outbox;
 use crate::readbuf::Reader;
 use crate::service::Service;
 
@@ -46,40 +45,23 @@ const PREAUTH_FRAME_BYTES_MAX: usize = 64 * 1024;
 /// Bytes asked of the socket per read when no large frame is pending.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
 
-/// Answers waiting to be written, plus how many requests they complete.
+/// A connection's answer queue (see [`crate::outbox`]) and whether it may
+/// make requests.
 struct Outbox {
-    bytes: RefCell<Vec<u8>>,
-    answers: Cell<u64>,
-    broken: Cell<bool>,
-    closed: Cell<bool>,
-    wake: LocalSender<()>,
-    permits: Rc<Semaphore>,
-    /// Whether the connection may make requests: it gave the password with
-    /// AUTH, or the node needs none.
+    queue: Rc<outbox::Outbox>,
+    /// It gave the password with AUTH, or the node needs none.
     authenticated: Cell<bool>,
 }
 
 impl Outbox {
     fn push(&self, id: u64, echo: u8, resp: &Response) {
-        if self.broken.get() {
-            self.permits.signal(1);
-            return;
-        }
-        codec::encode_response(id, echo, resp, &mut self.bytes.borrow_mut());
-        self.answers.set(self.answers.get() + 1);
-        let _ = self.wake.try_send(());
+        self.queue.push(1, |bytes| codec::encode_response(id, echo, resp, bytes));
     }
 
     /// Answers that go out without taking a pipeline slot (errors about the
     /// stream itself, sent just before closing).
     fn push_unpermitted(&self, id: u64, echo: u8, resp: &Response) {
-        codec::encode_response(id, echo, resp, &mut self.bytes.borrow_mut());
-        let _ = self.wake.try_send(());
-    }
-
-    fn close(&self) {
-        self.closed.set(true);
-        let _ = self.wake.try_send(());
+        self.queue.push_unpermitted(|bytes| codec::encode_response(id, echo, resp, bytes));
     }
 }
 
@@ -101,36 +83,14 @@ async fn serve_connection(mut stream: TcpStream, svc: &Rc<Service>) -> io::Resul
     if !handshake(&mut stream, svc).await? {
         return Ok(());
     }
-    // A second handle on the same socket lets the writer task write while
-    // the reader reads, with no lock between them.
-    // SAFETY: duplicating a descriptor we own; close-on-exec like the original.
-    let fd = unsafe { libc::fcntl(stream.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a fresh duplicate of a connected TCP socket we own.
-    let writer = unsafe { TcpStream::from_raw_fd(fd) };
-    writer.set_write_timeout(Some(WRITE_TIMEOUT))?;
     let depth = svc.limits.pipeline_depth_max as u64;
-    let (wake, woken) = local_channel::new_bounded(1);
-    let outbox = Rc::new(Outbox {
-        bytes: RefCell::new(Vec::new()),
-        answers: Cell::new(0),
-        broken: Cell::new(false),
-        closed: Cell::new(false),
-        wake,
-        permits: Rc::new(Semaphore::new(depth)),
-        authenticated: Cell::new(svc.frontend.password.is_none()),
-    });
-    let writer_task = glommio::spawn_local(write_loop(writer, outbox.clone(), woken));
+    let (queue, writer) = outbox::start(&stream, depth, WRITE_TIMEOUT, |_| {})?;
+    let outbox = Rc::new(Outbox { queue, authenticated: Cell::new(svc.frontend.password.is_none()) });
     let read_result = read_loop(&mut stream, svc, &outbox).await;
     // Let every started request answer before closing.
-    let drained = glommio::timer::timeout(DRAIN_TIMEOUT, async { outbox.permits.acquire(depth).await });
-    if drained.await.is_err() {
+    if !writer.finish(DRAIN_TIMEOUT).await {
         tracing::debug!("connection closed with answers still in flight");
     }
-    outbox.close();
-    writer_task.await;
     read_result
 }
 
@@ -202,7 +162,7 @@ async fn read_loop(stream: &mut TcpStream, svc: &Rc<Service>, outbox: &Rc<Outbox
                 break;
             }
             let frame = buf.split_to(header.frame_bytes).freeze();
-            let slot = futures_lite::future::or(async { outbox.permits.acquire(1).await.is_ok() }, async {
+            let slot = futures_lite::future::or(async { outbox.queue.permits.acquire(1).await.is_ok() }, async {
                 svc.shutdown.wait().await;
                 false
             });
@@ -391,28 +351,4 @@ fn to_response(result: Result<Reply, CoreError>) -> Response {
             Response::Error { status, message: e.to_string() }
         }
     }
-}
-
-async fn write_loop(mut writer: TcpStream, outbox: Rc<Outbox>, woken: LocalReceiver<()>) {
-    loop {
-        let bytes = std::mem::take(&mut *outbox.bytes.borrow_mut());
-        let answers = outbox.answers.replace(0);
-        if bytes.is_empty() {
-            if outbox.closed.get() {
-                break;
-            }
-            woken.recv().await;
-            continue;
-        }
-        if !outbox.broken.get() {
-            if let Err(e) = writer.write_all(&bytes).await {
-                tracing::debug!("write to client failed: {e}");
-                outbox.broken.set(true);
-                // Wake the reader too: the connection is over.
-                let _ = writer.shutdown(std::net::Shutdown::Both).await;
-            }
-        }
-        outbox.permits.signal(answers);
-    }
-    let _ = writer.close().await;
 }

@@ -2,8 +2,9 @@
 //!
 //! The reader parses every complete command in its buffer (up to the
 //! pipeline depth) into a batch, runs the batch ([`super::batch`]) and hands
-//! the replies, in order, to an [`Outbox`] that a writer task drains with one
-//! `write` per batch, so writing one batch overlaps running the next. The
+//! the replies, in order, to an outbox ([`crate::outbox`]) that a writer
+//! task drains with one `write` per batch, so writing one batch overlaps
+//! running the next. The
 //! reader takes a pipeline permit per command and the writer returns them
 //! once the replies are on the wire: a client that does not read its
 //! replies stops being read (backpressure, bounded memory). The buffer is
@@ -18,22 +19,19 @@
 //! client gets `-ERR max number of clients reached`. On shutdown the reader
 //! stops, the batch in flight is answered, and the connection closes.
 
-use std::cell::{Cell, RefCell};
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd};
 use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::BytesMut;
 use futures_lite::AsyncWriteExt;
-use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::net::TcpStream;
-use glommio::sync::Semaphore;
 
 use super::codec::Parser;
 use super::frame::{Frame, Proto};
 use super::session::Conn;
 use super::{batch, stats};
+use crate::outbox;
 use crate::readbuf::Reader;
 use crate::service::Service;
 
@@ -48,14 +46,9 @@ const READ_CHUNK_BYTES: usize = 64 * 1024;
 /// client announced.
 const READ_BYTES_MAX: usize = 1024 * 1024;
 
-/// Replies waiting to be written, and how many commands they answer.
+/// A connection's reply queue (see [`crate::outbox`]).
 struct Outbox {
-    bytes: RefCell<Vec<u8>>,
-    answers: Cell<u64>,
-    broken: Cell<bool>,
-    closed: Cell<bool>,
-    wake: LocalSender<()>,
-    permits: Rc<Semaphore>,
+    queue: Rc<outbox::Outbox>,
 }
 
 impl Outbox {
@@ -63,28 +56,16 @@ impl Outbox {
     fn push(&self, replies: &[(Proto, Frame)], commands: u64, conn: &Conn) {
         let errors = replies.iter().filter(|(_, f)| f.is_error()).count() as u64;
         stats::add(&conn.counters.error_replies, errors);
-        if self.broken.get() || replies.is_empty() {
-            self.permits.signal(commands);
-            return;
-        }
-        let mut bytes = self.bytes.borrow_mut();
-        for (proto, frame) in replies {
-            frame.encode(*proto, &mut bytes);
-        }
-        drop(bytes);
-        self.answers.set(self.answers.get() + commands);
-        let _ = self.wake.try_send(());
+        self.queue.push(commands, |bytes| {
+            for (proto, frame) in replies {
+                frame.encode(*proto, bytes);
+            }
+        });
     }
 
     /// A last reply that takes no permit (a protocol error before closing).
     fn push_unpermitted(&self, frame: &Frame, proto: Proto) {
-        frame.encode(proto, &mut self.bytes.borrow_mut());
-        let _ = self.wake.try_send(());
-    }
-
-    fn close(&self) {
-        self.closed.set(true);
-        let _ = self.wake.try_send(());
+        self.queue.push_unpermitted(|bytes| frame.encode(proto, bytes));
     }
 }
 
@@ -112,36 +93,17 @@ async fn serve_connection(mut stream: TcpStream, svc: &Rc<Service>, peer: String
         stream.write_all(b"-ERR max number of clients reached\r\n").await?;
         return Ok(());
     }
-    // A second handle on the same socket lets the writer task write while
-    // the reader reads, with no lock between them.
-    // SAFETY: duplicating a descriptor we own; close-on-exec like the original.
-    let fd = unsafe { libc::fcntl(stream.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a fresh duplicate of a connected TCP socket we own.
-    let writer = unsafe { TcpStream::from_raw_fd(fd) };
-    writer.set_write_timeout(Some(WRITE_TIMEOUT))?;
     let local = stream.local_addr().map(|a| a.to_string()).unwrap_or_default();
     let conn = Conn::register(svc.clone(), peer, local);
     let depth = svc.limits.pipeline_depth_max as u64;
-    let (wake, woken) = local_channel::new_bounded(1);
-    let outbox = Rc::new(Outbox {
-        bytes: RefCell::new(Vec::new()),
-        answers: Cell::new(0),
-        broken: Cell::new(false),
-        closed: Cell::new(false),
-        wake,
-        permits: Rc::new(Semaphore::new(depth)),
-    });
-    let writer_task = glommio::spawn_local(write_loop(writer, outbox.clone(), woken, conn.counters));
+    let counters = conn.counters;
+    let (queue, writer) =
+        outbox::start(&stream, depth, WRITE_TIMEOUT, move |n| stats::add(&counters.net_output_bytes, n as u64))?;
+    let outbox = Rc::new(Outbox { queue });
     let read_result = read_loop(&mut stream, &conn, &outbox).await;
-    let drained = glommio::timer::timeout(DRAIN_TIMEOUT, async { outbox.permits.acquire(depth).await });
-    if drained.await.is_err() {
+    if !writer.finish(DRAIN_TIMEOUT).await {
         tracing::debug!("RESP connection closed with replies still unsent");
     }
-    outbox.close();
-    writer_task.await;
     read_result
 }
 
@@ -174,10 +136,11 @@ async fn read_loop(stream: &mut TcpStream, conn: &Rc<Conn>, outbox: &Rc<Outbox>)
         let full = batch.len() == batch_max;
         if !batch.is_empty() {
             let count = batch.len() as u64;
-            let permitted = futures_lite::future::or(async { outbox.permits.acquire(count).await.is_ok() }, async {
-                svc.shutdown.wait().await;
-                false
-            });
+            let permitted =
+                futures_lite::future::or(async { outbox.queue.permits.acquire(count).await.is_ok() }, async {
+                    svc.shutdown.wait().await;
+                    false
+                });
             if !permitted.await {
                 return Ok(());
             }
@@ -209,36 +172,4 @@ async fn read_loop(stream: &mut TcpStream, conn: &Rc<Conn>, outbox: &Rc<Outbox>)
             return Ok(());
         }
     }
-}
-
-async fn write_loop(
-    mut writer: TcpStream,
-    outbox: Rc<Outbox>,
-    woken: LocalReceiver<()>,
-    counters: &'static stats::CoreCounters,
-) {
-    loop {
-        let bytes = std::mem::take(&mut *outbox.bytes.borrow_mut());
-        let answers = outbox.answers.replace(0);
-        if bytes.is_empty() {
-            if outbox.closed.get() {
-                break;
-            }
-            woken.recv().await;
-            continue;
-        }
-        if !outbox.broken.get() {
-            match writer.write_all(&bytes).await {
-                Ok(()) => stats::add(&counters.net_output_bytes, bytes.len() as u64),
-                Err(e) => {
-                    tracing::debug!("write to RESP client failed: {e}");
-                    outbox.broken.set(true);
-                    // Wake the reader too: the connection is over.
-                    let _ = writer.shutdown(std::net::Shutdown::Both).await;
-                }
-            }
-        }
-        outbox.permits.signal(answers);
-    }
-    let _ = writer.close().await;
 }
