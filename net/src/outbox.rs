@@ -18,6 +18,11 @@ use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::net::TcpStream;
 use glommio::sync::Semaphore;
 
+/// A write to a client that does not read for this long fails the connection.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a closing connection waits for the answers still in flight.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Answers waiting to be written, plus how many requests they complete.
 pub struct Outbox {
     bytes: RefCell<Vec<u8>>,
@@ -58,24 +63,12 @@ pub struct Writer {
     depth: u64,
 }
 
-/// Starts the writer task on a duplicate of `stream`'s socket, with
+/// Starts the writer task on a duplicate of `stream`'s socket (writes
+/// bounded by [`WRITE_TIMEOUT`]), with
 /// `depth` permits; `on_written` hears the size of every write that succeeded.
-pub fn start(
-    stream: &TcpStream,
-    depth: u64,
-    write_timeout: Duration,
-    on_written: impl Fn(usize) + 'static,
-) -> io::Result<(Rc<Outbox>, Writer)> {
-    // A second handle on the same socket lets the writer task write while
-    // the reader reads, with no lock between them.
-    // SAFETY: duplicating a descriptor we own; close-on-exec like the original.
-    let fd = unsafe { libc::fcntl(stream.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a fresh duplicate of a connected TCP socket we own.
-    let writer = unsafe { TcpStream::from_raw_fd(fd) };
-    writer.set_write_timeout(Some(write_timeout))?;
+pub fn start(stream: &TcpStream, depth: u64, on_written: impl Fn(usize) + 'static) -> io::Result<(Rc<Outbox>, Writer)> {
+    let writer = dup(stream)?;
+    writer.set_write_timeout(Some(WRITE_TIMEOUT))?;
     let (wake, woken) = local_channel::new_bounded(1);
     let outbox = Rc::new(Outbox {
         bytes: RefCell::new(Vec::new()),
@@ -89,13 +82,26 @@ pub fn start(
     Ok((outbox.clone(), Writer { task, outbox, depth }))
 }
 
+/// A second handle on `stream`'s socket, so that one task can write while
+/// another reads, with no lock between them.
+pub fn dup(stream: &TcpStream) -> io::Result<TcpStream> {
+    // SAFETY: duplicating a descriptor we own; close-on-exec like the original.
+    let fd = unsafe { libc::fcntl(stream.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh duplicate of a connected TCP socket we own.
+    Ok(unsafe { TcpStream::from_raw_fd(fd) })
+}
+
 impl Writer {
-    /// Waits up to `timeout` for the answers of every request started, then
-    /// writes what is queued and closes the writing half. Returns whether
-    /// every answer was in before the timeout.
-    pub async fn finish(self, timeout: Duration) -> bool {
+    /// Waits up to [`DRAIN_TIMEOUT`] for the answers of every request
+    /// started, then writes what is queued and closes the writing half.
+    /// Returns whether every answer was in before the timeout.
+    pub async fn finish(self) -> bool {
         let (outbox, depth) = (&self.outbox, self.depth);
-        let drained = glommio::timer::timeout(timeout, async { outbox.permits.acquire(depth).await }).await.is_ok();
+        let drained =
+            glommio::timer::timeout(DRAIN_TIMEOUT, async { outbox.permits.acquire(depth).await }).await.is_ok();
         self.outbox.closed.set(true);
         let _ = self.outbox.wake.try_send(());
         self.task.await;

@@ -41,16 +41,21 @@ macro_rules! growable {
 
 growable!(BytesMut, Vec<u8>);
 
+/// Bytes asked of a socket per read when no large frame is pending.
+pub const CHUNK_BYTES: usize = 64 * 1024;
+
 /// One connection's reader: its scratch chunk.
 pub struct Reader {
     scratch: Box<[u8]>,
 }
 
-impl Reader {
-    pub fn new(chunk_bytes: usize) -> Reader {
-        Reader { scratch: vec![0; chunk_bytes].into_boxed_slice() }
+impl Default for Reader {
+    fn default() -> Reader {
+        Reader { scratch: vec![0; CHUNK_BYTES].into_boxed_slice() }
     }
+}
 
+impl Reader {
     /// Reads once from `stream` onto the end of `buf`: up to a chunk, or up
     /// to `want` bytes in place when more than a chunk is awaited. Returns
     /// the bytes read (0: the peer closed its side).

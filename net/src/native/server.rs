@@ -31,19 +31,13 @@ use super::codec::{self, FrameError, Hello, Opcode, Request, Response, Status, W
 use crate::mesh::{Op, Reply};
 use crate::metrics::{OpLabel, Protocol, StatusLabel};
 use crate::outbox;
-use crate::readbuf::Reader;
+use crate::readbuf::{Reader, CHUNK_BYTES};
 use crate::service::Service;
 
 /// A client must complete the handshake within this time.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// A write to a client that does not read for this long fails the connection.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long a closing connection waits for its in-flight answers.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest frame read from a connection that has not authenticated yet.
 const PREAUTH_FRAME_BYTES_MAX: usize = 64 * 1024;
-/// Bytes asked of the socket per read when no large frame is pending.
-const READ_CHUNK_BYTES: usize = 64 * 1024;
 
 /// A connection's answer queue (see [`crate::outbox`]) and whether it may
 /// make requests.
@@ -84,11 +78,11 @@ async fn serve_connection(mut stream: TcpStream, svc: &Rc<Service>) -> io::Resul
         return Ok(());
     }
     let depth = svc.limits.pipeline_depth_max as u64;
-    let (queue, writer) = outbox::start(&stream, depth, WRITE_TIMEOUT, |_| {})?;
+    let (queue, writer) = outbox::start(&stream, depth, |_| {})?;
     let outbox = Rc::new(Outbox { queue, authenticated: Cell::new(svc.frontend.password.is_none()) });
     let read_result = read_loop(&mut stream, svc, &outbox).await;
     // Let every started request answer before closing.
-    if !writer.finish(DRAIN_TIMEOUT).await {
+    if !writer.finish().await {
         tracing::debug!("connection closed with answers still in flight");
     }
     read_result
@@ -126,9 +120,9 @@ async fn handshake(stream: &mut TcpStream, svc: &Service) -> io::Result<bool> {
 }
 
 async fn read_loop(stream: &mut TcpStream, svc: &Rc<Service>, outbox: &Rc<Outbox>) -> io::Result<()> {
-    let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
-    let mut reader = Reader::new(READ_CHUNK_BYTES);
-    let mut want = READ_CHUNK_BYTES;
+    let mut buf = BytesMut::with_capacity(CHUNK_BYTES);
+    let mut reader = Reader::default();
+    let mut want = CHUNK_BYTES;
     loop {
         loop {
             // Checked before every request: a client that keeps its pipeline
@@ -183,7 +177,7 @@ async fn read_loop(stream: &mut TcpStream, svc: &Rc<Service>, outbox: &Rc<Outbox
         if n == 0 {
             return Ok(());
         }
-        want = READ_CHUNK_BYTES;
+        want = CHUNK_BYTES;
     }
 }
 

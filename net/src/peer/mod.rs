@@ -18,7 +18,6 @@ use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, FromRawFd};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,7 +30,7 @@ use kv_replication::{oneshot, CoreError};
 use raft::eraftpb::Message;
 
 use crate::mesh::{Op, Reply};
-use crate::readbuf::Reader;
+use crate::readbuf::{Reader, CHUNK_BYTES};
 use crate::route::Owner;
 use crate::service::Endpoints;
 use wire::{Challenge, Forward, PeerHello};
@@ -45,7 +44,6 @@ const LINK_QUEUE_MESSAGES_MAX: usize = 65_536;
 /// Forwarded requests one inbound connection runs at once; more are
 /// answered Busy.
 const INBOUND_FORWARDS_MAX: u64 = 4096;
-const READ_CHUNK_BYTES: usize = 64 * 1024;
 
 /// What a core needs to know about its peers.
 #[derive(Debug, Clone)]
@@ -340,24 +338,14 @@ async fn connect(peers: &Rc<Peers>, link: &Rc<Link>) -> io::Result<TcpStream> {
         glommio::timer::timeout(HANDSHAKE_TIMEOUT, async { handshake.await.map_err(glommio::GlommioError::from) })
             .await
             .map_err(io_err)?;
-    let reader = dup(&stream)?;
+    let reader = crate::outbox::dup(&stream)?;
     glommio::spawn_local(read_replies(peers.clone(), link.clone(), reader)).detach();
     Ok(stream)
 }
 
-fn dup(stream: &TcpStream) -> io::Result<TcpStream> {
-    // SAFETY: duplicating a descriptor we own, close-on-exec.
-    let fd = unsafe { libc::fcntl(stream.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a fresh duplicate of a connected TCP socket.
-    Ok(unsafe { TcpStream::from_raw_fd(fd) })
-}
-
 async fn read_replies(peers: Rc<Peers>, link: Rc<Link>, mut stream: TcpStream) {
     let mut buf = Vec::new();
-    let mut reader = Reader::new(READ_CHUNK_BYTES);
+    let mut reader = Reader::default();
     let result: Result<(), String> = async {
         loop {
             while let Some((kind, payload, used)) =
@@ -373,7 +361,7 @@ async fn read_replies(peers: Rc<Peers>, link: Rc<Link>, mut stream: TcpStream) {
                 }
                 buf.drain(..used);
             }
-            if reader.read(&mut stream, &mut buf, READ_CHUNK_BYTES).await.map_err(|e| e.to_string())? == 0 {
+            if reader.read(&mut stream, &mut buf, CHUNK_BYTES).await.map_err(|e| e.to_string())? == 0 {
                 return Err("closed by the peer".into());
             }
         }
@@ -448,9 +436,9 @@ async fn serve_inbound(mut stream: TcpStream, peers: &Rc<Peers>, owner: &Rc<Owne
         slots: Rc::new(Semaphore::new(INBOUND_FORWARDS_MAX)),
         parts: RefCell::new(wire::Reassembly::default()),
     };
-    let writer = glommio::spawn_local(write_replies(dup(&stream)?, conn.replies.clone(), woken));
+    let writer = glommio::spawn_local(write_replies(crate::outbox::dup(&stream)?, conn.replies.clone(), woken));
     let mut buf = Vec::new();
-    let mut reader = Reader::new(READ_CHUNK_BYTES);
+    let mut reader = Reader::default();
     let result: io::Result<()> = async {
         loop {
             while let Some((kind, payload, used)) =
@@ -460,7 +448,7 @@ async fn serve_inbound(mut stream: TcpStream, peers: &Rc<Peers>, owner: &Rc<Owne
                 buf.drain(..used);
                 conn.handle(kind, &payload).await?;
             }
-            if reader.read(&mut stream, &mut buf, READ_CHUNK_BYTES).await? == 0 {
+            if reader.read(&mut stream, &mut buf, CHUNK_BYTES).await? == 0 {
                 return Ok(());
             }
         }

@@ -21,7 +21,6 @@
 
 use std::io;
 use std::rc::Rc;
-use std::time::Duration;
 
 use bytes::BytesMut;
 use futures_lite::AsyncWriteExt;
@@ -32,15 +31,9 @@ use super::frame::{Frame, Proto};
 use super::session::Conn;
 use super::{batch, stats};
 use crate::outbox;
-use crate::readbuf::Reader;
+use crate::readbuf::{Reader, CHUNK_BYTES};
 use crate::service::Service;
 
-/// A write to a client that does not read for this long fails the connection.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long a closing connection waits for its replies to go out.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
-/// Bytes asked of the socket per read when no large argument is pending.
-const READ_CHUNK_BYTES: usize = 64 * 1024;
 /// Most bytes asked of the socket per read while a large argument arrives:
 /// the buffer grows with the data actually sent, not with the length a
 /// client announced.
@@ -87,7 +80,7 @@ pub async fn serve(stream: TcpStream, svc: Rc<Service>) {
 
 async fn serve_connection(mut stream: TcpStream, svc: &Rc<Service>, peer: String) -> io::Result<()> {
     stream.set_nodelay(true)?;
-    stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
+    stream.set_write_timeout(Some(outbox::WRITE_TIMEOUT))?;
     if svc.connections.get() > svc.connections_max() {
         stats::add(&stats::of_core(svc.core_index).rejected_connections, 1);
         stream.write_all(b"-ERR max number of clients reached\r\n").await?;
@@ -97,11 +90,10 @@ async fn serve_connection(mut stream: TcpStream, svc: &Rc<Service>, peer: String
     let conn = Conn::register(svc.clone(), peer, local);
     let depth = svc.limits.pipeline_depth_max as u64;
     let counters = conn.counters;
-    let (queue, writer) =
-        outbox::start(&stream, depth, WRITE_TIMEOUT, move |n| stats::add(&counters.net_output_bytes, n as u64))?;
+    let (queue, writer) = outbox::start(&stream, depth, move |n| stats::add(&counters.net_output_bytes, n as u64))?;
     let outbox = Rc::new(Outbox { queue });
     let read_result = read_loop(&mut stream, &conn, &outbox).await;
-    if !writer.finish(DRAIN_TIMEOUT).await {
+    if !writer.finish().await {
         tracing::debug!("RESP connection closed with replies still unsent");
     }
     read_result
@@ -110,8 +102,8 @@ async fn serve_connection(mut stream: TcpStream, svc: &Rc<Service>, peer: String
 async fn read_loop(stream: &mut TcpStream, conn: &Rc<Conn>, outbox: &Rc<Outbox>) -> io::Result<()> {
     let svc = &conn.svc;
     let depth = svc.limits.pipeline_depth_max;
-    let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
-    let mut reader = Reader::new(READ_CHUNK_BYTES);
+    let mut buf = BytesMut::with_capacity(CHUNK_BYTES);
+    let mut reader = Reader::default();
     let mut parser = Parser::default();
     loop {
         // Checked before every batch: a client that keeps its pipeline full
@@ -157,7 +149,7 @@ async fn read_loop(stream: &mut TcpStream, conn: &Rc<Conn>, outbox: &Rc<Outbox>)
         if full {
             continue;
         }
-        let want = parser.wanted(buf.len()).clamp(READ_CHUNK_BYTES, READ_BYTES_MAX);
+        let want = parser.wanted(buf.len()).clamp(CHUNK_BYTES, READ_BYTES_MAX);
         let read = futures_lite::future::or(async { Some(reader.read(stream, &mut buf, want).await) }, async {
             svc.shutdown.wait().await;
             None
