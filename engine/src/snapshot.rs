@@ -71,7 +71,8 @@ pub fn file_name(group: u32, index: u64) -> String {
     format!("{group:05}-{index:020}.snap")
 }
 
-fn parse_name(name: &str) -> Option<(u32, u64)> {
+/// The (group, index) a snapshot file name stands for.
+pub fn parse_file_name(name: &str) -> Option<(u32, u64)> {
     let stem = name.strip_suffix(".snap")?;
     let (group, index) = stem.split_once('-')?;
     Some((group.parse().ok()?, index.parse().ok()?))
@@ -88,7 +89,7 @@ pub fn list(dir: &Path) -> Result<BTreeMap<u32, Vec<(u64, PathBuf)>>, SnapshotEr
             std::fs::remove_file(entry.path()).map_err(io_err(&entry.path(), "remove partial snapshot"))?;
             continue;
         }
-        if let Some((group, index)) = parse_name(&name) {
+        if let Some((group, index)) = parse_file_name(&name) {
             out.entry(group).or_default().push((index, entry.path()));
         }
     }
@@ -103,14 +104,7 @@ fn total_len(meta: &SnapshotMeta, entries: &[(Bytes, Stored)]) -> u64 {
     (HEADER_BYTES + meta.conf_state.len() + body + TRAILER_BYTES) as u64
 }
 
-/// Streams the encoding of a snapshot into `out`, yielding to other tasks
-/// between entries so a large shard does not stall its core.
-async fn encode_into<W: AsyncWrite + Unpin>(
-    meta: &SnapshotMeta,
-    entries: &[(Bytes, Stored)],
-    out: &mut W,
-) -> std::io::Result<()> {
-    let mut crc = crc32fast::Hasher::new();
+fn header_bytes(meta: &SnapshotMeta, entries: &[(Bytes, Stored)]) -> Vec<u8> {
     let mut header = Vec::with_capacity(HEADER_BYTES + meta.conf_state.len());
     header.extend_from_slice(MAGIC);
     header.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
@@ -121,6 +115,34 @@ async fn encode_into<W: AsyncWrite + Unpin>(
     header.extend_from_slice(&total_len(meta, entries).to_le_bytes());
     header.extend_from_slice(&(meta.conf_state.len() as u32).to_le_bytes());
     header.extend_from_slice(&meta.conf_state);
+    header
+}
+
+fn entry_head(key: &Bytes, stored: &Stored) -> [u8; ENTRY_HEADER_BYTES] {
+    let mut head = [0u8; ENTRY_HEADER_BYTES];
+    head[0..4].copy_from_slice(&(key.len() as u32).to_le_bytes());
+    head[4..8].copy_from_slice(&(stored.value.len() as u32).to_le_bytes());
+    head[8..16].copy_from_slice(&stored.version.to_le_bytes());
+    head[16..24].copy_from_slice(&stored.expires_at_ms.to_le_bytes());
+    head
+}
+
+fn trailer_bytes(crc: crc32fast::Hasher) -> [u8; TRAILER_BYTES] {
+    let mut trailer = [0u8; TRAILER_BYTES];
+    trailer[0..4].copy_from_slice(&crc.finalize().to_le_bytes());
+    trailer[4..12].copy_from_slice(TRAILER_MAGIC);
+    trailer
+}
+
+/// Streams the encoding of a snapshot into `out`, yielding to other tasks
+/// between entries so a large shard does not stall its core.
+async fn encode_into<W: AsyncWrite + Unpin>(
+    meta: &SnapshotMeta,
+    entries: &[(Bytes, Stored)],
+    out: &mut W,
+) -> std::io::Result<()> {
+    let mut crc = crc32fast::Hasher::new();
+    let header = header_bytes(meta, entries);
     crc.update(&header);
     out.write_all(&header).await?;
     for (i, (key, stored)) in entries.iter().enumerate() {
@@ -128,11 +150,7 @@ async fn encode_into<W: AsyncWrite + Unpin>(
             // Crash point: half a snapshot written.
             fail::fail_point!("snapshot::mid_write");
         }
-        let mut head = [0u8; ENTRY_HEADER_BYTES];
-        head[0..4].copy_from_slice(&(key.len() as u32).to_le_bytes());
-        head[4..8].copy_from_slice(&(stored.value.len() as u32).to_le_bytes());
-        head[8..16].copy_from_slice(&stored.version.to_le_bytes());
-        head[16..24].copy_from_slice(&stored.expires_at_ms.to_le_bytes());
+        let head = entry_head(key, stored);
         for part in [&head[..], key, &stored.value] {
             crc.update(part);
             out.write_all(part).await?;
@@ -141,10 +159,27 @@ async fn encode_into<W: AsyncWrite + Unpin>(
             glommio::yield_if_needed().await;
         }
     }
-    let mut trailer = [0u8; TRAILER_BYTES];
-    trailer[0..4].copy_from_slice(&crc.finalize().to_le_bytes());
-    trailer[4..12].copy_from_slice(TRAILER_MAGIC);
-    out.write_all(&trailer).await
+    out.write_all(&trailer_bytes(crc)).await
+}
+
+/// A snapshot's bytes in memory, encoded in one go without yielding (the
+/// simulator's way; on a core, [`encode`] lets other tasks run meanwhile).
+/// The same bytes as [`encode`].
+pub fn encode_blocking(meta: &SnapshotMeta, entries: &[(Bytes, Stored)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(total_len(meta, entries) as usize);
+    let mut crc = crc32fast::Hasher::new();
+    let header = header_bytes(meta, entries);
+    crc.update(&header);
+    out.extend_from_slice(&header);
+    for (key, stored) in entries {
+        let head = entry_head(key, stored);
+        for part in [&head[..], key, &stored.value] {
+            crc.update(part);
+            out.extend_from_slice(part);
+        }
+    }
+    out.extend_from_slice(&trailer_bytes(crc));
+    out
 }
 
 /// A snapshot's bytes in memory (what a leader sends a lagging follower).
@@ -301,6 +336,8 @@ mod tests {
         std::fs::write(dir.path().join("00003-00000000000000009999.snap.tmp"), b"partial").unwrap();
         let listed = list(dir.path()).unwrap();
         assert_eq!(listed[&3].len(), 1);
+        assert_eq!(parse_file_name(&file_name(3, 5000)), Some((3, 5000)));
+        assert_eq!(parse_file_name("00003-x.snap"), None);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "tmp file removed");
         let (got_meta, got) = read(&listed[&3][0].1).unwrap();
         assert_eq!(got_meta, meta);
@@ -316,6 +353,7 @@ mod tests {
         let path = run(move || async move {
             let bytes = encode(&m, &sample(300)).await;
             assert_eq!(decode(&bytes, Path::new("memory")).unwrap(), (m.clone(), sample(300)));
+            assert_eq!(encode_blocking(&m, &sample(300)), bytes, "both encoders write the same bytes");
             write_encoded(&d, &m, &bytes).await.unwrap()
         });
         assert_eq!(read(&path).unwrap(), (meta, sample(300)));

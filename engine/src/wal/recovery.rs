@@ -14,8 +14,15 @@
 //!   crash between creating it and the first write) is removed.
 //!
 //! Corruption refuses startup with the file, the offset and what to do.
+//!
+//! The judgement is pure: [`scan`] takes segment bytes and returns what was
+//! recovered plus the [`Repair`]s (remove an unwritten last segment, zero a
+//! torn tail, restore a cut segment's length) that must be applied and made
+//! durable before anything is written after them. [`recover`] is the IO
+//! around it: it lists and reads the files, scans, and applies the repairs.
+//! A simulated disk calls [`scan`] and applies the repairs itself.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -49,6 +56,10 @@ pub struct Tail {
     pub end: u64,
     /// Size of the segment file.
     pub capacity: u64,
+    /// The segment's bytes from the last `SEGMENT_HEADER_BYTES` boundary up
+    /// to `end`: the partial block the next write rewrites (O_DIRECT writes
+    /// whole blocks), so opening the WAL for writing reads nothing.
+    pub last_block: Vec<u8>,
 }
 
 /// The result of reading a WAL directory.
@@ -66,24 +77,79 @@ pub struct Recovered {
     pub warnings: Vec<String>,
 }
 
+/// A change [`scan`] found necessary. Each must be applied, and made
+/// durable, in the order given, before anything is written to the WAL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Repair {
+    /// The last segment was created but never written (or is shorter than
+    /// its header): remove the file, then fsync the directory.
+    RemoveSegment { seq: u64, path: PathBuf },
+    /// A torn write at the tail of the last segment: write zeros over
+    /// `from..to`, then fdatasync — so that stale bytes can never be
+    /// mistaken for records written later.
+    ZeroTail { seq: u64, path: PathBuf, from: u64, to: u64 },
+    /// The last segment was cut shorter than it was created: give it its
+    /// length back (the cut part reads as zeros), then fsync, so the repair
+    /// is reported once, not at every start.
+    RestoreLength { seq: u64, path: PathBuf, capacity: u64 },
+}
+
 /// Reads every segment in `dir` (which must exist) in order and hands each
-/// valid record to `visit`. Repairs a torn tail in place.
-pub fn recover(
-    dir: &Path,
-    core: u32,
-    mut visit: impl FnMut(Record) -> Result<(), String>,
-) -> Result<Recovered, WalError> {
+/// valid record to `visit`. Applies the repairs [`scan`] asks for — removes
+/// an unwritten last segment, zeroes a torn tail, restores a cut segment's
+/// length — each made durable, before returning.
+pub fn recover(dir: &Path, core: u32, visit: impl FnMut(Record) -> Result<(), String>) -> Result<Recovered, WalError> {
     let seqs = list_segments(dir)?;
-    let mut out = Recovered { next_batch: 1, ..Recovered::default() };
-    let mut last_batch = 0u64;
-    let mut latest_meta = std::collections::BTreeMap::new();
-    let mut visit = |record: Record| {
-        match &record {
-            Record::HardState { group, .. } => latest_meta.insert((*group, 0u8), record.clone()),
-            Record::ConfState { group, .. } => latest_meta.insert((*group, 1u8), record.clone()),
-            Record::Entry { .. } => None,
-        };
-        visit(record)
+    // One segment in memory at a time.
+    let read = |path: &Path| std::fs::read(path).map_err(|e| WalError::io(path, "read segment", e));
+    let (recovered, repairs) = scan_each(core, dir, &seqs, read, visit)?;
+    for repair in &repairs {
+        apply(dir, repair)?;
+    }
+    Ok(recovered)
+}
+
+/// The judgement of [`recover`] without its IO: reads the `(seq, bytes)` of
+/// every segment file of `dir` (in any order), hands each valid record to
+/// `visit` in log order, and returns what was recovered with the repairs
+/// the caller must apply. `dir` only names the files in errors, warnings
+/// and repairs.
+pub fn scan(
+    core: u32,
+    dir: &Path,
+    mut segments: Vec<(u64, Vec<u8>)>,
+    visit: impl FnMut(Record) -> Result<(), String>,
+) -> Result<(Recovered, Vec<Repair>), WalError> {
+    segments.sort_unstable_by_key(|&(seq, _)| seq);
+    let seqs: Vec<u64> = segments.iter().map(|&(seq, _)| seq).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "each segment given once");
+    let mut bytes = segments.into_iter().map(|(_, data)| data);
+    scan_each(core, dir, &seqs, |_| Ok(bytes.next().expect("one buffer per segment")), visit)
+}
+
+/// What the scan carries from segment to segment.
+struct Scan<V> {
+    out: Recovered,
+    repairs: Vec<Repair>,
+    last_batch: u64,
+    latest_meta: BTreeMap<(u32, u8), Record>,
+    visit: V,
+}
+
+/// [`scan`] over segments `seqs` (ascending), each read when its turn comes.
+fn scan_each<V: FnMut(Record) -> Result<(), String>>(
+    core: u32,
+    dir: &Path,
+    seqs: &[u64],
+    mut read: impl FnMut(&Path) -> Result<Vec<u8>, WalError>,
+    visit: V,
+) -> Result<(Recovered, Vec<Repair>), WalError> {
+    let mut scan = Scan {
+        out: Recovered { next_batch: 1, ..Recovered::default() },
+        repairs: Vec::new(),
+        last_batch: 0,
+        latest_meta: BTreeMap::new(),
+        visit,
     };
     for (i, &seq) in seqs.iter().enumerate() {
         if i > 0 && seq != seqs[i - 1] + 1 {
@@ -94,10 +160,23 @@ pub fn recover(
                 hint: CORRUPTION_HINT,
             });
         }
-        let is_last = i + 1 == seqs.len();
         let path = segment::path(dir, seq);
-        let data = std::fs::read(&path).map_err(|e| WalError::io(&path, "read segment", e))?;
-        let capacity = match segment::check_header(&data, core, seq) {
+        let data = read(&path)?;
+        if !scan.segment(core, seq, path, &data, i + 1 == seqs.len())? {
+            break;
+        }
+    }
+    let mut out = scan.out;
+    out.next_batch = scan.last_batch + 1;
+    out.latest_meta = scan.latest_meta.into_values().collect();
+    Ok((out, scan.repairs))
+}
+
+impl<V: FnMut(Record) -> Result<(), String>> Scan<V> {
+    /// Scans one segment. Returns false if it was an unwritten last segment
+    /// (to be removed), which ends the scan.
+    fn segment(&mut self, core: u32, seq: u64, path: PathBuf, data: &[u8], is_last: bool) -> Result<bool, WalError> {
+        let capacity = match segment::check_header(data, core, seq) {
             Ok(capacity) => capacity,
             Err(problem @ (HeaderProblem::Unwritten | HeaderProblem::Truncated)) if is_last => {
                 let note = match problem {
@@ -110,11 +189,9 @@ pub fn recover(
                         data.len()
                     ),
                 };
-                warn!("{note}");
-                out.warnings.push(note);
-                std::fs::remove_file(&path).map_err(|e| WalError::io(&path, "remove unwritten segment", e))?;
-                fsutil::sync_dir(dir).map_err(|e| WalError::io(dir, "fsync directory", e))?;
-                break;
+                self.warn(note);
+                self.repairs.push(Repair::RemoveSegment { seq, path });
+                return Ok(false);
             }
             Err(HeaderProblem::Unwritten) => {
                 return Err(corrupt(&path, 0, "segment header was never written, but later segments exist"));
@@ -129,61 +206,78 @@ pub fn recover(
             if !is_last {
                 return Err(corrupt(&path, data.len(), &why));
             }
-            let note = format!("{}: {why}; records past the cut, if there were any, are lost", path.display());
-            warn!("{note}");
-            out.warnings.push(note);
-            restore_length(&path, capacity)?;
+            self.warn(format!("{}: {why}; records past the cut, if there were any, are lost", path.display()));
+            self.repairs.push(Repair::RestoreLength { seq, path: path.clone(), capacity });
         }
-        let mut meta = SegmentMeta { seq, path: path.clone(), max_index: HashMap::new() };
-        let end = read_records(&data, &path, is_last, &mut last_batch, &mut meta, &mut out, &mut visit)?;
-        out.tail = Some(Tail { seq, end: end as u64, capacity });
-        out.segments.push(meta);
+        let mut meta = SegmentMeta { seq, path, max_index: HashMap::new() };
+        let end = self.records(data, is_last, &mut meta)?;
+        let block_start = end - end % SEGMENT_HEADER_BYTES;
+        let last_block = data[block_start..end].to_vec();
+        self.out.tail = Some(Tail { seq, end: end as u64, capacity, last_block });
+        self.out.segments.push(meta);
+        Ok(true)
     }
-    out.next_batch = last_batch + 1;
-    out.latest_meta = latest_meta.into_values().collect();
-    Ok(out)
-}
 
-/// Walks the records of one segment; returns the logical end offset.
-fn read_records(
-    data: &[u8],
-    path: &Path,
-    is_last: bool,
-    last_batch: &mut u64,
-    meta: &mut SegmentMeta,
-    out: &mut Recovered,
-    visit: &mut impl FnMut(Record) -> Result<(), String>,
-) -> Result<usize, WalError> {
-    let mut at = SEGMENT_HEADER_BYTES;
-    loop {
-        let problem = match record::decode(&data[at..]) {
-            Decoded::Record { record, batch, encoded_len, .. } => {
-                if batch < *last_batch {
-                    return Err(corrupt(path, at, "batch numbers go backwards"));
+    /// Walks the records of one segment; returns the logical end offset.
+    fn records(&mut self, data: &[u8], is_last: bool, meta: &mut SegmentMeta) -> Result<usize, WalError> {
+        let path = meta.path.clone();
+        let mut at = SEGMENT_HEADER_BYTES;
+        loop {
+            let problem = match record::decode(&data[at..]) {
+                Decoded::Record { record, batch, encoded_len, .. } => {
+                    if batch < self.last_batch {
+                        return Err(corrupt(&path, at, "batch numbers go backwards"));
+                    }
+                    self.last_batch = batch;
+                    match &record {
+                        Record::Entry { group, index, .. } => {
+                            let max = meta.max_index.entry(*group).or_insert(0);
+                            *max = (*max).max(*index);
+                        }
+                        // The checkpoint the next new segment starts with.
+                        Record::HardState { group, .. } => {
+                            self.latest_meta.insert((*group, 0), record.clone());
+                        }
+                        Record::ConfState { group, .. } => {
+                            self.latest_meta.insert((*group, 1), record.clone());
+                        }
+                    }
+                    (self.visit)(record).map_err(|why| corrupt(&path, at, &why))?;
+                    self.out.records += 1;
+                    at += encoded_len;
+                    continue;
                 }
-                *last_batch = batch;
-                if let Record::Entry { group, index, .. } = record {
-                    let max = meta.max_index.entry(group).or_insert(0);
-                    *max = (*max).max(index);
-                }
-                visit(record).map_err(|why| corrupt(path, at, &why))?;
-                out.records += 1;
-                at += encoded_len;
-                continue;
+                Decoded::End if data[at..].iter().all(|&b| b == 0) => return Ok(at),
+                Decoded::End => "non-zero bytes after the end of the log",
+                Decoded::Invalid(why) => why,
+            };
+            if !is_last {
+                return Err(corrupt(&path, at, problem));
             }
-            Decoded::End if data[at..].iter().all(|&b| b == 0) => return Ok(at),
-            Decoded::End => "non-zero bytes after the end of the log",
-            Decoded::Invalid(why) => why,
-        };
-        if !is_last {
-            return Err(corrupt(path, at, problem));
+            if let Some(later) = later_synced_record(data, at, self.last_batch) {
+                let why = format!("{problem}; a valid record of a later synced batch follows at offset {later}");
+                return Err(corrupt(&path, at, &why));
+            }
+            self.torn_tail(meta.seq, path, data, at, problem);
+            return Ok(at);
         }
-        if let Some(later) = later_synced_record(data, at, *last_batch) {
-            let why = format!("{problem}; a valid record of a later synced batch follows at offset {later}");
-            return Err(corrupt(path, at, &why));
-        }
-        truncate_tail(path, data, at, problem, out)?;
-        return Ok(at);
+    }
+
+    /// Discards a torn tail: every byte from `at` to the last non-zero one
+    /// is zeroed by the repair.
+    fn torn_tail(&mut self, seq: u64, path: PathBuf, data: &[u8], at: usize, problem: &str) {
+        let dirty_end = at + data[at..].iter().rposition(|&b| b != 0).map_or(0, |p| p + 1);
+        self.warn(format!(
+            "{}: torn write at the tail (offset {at}: {problem}); discarded {} bytes that were never acknowledged",
+            path.display(),
+            dirty_end - at
+        ));
+        self.repairs.push(Repair::ZeroTail { seq, path, from: at as u64, to: dirty_end as u64 });
+    }
+
+    fn warn(&mut self, note: String) {
+        warn!("{note}");
+        self.out.warnings.push(note);
     }
 }
 
@@ -204,32 +298,31 @@ fn later_synced_record(data: &[u8], from: usize, last_batch: u64) -> Option<usiz
     None
 }
 
-/// Zeros a torn tail so that the next recovery sees a clean end, and so that
-/// stale bytes can never be mistaken for records written later.
-fn truncate_tail(path: &Path, data: &[u8], at: usize, problem: &str, out: &mut Recovered) -> Result<(), WalError> {
-    let dirty_end = at + data[at..].iter().rposition(|&b| b != 0).map_or(0, |p| p + 1);
-    let note = format!(
-        "{}: torn write at the tail (offset {at}: {problem}); discarded {} bytes that were never acknowledged",
-        path.display(),
-        dirty_end - at
-    );
-    warn!("{note}");
-    out.warnings.push(note);
-    let file = OpenOptions::new().write(true).open(path).map_err(|e| WalError::io(path, "open segment", e))?;
-    file.write_all_at(&vec![0u8; dirty_end - at], at as u64).map_err(|e| WalError::io(path, "zero torn tail", e))?;
-    // IMPORTANT: fsync — the repaired tail must be durable before new records
-    // are appended after it.
-    file.sync_data().map_err(|e| WalError::io(path, "fdatasync repaired segment", e))
-}
-
-/// Gives a cut segment its size back (the cut part reads as zeros), so the
-/// repair is reported once, not at every start.
-fn restore_length(path: &Path, capacity: u64) -> Result<(), WalError> {
-    let file = OpenOptions::new().write(true).open(path).map_err(|e| WalError::io(path, "open segment", e))?;
-    file.set_len(capacity).map_err(|e| WalError::io(path, "restore segment length", e))?;
-    // IMPORTANT: fsync — the restored length must be durable before new
-    // records are written into it.
-    file.sync_all().map_err(|e| WalError::io(path, "fsync segment", e))
+/// Applies one repair to the files and makes it durable.
+fn apply(dir: &Path, repair: &Repair) -> Result<(), WalError> {
+    match repair {
+        Repair::RemoveSegment { path, .. } => {
+            std::fs::remove_file(path).map_err(|e| WalError::io(path, "remove unwritten segment", e))?;
+            // IMPORTANT: fsync folder — the removal must be durable before a
+            // new segment with the same number can be created.
+            fsutil::sync_dir(dir).map_err(|e| WalError::io(dir, "fsync directory", e))
+        }
+        Repair::ZeroTail { path, from, to, .. } => {
+            let file = OpenOptions::new().write(true).open(path).map_err(|e| WalError::io(path, "open segment", e))?;
+            let zeros = vec![0u8; (to - from) as usize];
+            file.write_all_at(&zeros, *from).map_err(|e| WalError::io(path, "zero torn tail", e))?;
+            // IMPORTANT: fsync — the repaired tail must be durable before new
+            // records are appended after it.
+            file.sync_data().map_err(|e| WalError::io(path, "fdatasync repaired segment", e))
+        }
+        Repair::RestoreLength { path, capacity, .. } => {
+            let file = OpenOptions::new().write(true).open(path).map_err(|e| WalError::io(path, "open segment", e))?;
+            file.set_len(*capacity).map_err(|e| WalError::io(path, "restore segment length", e))?;
+            // IMPORTANT: fsync — the restored length must be durable before
+            // new records are written into it.
+            file.sync_all().map_err(|e| WalError::io(path, "fsync segment", e))
+        }
+    }
 }
 
 fn list_segments(dir: &Path) -> Result<Vec<u64>, WalError> {

@@ -1,5 +1,7 @@
 //! WAL unit tests: round trip, rotation, torn tails cut at every byte,
-//! corruption in the middle, missing and empty segments, compaction.
+//! corruption in the middle, missing and empty segments, compaction, and the
+//! golden bytes the writer must keep producing. (The sans-IO state and scan
+//! are tested without files in `sansio_tests.rs`.)
 //! (Fault injection lives in `engine/tests/wal_faults.rs`, a process of its
 //! own, because failpoints are global.)
 
@@ -9,6 +11,7 @@ use std::path::Path;
 use bytes::Bytes;
 use glommio::{LocalExecutorBuilder, Placement};
 
+use super::segment::SEGMENT_HEADER_BYTES;
 use super::*;
 
 pub(crate) fn run<F, Fut, T>(f: F) -> T
@@ -29,12 +32,12 @@ fn config(dir: &Path, segment_bytes: u64) -> WalConfig {
     WalConfig { dir: dir.to_path_buf(), core: 0, segment_bytes, fsync: FsyncPolicy::Always }
 }
 
-fn entry(group: u32, index: u64, len: usize) -> Record {
+pub(super) fn entry(group: u32, index: u64, len: usize) -> Record {
     let data: Vec<u8> = (0..len).map(|i| (i as u64 * 31 + index) as u8).collect();
     Record::Entry { group, term: 1 + index / 10, index, entry_type: 0, data: Bytes::from(data) }
 }
 
-fn hard_state(group: u32, commit: u64) -> Record {
+pub(super) fn hard_state(group: u32, commit: u64) -> Record {
     Record::HardState { group, term: 1 + commit / 10, vote: 1, commit }
 }
 
@@ -63,7 +66,7 @@ fn write_batches(dir: &Path, segment_bytes: u64, batches: Vec<Vec<Record>>) {
     });
 }
 
-fn entries_only(records: Vec<Record>) -> Vec<Record> {
+pub(super) fn entries_only(records: Vec<Record>) -> Vec<Record> {
     records.into_iter().filter(|r| matches!(r, Record::Entry { .. })).collect()
 }
 
@@ -322,6 +325,9 @@ fn a_large_record_gets_a_segment_of_its_own() {
 
 /// Regression: compaction racing a rotation deleted the segment being
 /// rotated out (the newest on disk), losing every group's hard state.
+/// The segment a rotation creates joins the bookkeeping only once its flush
+/// finished, so compaction mid-rotation keeps the old one; afterwards the
+/// old one may go, because the new one starts with the checkpoint.
 #[test]
 fn compaction_during_a_rotation_keeps_the_newest_segment() {
     let dir = tempfile::tempdir().unwrap();
@@ -341,8 +347,12 @@ fn compaction_during_a_rotation_keeps_the_newest_segment() {
         assert!(wal.is_flushing(), "the rotating flush is under way");
         assert_eq!(wal.compact(|_| 3).await.unwrap(), 0, "nothing deletable mid-rotation");
         flushing.await.unwrap();
+        let deleted = wal.compact(|_| 3).await.unwrap();
+        assert_eq!(deleted, 1, "the old segment, once the new one holds the checkpoint");
+        assert_eq!(wal.segment_count(), 1);
     });
-    let (records, _) = read_all(dir.path()).unwrap();
+    let (records, recovered) = read_all(dir.path()).unwrap();
+    assert_eq!(recovered.segments.len(), 1);
     assert!(records.contains(&hard_state(0, 1)), "hard state survives: {records:?}");
 }
 
@@ -361,4 +371,48 @@ fn a_truncated_last_segment_is_reported() {
     assert!(warning.contains("truncated") && warning.contains(path.to_str().unwrap()), "{warning}");
     // Reported once: the repair restored the file's length.
     assert!(read_all(dir.path()).unwrap().1.warnings.is_empty());
+}
+
+/// The batches of the writer's golden files: two runs (the second continues
+/// the first's last segment after recovery), several rotations, one batch
+/// bigger than a segment, conf states in the checkpoints.
+pub(super) fn golden_batches(indexes: std::ops::RangeInclusive<u64>) -> Vec<Vec<Record>> {
+    let batch = |i: u64| {
+        let len = if i == 40 { 70 * 1024 } else { 2500 + i as usize * 37 };
+        let mut b = vec![entry(0, i, len), hard_state(0, i), entry(1, i, i as usize * 13)];
+        if i.is_multiple_of(7) {
+            b.push(Record::ConfState { group: 1, index: i, data: Bytes::from(vec![1, i as u8, 7]) });
+        }
+        b
+    };
+    indexes.map(batch).collect()
+}
+
+/// (file name, length, crc32) of each segment `golden_batches` leaves, as
+/// written by the WAL before its logic moved into `WalState`: the on-disk
+/// bytes must not change.
+pub(super) const GOLDEN: [(&str, usize, u32); 5] = [
+    ("00000000000000000001.wal", 65536, 0x56b263a6),
+    ("00000000000000000002.wal", 65536, 0xab17d667),
+    ("00000000000000000003.wal", 65536, 0xededdb6a),
+    ("00000000000000000004.wal", 77824, 0xa0db1a45),
+    ("00000000000000000005.wal", 65536, 0xc06d76bf),
+];
+
+#[test]
+fn the_writer_writes_the_golden_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    write_batches(dir.path(), segment::SEGMENT_BYTES_MIN, golden_batches(1..=30));
+    write_batches(dir.path(), segment::SEGMENT_BYTES_MIN, golden_batches(31..=45));
+    let mut files: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    let found: Vec<(String, usize, u32)> = files
+        .iter()
+        .map(|f| {
+            let data = std::fs::read(f).unwrap();
+            (f.file_name().unwrap().to_str().unwrap().to_string(), data.len(), crc32fast::hash(&data))
+        })
+        .collect();
+    let want: Vec<(String, usize, u32)> = GOLDEN.iter().map(|&(n, l, c)| (n.to_string(), l, c)).collect();
+    assert_eq!(found, want);
 }
