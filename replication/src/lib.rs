@@ -2,11 +2,15 @@
 //! goes through its log — on a single node too, where the group has one
 //! voter. One code path, not two.
 //!
+//! - [`machine`]: the per-core replication state machine, sans IO: it owns
+//!   the groups of its core, batches their Ready output into one WAL flush
+//!   (group commit), applies committed entries to the shard maps and
+//!   answers the waiting requests. The simulator (`kvsim`) runs it as is.
+//! - `group/`: one shard replica; the only code that touches raft-rs.
+//! - [`restore`]: rebuilding a machine from snapshots and WAL records.
+//! - [`Core`] (`core.rs`, `open.rs`): the glommio glue that feeds a machine
+//!   from requests, peers and timers, and carries out its IO.
 //! - [`layout`]: slots → shards → cores, fixed per data directory.
-//! - [`Core`] (`core.rs`): the per-core raft driver. It owns the groups of
-//!   its core, batches their Ready output into one WAL flush (group commit),
-//!   applies committed entries to the shard maps and answers the waiting
-//!   requests. Startup and recovery live in `open.rs`.
 //! - [`storage`]: raft-rs's `Storage` over an in-memory window of the log.
 //! - [`transport`]: the seam where messages to other nodes leave the core.
 //!
@@ -18,20 +22,25 @@ mod group;
 pub mod keyspace;
 pub mod layout;
 mod logger;
+pub mod machine;
 pub mod oneshot;
 mod open;
+mod records;
+pub mod restore;
 pub mod storage;
 pub mod transport;
+pub mod types;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use kv_engine::wal::FsyncPolicy;
 
-pub use crate::core::{Consistency, Core, CoreStats, FlushObserver, GroupStatus, ScanPage};
+pub use crate::core::{now, Core, FlushObserver};
 pub use crate::group::LOG_RETAIN_ENTRIES_DEFAULT;
 pub use crate::layout::Layout;
-pub use crate::open::StartError;
+pub use crate::restore::StartError;
+pub use crate::types::{Answer, Bugs, Consistency, CoreStats, GroupStatus, Now, ScanPage};
 
 /// Interval of Raft's logical clock.
 pub const TICK_INTERVAL_DEFAULT: Duration = Duration::from_millis(100);
@@ -46,7 +55,16 @@ pub const PENDING_PER_GROUP_MAX: usize = 65_536;
 /// covered segments are deleted.
 pub const SNAPSHOT_WAL_BYTES_DEFAULT: u64 = 256 * 1024 * 1024;
 
+/// Ticks, counted from the start of a heartbeat round a quorum
+/// acknowledged, during which a leader answers lease reads alone. Followers
+/// refuse votes for at least `ELECTION_TICKS - 1` ticks after hearing from
+/// it; the tick left over is the margin for clock rates (see
+/// `group/reads.rs`).
+pub const LEASE_TICKS: usize = ELECTION_TICKS - 2;
+
 const _: () = assert!(ELECTION_TICKS > 2 * HEARTBEAT_TICKS);
+// A lease outlives the renewal interval, or it would lapse between rounds.
+const _: () = assert!(LEASE_TICKS > HEARTBEAT_TICKS);
 
 /// How a core keeps its data.
 #[derive(Debug, Clone)]

@@ -48,7 +48,7 @@ async fn open(dir: Option<&Path>, snapshot_wal_bytes: u64) -> Core {
     core.wait_ready(Duration::from_secs(10)).await.expect("core gets ready");
     // Regression: readiness once came before the bootstrap batch was durable.
     if dir.is_some() {
-        assert!(core.stats().flushes.get() >= 1, "ready before anything was written");
+        assert!(core.stats().flushes >= 1, "ready before anything was written");
     }
     core
 }
@@ -109,7 +109,7 @@ fn concurrent_writes_share_flushes() {
     let d = dir.path().to_path_buf();
     run(move || async move {
         let core = open(Some(&d), u64::MAX).await;
-        let flushes_before = core.stats().flushes.get();
+        let flushes_before = core.stats().flushes;
         let tasks: Vec<_> = (0..200)
             .map(|i| {
                 let core = core.clone();
@@ -122,7 +122,7 @@ fn concurrent_writes_share_flushes() {
         for t in tasks {
             assert!(matches!(t.await, Outcome::Written { .. }));
         }
-        let flushes = core.stats().flushes.get() - flushes_before;
+        let flushes = core.stats().flushes - flushes_before;
         assert!(flushes < 100, "200 concurrent writes took {flushes} flushes: no group commit");
         core.shutdown().await.unwrap();
     });
@@ -142,10 +142,10 @@ fn snapshots_compact_the_wal_and_restore() {
             }
         }
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while core.stats().snapshots.get() == 0 && std::time::Instant::now() < deadline {
+        while core.stats().snapshots == 0 && std::time::Instant::now() < deadline {
             glommio::timer::sleep(Duration::from_millis(10)).await;
         }
-        assert!(core.stats().snapshots.get() > 0, "no snapshot taken");
+        assert!(core.stats().snapshots > 0, "no snapshot taken");
         core.shutdown().await.unwrap();
     });
     let wal_dir = dir.path().join("core-0/wal");

@@ -81,13 +81,7 @@ impl CoreMetrics {
         let lag = groups.iter().flat_map(|g| g.follower_lag.iter().map(|(_, l)| *l)).max().unwrap_or(0);
         self.follower_lag.set(lag as i64);
         let s = core.stats();
-        let now = [
-            s.proposals.get(),
-            s.committed_entries.get(),
-            s.applied_entries.get(),
-            s.leader_changes.get(),
-            s.snapshots.get(),
-        ];
+        let now = [s.proposals, s.committed_entries, s.applied_entries, s.leader_changes, s.snapshots];
         let last = self.last.replace(now);
         let counters = [&self.proposals, &self.commits, &self.applies, &self.leader_changes, &self.snapshots];
         for ((counter, now), last) in counters.into_iter().zip(now).zip(last) {

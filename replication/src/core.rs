@@ -1,0 +1,445 @@
+//! The glommio glue around a core's state machine ([`Machine`]): it feeds
+//! the machine from requests, peer messages and a ticker, and carries out
+//! what the machine asks — messages to the transport, answers to waiting
+//! requests, WAL flushes, snapshot encodings. Everything here is IO or
+//! scheduling; every decision is the machine's.
+//!
+//! Requests call [`Core::write`] / [`Core::read`]: the machine queues them
+//! (memory only) and the driver task is woken. The driver (`driver_loop`)
+//! runs [`Machine::drive`] and dispatches its outputs. One WAL flush runs
+//! at a time (`flush`), and reports back with [`Machine::flushed`].
+//!
+//! Everything runs on one executor: state is `Rc<RefCell<_>>`, and no
+//! borrow is held across an `.await` — nor across `spawn_local`, which in
+//! glommio polls the new task at once.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
+use kv_engine::snapshot;
+use kv_engine::wal::{FlushStats, FsyncPolicy, Wal, WalError};
+use kv_engine::{Command, Outcome, Stored};
+use raft::eraftpb::Message;
+
+use crate::keyspace::wall_clock_ms;
+use crate::machine::{FlushJob, Machine, Outputs, ReadStart, SnapshotSource};
+use crate::oneshot;
+use crate::transport::Transport;
+use crate::types::{Answer, Consistency, CoreStats, GroupStatus, Now, ScanPage};
+use crate::{CoreConfig, CoreError};
+
+/// How long shutdown waits for in-flight writes to finish.
+const SHUTDOWN_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Receives the [`FlushStats`] of every WAL flush, and of every sync of the
+/// `interval` policy (as stats with only `sync_micros` and `synced` set).
+pub type FlushObserver = Box<dyn Fn(&FlushStats)>;
+
+type Waiter = oneshot::Sender<Answer>;
+
+#[derive(Default)]
+struct GlueState {
+    stopped: bool,
+    snapshotting: bool,
+}
+
+pub(crate) struct Inner {
+    config: CoreConfig,
+    machine: RefCell<Machine<Waiter>>,
+    wal: Option<Rc<Wal>>,
+    transport: Box<dyn Transport>,
+    state: RefCell<GlueState>,
+    wake: LocalSender<()>,
+    /// Told about every WAL flush and timed sync (see [`Core::on_flush`]).
+    flush_observer: RefCell<Option<FlushObserver>>,
+}
+
+/// Handle to this core's groups. Cheap to clone; not `Send`.
+#[derive(Clone)]
+pub struct Core(Rc<Inner>);
+
+/// The time as the machine wants it: a process-wide monotonic clock and the
+/// wall clock.
+pub fn now() -> Now {
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    let monotonic_ms = ORIGIN.get_or_init(Instant::now).elapsed().as_millis() as u64;
+    Now { monotonic_ms, wall_ms: wall_clock_ms() }
+}
+
+impl Core {
+    pub(crate) fn start(
+        config: CoreConfig,
+        machine: Machine<Waiter>,
+        wal: Option<Rc<Wal>>,
+        transport: Box<dyn Transport>,
+    ) -> Core {
+        let (wake, wakeups) = local_channel::new_bounded(1);
+        let inner = Rc::new(Inner {
+            config,
+            machine: RefCell::new(machine),
+            wal,
+            transport,
+            state: RefCell::new(GlueState::default()),
+            wake,
+            flush_observer: RefCell::new(None),
+        });
+        glommio::spawn_local(driver_loop(inner.clone(), wakeups)).detach();
+        glommio::spawn_local(ticker(inner.clone())).detach();
+        if let Some(p) = &inner.config.persistence {
+            if let FsyncPolicy::Interval(every) = p.fsync {
+                glommio::spawn_local(interval_syncer(inner.clone(), every)).detach();
+            }
+        }
+        inner.notify();
+        Core(inner)
+    }
+
+    pub fn config(&self) -> &CoreConfig {
+        &self.0.config
+    }
+
+    pub fn stats(&self) -> CoreStats {
+        self.0.machine.borrow().stats()
+    }
+
+    /// Sets the observer of WAL flushes (metrics). The observer runs on the
+    /// core's executor and MUST NOT call back into the core.
+    pub fn on_flush(&self, observer: FlushObserver) {
+        *self.0.flush_observer.borrow_mut() = Some(observer);
+    }
+
+    /// Why this core refuses writes, if it does.
+    pub fn poisoned(&self) -> Option<String> {
+        self.0.machine.borrow().poisoned().map(str::to_string)
+    }
+
+    /// Replicates `command` through the shard's group and returns what
+    /// applying it did. Resolves only once the entry is durable and applied.
+    pub async fn write(&self, shard: u32, command: Command) -> Result<Outcome, CoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.0.machine.borrow_mut().propose(shard, &command, tx, now())?;
+        self.0.notify();
+        match rx.await {
+            Ok(Answer::Write(result)) => result,
+            Ok(Answer::Read(_)) => unreachable!("a write is answered as a write"),
+            Err(_) => Err(CoreError::ShuttingDown),
+        }
+    }
+
+    /// Reads a key without waiting, if `consistency` allows it here:
+    /// `Stale` on any replica, `Lease` on a leader whose lease holds.
+    pub fn read_now(&self, shard: u32, key: &[u8], consistency: Consistency) -> Result<Option<Stored>, CoreError> {
+        self.0.machine.borrow().read_now(shard, key, consistency, now())
+    }
+
+    /// Reads a key at `consistency`; a strict read, or a lease read on a
+    /// leader whose lease lapsed, confirms leadership with a quorum
+    /// (ReadIndex) and waits for the map to catch up first.
+    pub async fn read(&self, shard: u32, key: &[u8], consistency: Consistency) -> Result<Option<Stored>, CoreError> {
+        let (tx, rx) = oneshot::channel();
+        let started = self.0.machine.borrow_mut().read(shard, Bytes::copy_from_slice(key), consistency, tx, now())?;
+        if let ReadStart::Answered(value) = started {
+            return Ok(value);
+        }
+        self.0.notify();
+        match rx.await {
+            Ok(Answer::Read(result)) => result,
+            Ok(Answer::Write(_)) => unreachable!("a read is answered as a read"),
+            Err(_) => Err(CoreError::ShuttingDown),
+        }
+    }
+
+    /// A page of the shard's live keys (see [`Machine::scan`]).
+    pub fn scan(&self, shard: u32, cursor: u64, count: usize, consistency: Consistency) -> Result<ScanPage, CoreError> {
+        self.0.machine.borrow().scan(shard, cursor, count, consistency, now())
+    }
+
+    /// For each shard this core leads, up to `max` keys whose expiry has
+    /// passed: what the active expiry cycle proposes to reap.
+    pub fn expired_keys(&self, max: usize) -> Vec<(u32, Vec<Bytes>)> {
+        self.0.machine.borrow().expired_keys(max, now())
+    }
+
+    /// Delivers a message from a peer to `group`. Unknown groups and
+    /// messages raft refuses are dropped (Raft tolerates loss).
+    pub fn step(&self, group: u32, message: Message) {
+        let stepped = self.0.machine.borrow_mut().step(group, message);
+        match stepped {
+            Ok(()) => self.0.notify(),
+            Err(e) => tracing::debug!(core = self.0.config.core, group, "dropped a peer message: {e}"),
+        }
+    }
+
+    /// Starts handing every group this core leads to another voter (a
+    /// graceful stop, so a rolling restart does not wait for elections).
+    /// Returns how many transfers started.
+    pub fn transfer_leadership(&self) -> usize {
+        let n = self.0.machine.borrow_mut().transfer_leadership();
+        self.0.notify();
+        n
+    }
+
+    /// Whether this core leads any group that has other voters.
+    pub fn leads_replicated_group(&self) -> bool {
+        self.0.machine.borrow().leads_replicated_group()
+    }
+
+    /// Hands groups back to their preferred leaders (the first replica)
+    /// where those are caught up. Returns how many transfers started.
+    pub fn rebalance_leaders(&self) -> usize {
+        let layout = &self.0.config.layout;
+        let n = self.0.machine.borrow_mut().rebalance_leaders(|s| layout.replicas_of(s).first().copied());
+        if n > 0 {
+            self.0.notify();
+        }
+        n
+    }
+
+    /// Tells raft whether a snapshot message reached the transport.
+    pub fn report_snapshot(&self, group: u32, to: u64, sent: bool) {
+        self.0.machine.borrow_mut().report_snapshot(group, to, sent);
+        self.0.notify();
+    }
+
+    /// The leader this core knows for `shard`, if any.
+    pub fn leader_of(&self, shard: u32) -> Option<u64> {
+        self.0.machine.borrow().leader_of(shard)
+    }
+
+    /// Raft's view of every group on this core, for status reports.
+    pub fn group_status(&self) -> Vec<GroupStatus> {
+        self.0.machine.borrow().group_status()
+    }
+
+    /// Whether every group has replayed its log (see `Machine::is_ready`).
+    pub fn is_ready(&self) -> bool {
+        self.0.machine.borrow().is_ready()
+    }
+
+    /// Waits (bounded) until [`Core::is_ready`].
+    pub async fn wait_ready(&self, timeout: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        while !self.is_ready() {
+            if let Some(why) = self.poisoned() {
+                return Err(why);
+            }
+            if Instant::now() > deadline {
+                return Err(format!("core {} did not finish replaying its log within {timeout:?}", self.0.config.core));
+            }
+            glommio::timer::sleep(Duration::from_millis(2)).await;
+        }
+        Ok(())
+    }
+
+    /// Number of keys and bytes per shard (for status and metrics).
+    pub fn shard_sizes(&self) -> Vec<(u32, usize, u64)> {
+        self.0.machine.borrow().shard_sizes()
+    }
+
+    /// Stops taking writes, lets in-flight writes finish (bounded), makes the
+    /// WAL durable regardless of the fsync policy, and stops the driver. An
+    /// error means the WAL could not be made durable (it is poisoned).
+    pub async fn shutdown(&self) -> Result<(), WalError> {
+        self.0.machine.borrow_mut().stop_accepting();
+        let deadline = Instant::now() + SHUTDOWN_DRAIN_TIMEOUT;
+        loop {
+            let idle = {
+                let m = self.0.machine.borrow();
+                (m.pending_count() == 0 && !m.is_flushing()) || m.poisoned().is_some()
+            };
+            if idle || Instant::now() > deadline {
+                break;
+            }
+            glommio::timer::sleep(Duration::from_millis(1)).await;
+        }
+        self.0.state.borrow_mut().stopped = true;
+        let outputs = {
+            let mut m = self.0.machine.borrow_mut();
+            m.halt();
+            m.take_outputs()
+        };
+        answer(outputs.answers);
+        self.0.notify();
+        let Some(wal) = &self.0.wal else { return Ok(()) };
+        // A flush may outlive the drain timeout (a slow disk): let it end.
+        let deadline = Instant::now() + SHUTDOWN_DRAIN_TIMEOUT;
+        while wal.is_flushing() && Instant::now() < deadline {
+            glommio::timer::sleep(Duration::from_millis(1)).await;
+        }
+        if let Some(why) = self.poisoned() {
+            return Err(WalError::Poisoned(why));
+        }
+        if wal.is_flushing() {
+            return Err(WalError::Poisoned("a WAL flush did not finish during shutdown".into()));
+        }
+        wal.flush().await?;
+        // IMPORTANT: fsync — a clean shutdown leaves everything durable, even
+        // under `fsync never`.
+        wal.sync().await
+    }
+}
+
+fn answer(answers: Vec<(Waiter, Answer)>) {
+    for (waiter, a) in answers {
+        waiter.send(a);
+    }
+}
+
+impl Inner {
+    fn notify(&self) {
+        // A full channel means a wakeup is already pending.
+        let _ = self.wake.try_send(());
+    }
+
+    /// Runs the machine once and carries out what it asks.
+    fn drive(self: &Rc<Self>) {
+        let (more, outputs) = {
+            let mut m = self.machine.borrow_mut();
+            let more = m.drive(now());
+            (more, m.take_outputs())
+        };
+        self.dispatch(outputs);
+        if more {
+            self.notify();
+        }
+    }
+
+    /// Called with no borrow held: glommio runs a spawned task at once.
+    fn dispatch(self: &Rc<Self>, outputs: Outputs<Waiter>) {
+        let Outputs { messages, answers, flush: job, prepare } = outputs;
+        self.transport.send(messages);
+        answer(answers);
+        if let Some(job) = job {
+            let wal = self.wal.clone().expect("a durable machine has a WAL");
+            glommio::spawn_local(flush(self.clone(), wal, job)).detach();
+        }
+        for source in prepare {
+            glommio::spawn_local(prepare_snapshot(self.clone(), source)).detach();
+        }
+    }
+
+    fn observe_flush(&self, stats: &FlushStats) {
+        if let Some(observe) = &*self.flush_observer.borrow() {
+            observe(stats);
+        }
+    }
+
+    fn maybe_snapshot(self: &Rc<Self>) {
+        let (Some(wal), Some(p)) = (&self.wal, &self.config.persistence) else { return };
+        {
+            let mut state = self.state.borrow_mut();
+            if state.snapshotting || state.stopped || wal.bytes_since_compaction() < p.snapshot_wal_bytes {
+                return;
+            }
+            state.snapshotting = true;
+        }
+        glommio::spawn_local(snapshot_and_compact(self.clone(), wal.clone())).detach();
+    }
+}
+
+async fn driver_loop(inner: Rc<Inner>, wakeups: LocalReceiver<()>) {
+    while wakeups.recv().await.is_some() {
+        if inner.state.borrow().stopped {
+            break;
+        }
+        inner.drive();
+    }
+}
+
+/// Writes one [`FlushJob`]: snapshots installed from a leader first (their
+/// hard state commits up to them), then the records in one WAL flush.
+async fn flush(inner: Rc<Inner>, wal: Rc<Wal>, job: FlushJob) {
+    let result = write_job(&inner, &wal, job).await;
+    let ok = result.is_ok();
+    if let Ok(stats) = &result {
+        inner.observe_flush(stats);
+    }
+    inner.machine.borrow_mut().flushed(result);
+    if ok {
+        inner.maybe_snapshot();
+    }
+    inner.notify();
+}
+
+async fn write_job(inner: &Inner, wal: &Wal, job: FlushJob) -> Result<FlushStats, String> {
+    for (meta, bytes) in &job.installs {
+        let dir = inner.config.persistence.as_ref().expect("a WAL implies persistence").dir.join("snap");
+        snapshot::write_encoded(&dir, meta, bytes)
+            .await
+            .map_err(|e| format!("installing a snapshot from the leader: {e}"))?;
+        if let Err(e) = snapshot::remove_older(&dir, meta.group, meta.index).await {
+            tracing::warn!(core = inner.config.core, group = meta.group, "could not remove an old snapshot: {e}");
+        }
+    }
+    for record in &job.records {
+        wal.append(record);
+    }
+    wal.flush().await.map_err(|e| e.to_string())
+}
+
+async fn prepare_snapshot(inner: Rc<Inner>, source: SnapshotSource) {
+    let data = snapshot::encode(&source.meta, &source.entries).await;
+    inner.machine.borrow_mut().snapshot_prepared(&source, data, now());
+    inner.notify();
+}
+
+async fn ticker(inner: Rc<Inner>) {
+    loop {
+        glommio::timer::sleep(inner.config.tick).await;
+        if inner.state.borrow().stopped {
+            return;
+        }
+        inner.machine.borrow_mut().tick(now());
+        inner.notify();
+    }
+}
+
+async fn interval_syncer(inner: Rc<Inner>, every: Duration) {
+    let wal = inner.wal.clone().expect("interval policy implies a WAL");
+    loop {
+        glommio::timer::sleep(every).await;
+        if inner.state.borrow().stopped || inner.machine.borrow().poisoned().is_some() {
+            return;
+        }
+        let started = Instant::now();
+        if let Err(e) = wal.sync().await {
+            inner.machine.borrow_mut().poison(e.to_string());
+            inner.notify();
+            return;
+        }
+        let sync_micros = started.elapsed().as_micros() as u64;
+        inner.observe_flush(&FlushStats { sync_micros, synced: true, ..FlushStats::default() });
+    }
+}
+
+/// Snapshots every shard of the core whose map moved since its last
+/// snapshot, then deletes the WAL segments the snapshots cover. A failure
+/// is logged and leaves the WAL as it was: nothing is lost, only space.
+async fn snapshot_and_compact(inner: Rc<Inner>, wal: Rc<Wal>) {
+    let dir = inner.config.persistence.as_ref().expect("snapshots need persistence").dir.join("snap");
+    let sources = inner.machine.borrow().take_snapshots();
+    for SnapshotSource { meta, entries, .. } in sources {
+        if let Err(e) = snapshot::write(&dir, &meta, entries).await {
+            tracing::error!(core = inner.config.core, group = meta.group, "snapshot failed, WAL kept: {e}");
+            inner.state.borrow_mut().snapshotting = false;
+            return;
+        }
+        inner.machine.borrow_mut().snapshot_written(meta.group, meta.index);
+        if let Err(e) = snapshot::remove_older(&dir, meta.group, meta.index).await {
+            tracing::warn!(core = inner.config.core, group = meta.group, "could not remove an old snapshot: {e}");
+        }
+    }
+    let covered: std::collections::BTreeMap<u32, u64> = {
+        let m = inner.machine.borrow();
+        m.shards().map(|g| (g, m.snapshot_index(g))).collect()
+    };
+    match wal.compact(|g| covered.get(&g).copied().unwrap_or(0)).await {
+        Ok(n) => tracing::debug!(core = inner.config.core, deleted = n, "WAL compacted"),
+        Err(e) => tracing::warn!(core = inner.config.core, "WAL compaction failed: {e}"),
+    }
+    inner.state.borrow_mut().snapshotting = false;
+}

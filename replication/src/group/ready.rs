@@ -1,0 +1,157 @@
+//! Handling one Ready, following raft-rs's contract: messages a leader may
+//! send at once go out immediately; entries and hard state become WAL
+//! records and are handed back to raft as persisted (`on_persist_ready`)
+//! only once the WAL batch carrying them is durable, and the messages that
+//! must wait for persistence wait with them. Committed entries are applied
+//! to the map in index order, exactly once, and answer their proposers.
+
+use bytes::Bytes;
+use kv_engine::snapshot::{self, SnapshotMeta};
+use kv_engine::wal::Record;
+use kv_engine::Command;
+use protobuf::Message as _;
+use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType, Message, Snapshot};
+
+use super::Group;
+use crate::records::{conf_state_record, entry_record};
+use crate::types::{Answer, Now};
+use crate::CoreError;
+
+/// Where handling a Ready puts what it produces.
+pub(crate) struct ReadyCtx<'a, T> {
+    /// Records for the next WAL flush; `None` without persistence.
+    pub records: Option<&'a mut Vec<Record>>,
+    /// Messages that may leave now.
+    pub messages: &'a mut Vec<(u32, Message)>,
+    pub answers: &'a mut Vec<(T, Answer)>,
+    pub now: Now,
+}
+
+/// What handling one Ready left for the core.
+pub(crate) struct Handled {
+    pub number: u64,
+    /// Messages that may only be sent once this Ready is persisted.
+    pub after_persist: Vec<(u32, Message)>,
+    /// A snapshot installed from the leader, to be written before the Ready
+    /// counts as persisted.
+    pub installed: Option<(SnapshotMeta, Bytes)>,
+    /// How far the commit index advanced, and entries applied (metrics).
+    pub committed: u64,
+    pub applied: u64,
+}
+
+impl<T> Group<T> {
+    /// Handles one Ready (the caller checked `has_ready`).
+    pub fn handle_ready(&mut self, cx: &mut ReadyCtx<'_, T>) -> Handled {
+        let mut rd = self.node.ready();
+        let id = self.id;
+        cx.messages.extend(rd.take_messages().into_iter().map(|m| (id, m)));
+        self.confirm_reads(rd.take_read_states());
+        let installed = (!rd.snapshot().is_empty()).then(|| self.install_snapshot(rd.snapshot(), cx.answers));
+        let committed = rd.take_committed_entries();
+        let applied = committed.len() as u64;
+        self.apply(committed, cx);
+        let entries = rd.take_entries();
+        if !entries.is_empty() {
+            self.storage.append(&entries);
+            if let Some(records) = cx.records.as_deref_mut() {
+                records.extend(entries.iter().map(|e| entry_record(id, e)));
+            }
+        }
+        let mut commit_advance = 0;
+        if let Some(hs) = rd.hs() {
+            commit_advance = hs.commit.saturating_sub(self.storage.hard_state().commit);
+            self.storage.set_hard_state(hs.clone());
+            if let Some(records) = cx.records.as_deref_mut() {
+                records.push(Record::HardState { group: id, term: hs.term, vote: hs.vote, commit: hs.commit });
+            }
+        }
+        let after_persist = rd.take_persisted_messages().into_iter().map(|m| (id, m)).collect();
+        let handled = Handled { number: rd.number(), after_persist, installed, committed: commit_advance, applied };
+        self.node.advance_append_async(rd);
+        self.release_reads(cx.now, cx.answers);
+        handled
+    }
+
+    /// Replaces the map and the log with a snapshot the leader sent. Its
+    /// bytes are returned so the core writes them as this shard's snapshot
+    /// file before the Ready counts as persisted.
+    fn install_snapshot(&mut self, snap: &Snapshot, answers: &mut Vec<(T, Answer)>) -> (SnapshotMeta, Bytes) {
+        let meta = snap.get_metadata();
+        let origin = format!("the snapshot of shard {} sent by its leader", self.id);
+        let (smeta, entries) = snapshot::decode(&snap.data, std::path::Path::new(&origin))
+            .unwrap_or_else(|e| panic!("a checksummed snapshot from the leader does not decode: {e}"));
+        assert_eq!(
+            (smeta.group, smeta.index, smeta.term),
+            (self.id, meta.index, meta.term),
+            "snapshot metadata agrees"
+        );
+        tracing::info!(
+            group = self.id,
+            index = meta.index,
+            keys = entries.len(),
+            "installing a snapshot from the leader"
+        );
+        self.map.restore(meta.index, entries);
+        self.storage.apply_snapshot(meta);
+        // Writes waiting here were overtaken by the leader's history.
+        for (_, p) in std::mem::take(&mut self.pending) {
+            answers.push((p.waiter, Answer::Write(Err(CoreError::Dropped))));
+        }
+        (smeta, snap.data.clone())
+    }
+
+    /// Applies committed entries to the map and answers their proposers.
+    fn apply(&mut self, entries: Vec<Entry>, cx: &mut ReadyCtx<'_, T>) {
+        let Some(last) = entries.last().map(|e| e.index) else { return };
+        // Crash point: committed (and durable) but not applied.
+        fail::fail_point!("raft::before_apply");
+        for entry in entries {
+            let outcome = match entry.get_entry_type() {
+                EntryType::EntryNormal if entry.data.is_empty() => {
+                    self.map.apply_noop(entry.index);
+                    None
+                }
+                EntryType::EntryNormal => {
+                    let (now_ms, command) =
+                        Command::decode(&entry.data).expect("committed entries were encoded by kvd");
+                    Some(self.map.apply(entry.index, now_ms, command))
+                }
+                EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
+                    self.apply_conf_change(&entry, cx.records.as_deref_mut());
+                    self.map.apply_noop(entry.index);
+                    None
+                }
+            };
+            if let Some(p) = self.pending.remove(&entry.index) {
+                // Another leader's entry at our index means ours was dropped.
+                let result = match outcome {
+                    Some(o) if p.term == entry.term => Ok(o),
+                    // The seeded bug: claim the write the new leader replaced.
+                    _ if self.bugs.ack_overwritten_entry => Ok(kv_engine::Outcome::Written { version: entry.index }),
+                    _ => Err(CoreError::Dropped),
+                };
+                cx.answers.push((p.waiter, Answer::Write(result)));
+            }
+        }
+        self.node.advance_apply_to(last);
+        if last > self.storage.first_index() + 2 * self.log_retain_entries {
+            self.storage.compact(last - self.log_retain_entries);
+        }
+    }
+
+    fn apply_conf_change(&mut self, entry: &Entry, records: Option<&mut Vec<Record>>) {
+        let cs = if entry.get_entry_type() == EntryType::EntryConfChange {
+            let cc = ConfChange::parse_from_bytes(&entry.data).expect("committed conf change decodes");
+            self.node.apply_conf_change(&cc)
+        } else {
+            let cc = ConfChangeV2::parse_from_bytes(&entry.data).expect("committed conf change decodes");
+            self.node.apply_conf_change(&cc)
+        }
+        .expect("committed conf change applies");
+        self.storage.set_conf_state(cs.clone());
+        if let Some(records) = records {
+            records.push(conf_state_record(self.id, entry.index, &cs));
+        }
+    }
+}

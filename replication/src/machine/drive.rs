@@ -1,0 +1,134 @@
+//! Driving the groups: every group's Ready is handled, their records staged
+//! for one WAL flush (group commit), and flushed Readies reported to raft.
+//!
+//! At most one flush is in flight. While it is, new Readies keep
+//! accumulating; when it completes (`flushed`), its Readies are reported
+//! persisted (`on_persist_ready`), which lets them commit and apply, and
+//! the next drive starts a flush of everything that arrived meanwhile.
+//!
+//! Crash outcome: a Ready is reported persisted only after the flush that
+//! carried its records returned Ok, so raft never counts an entry or a vote
+//! durable that a crash could still lose.
+
+use kv_engine::wal::FlushStats;
+
+use super::{FlushJob, Machine, Persisting};
+use crate::group::ReadyCtx;
+use crate::types::Now;
+
+/// Drive rounds before [`Machine::drive`] returns to let the caller run
+/// other work (each round handles every group's Ready once).
+const DRIVE_ROUNDS_MAX: usize = 8;
+
+impl<T> Machine<T> {
+    /// Handles pending Readies and starts a WAL flush if none is in flight.
+    /// Returns whether work is left (the caller should drive again soon).
+    pub fn drive(&mut self, now: Now) -> bool {
+        for _ in 0..DRIVE_ROUNDS_MAX {
+            // A poisoned machine must never report a Ready persisted: its
+            // records may have been in the flush that failed.
+            if self.stopped || self.poisoned.is_some() {
+                return false;
+            }
+            let progressed = self.handle_readies(now);
+            if self.unpersisted.is_empty() || self.in_flight.is_some() {
+                if progressed {
+                    continue;
+                }
+                return false;
+            }
+            let batch = std::mem::take(&mut self.unpersisted);
+            let installs: Vec<_> = batch.iter().filter_map(|p| p.installed.clone()).collect();
+            if self.config.durable && (!self.staged.is_empty() || !installs.is_empty()) {
+                self.out.flush = Some(FlushJob { records: std::mem::take(&mut self.staged), installs });
+                if self.bugs.ack_before_fsync {
+                    self.persisted(batch);
+                    self.in_flight = Some(Vec::new());
+                } else {
+                    self.in_flight = Some(batch);
+                }
+                return false;
+            }
+            // Nothing to write and nothing in flight before these Readies:
+            // they are as durable as they will ever be.
+            self.persisted(batch);
+        }
+        true
+    }
+
+    /// Whether a WAL flush is in flight.
+    pub fn is_flushing(&self) -> bool {
+        self.in_flight.is_some()
+    }
+
+    /// Reports the flush of the last [`FlushJob`]: on success its Readies
+    /// are persisted; on failure the machine is poisoned for good.
+    pub fn flushed(&mut self, result: Result<FlushStats, String>) {
+        let batch = self.in_flight.take().expect("flushed() answers a FlushJob");
+        match result {
+            Ok(stats) => {
+                let s = &mut self.stats;
+                s.flushes += 1;
+                s.wal_bytes += stats.written_bytes;
+                s.fsync_micros_total += stats.sync_micros;
+                if self.poisoned.is_none() {
+                    self.persisted(batch);
+                }
+            }
+            Err(why) => self.poison(why),
+        }
+    }
+
+    /// One Ready per group that has one. Returns whether any was handled.
+    fn handle_readies(&mut self, now: Now) -> bool {
+        let mut wanted = Vec::new();
+        let mut progressed = false;
+        let durable = self.config.durable;
+        for group in self.groups.values_mut() {
+            group.issue_reads(now);
+            if !group.has_ready() {
+                continue;
+            }
+            let was_leader = group.is_leader();
+            let mut cx = ReadyCtx {
+                records: durable.then_some(&mut self.staged),
+                messages: &mut self.out.messages,
+                answers: &mut self.out.answers,
+                now,
+            };
+            let h = group.handle_ready(&mut cx);
+            if group.is_leader() != was_leader {
+                self.stats.leader_changes += 1;
+                tracing::debug!(core = self.config.core, group = group.id, leader = group.is_leader(), "role changed");
+            }
+            self.stats.committed_entries += h.committed;
+            self.stats.applied_entries += h.applied;
+            self.unpersisted.push(Persisting {
+                group: group.id,
+                number: h.number,
+                after_persist: h.after_persist,
+                installed: h.installed,
+            });
+            if group.take_snapshot_wanted() {
+                wanted.push(group.id);
+            }
+            progressed = true;
+        }
+        for id in wanted {
+            self.prepare_snapshot(id);
+        }
+        progressed
+    }
+
+    /// Tells raft that these Readies are durable and sends what waited.
+    fn persisted(&mut self, batch: Vec<Persisting>) {
+        for p in batch {
+            let group = self.groups.get_mut(&p.group).expect("group of a Ready exists");
+            group.on_persist_ready(p.number);
+            if let Some((meta, _)) = p.installed {
+                group.snapshot_persisted(meta.index);
+            }
+            self.out.messages.extend(p.after_persist);
+        }
+    }
+}
