@@ -11,9 +11,8 @@ use std::time::{Duration, Instant};
 use kv_engine::Condition;
 use kv_net::client::{Client, WriteResult};
 use kv_replication::Consistency;
+use kv_sim::linearizability::{Event, Op, Outcome};
 use rand::{Rng, SeedableRng};
-
-use crate::linearizability::{Event, Op, Outcome};
 
 /// How long a client waits for one answer before calling it unknown.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(8);

@@ -14,7 +14,6 @@ mod http_fuzz;
 mod kvbench;
 mod kvctl;
 mod lifecycle;
-mod linearizability;
 mod load;
 mod metrics;
 mod openmetrics;

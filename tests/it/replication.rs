@@ -8,16 +8,16 @@ use std::time::Duration;
 
 use kv_engine::Condition;
 use kv_replication::{Consistency, Layout};
+use kv_sim::linearizability::check;
 
 use crate::cluster::Cluster;
 use crate::harness::{kvctl, seed, stdout};
-use crate::linearizability::check;
 use crate::load::{self, Load};
 
 const KEYS: usize = 8;
 
 /// Every node's strict view of every key, appended to the history.
-fn final_reads(c: &Cluster, load_origin: std::time::Instant) -> Vec<crate::linearizability::Event> {
+fn final_reads(c: &Cluster, load_origin: std::time::Instant) -> Vec<kv_sim::linearizability::Event> {
     c.wait_converged();
     let ids = c.ids().into_iter().filter(|&id| c.is_running(id)).collect::<Vec<_>>();
     ids.iter().flat_map(|&id| load::read_all(&mut c.client(id), KEYS, load_origin)).collect()

@@ -14,10 +14,63 @@
 //! no state is explored twice. An operation whose outcome is unknown has no
 //! response: it may take effect at any time after its invocation, or never, so
 //! nothing forces the search to place it; as it can only write, the search places
-//! it only where a later read or delete needs it to explain its answer (see "The
-//! search" below for why that loses nothing). The search is bounded: past a
+//! it only where a later operation needs it to explain its answer (see "Unknown
+//! outcomes" below for why that loses nothing). The search is bounded: past a
 //! configurable number of states it reports the check as inconclusive instead of
 //! running on, and a failure report lists the key's events with their times.
+//!
+//! Clients put, get and delete, and compare-and-set: "if the register holds
+//! `expected`, set it to `new`" (`Op::Cas`), which succeeds (`Outcome::CasOk`),
+//! fails having found another value or none (`Outcome::CasFailed`), or has an
+//! unknown outcome like any other operation.
+//!
+//! # Unknown outcomes
+//!
+//! An unknown put is a blind write (it sets the register whatever it held), and
+//! so is an unknown delete (it says nothing about what it found). An unknown
+//! compare-and-set is a *conditional* write: it sets the register to `new` only
+//! where the register holds `expected`, and elsewhere does nothing. None of them
+//! is ever linearized on its own. The search places them only in *enabler
+//! chains*: right before an operation with a response (the observer) whose answer
+//! does not fit the register as it is, a sequence W1 … Wk of pending unknown
+//! writes after which it fits, where
+//!
+//! 1. W1 takes effect on the register as it is;
+//! 2. each later Wi is a CAS that W(i-1) made possible: the register holds its
+//!    `expected` value after W(i-1) but did not before it;
+//! 3. the observer does not fit the register as it was before Wk.
+//!
+//! With values unique per write, as in the tests' histories, chains are short
+//! (mostly a single write). Placing unknown operations only there still finds a
+//! linearization whenever one exists, because any linearization can be rewritten
+//! into one of that shape, taking its unknown operations one at a time from the
+//! last. An unknown CAS that did not take effect (the register did not hold
+//! `expected`) changed nothing, so it is dropped. Any other unknown operation W
+//! sets the register from some `s` to some `w`; look at the operation X right
+//! after it:
+//!
+//! - There is none: nothing saw `w`, so W is dropped.
+//! - X does not fit `s` (for an unknown X, would not take effect on it): X needs
+//!   W. If X has a response, W becomes its chain; otherwise X, being later, is
+//!   already the head of a chain, and W joins it at the front (a blind X fits
+//!   every register, so X is a CAS that W made possible, as rule 2 asks).
+//! - X fits `s` and leaves the register the same from `s` as from `w`: W is
+//!   dropped, changing nothing after X. This covers every write (a put, a delete
+//!   or a successful CAS leaves the same value whatever it found; an unknown CAS
+//!   that takes effect on `s` did not need W) and every read (a read that fits
+//!   both found the same value).
+//! - X fits `s` but leaves the register different from `s` than from `w`: then X
+//!   only observed, and is a failed CAS whose `expected` is neither `s` nor `w`.
+//!   W moves after X, which still fails on `s` and leaves it for W, which still
+//!   takes effect on it (a CAS's condition included).
+//!
+//! Each step moves W later or removes it, so the rewriting ends, and every W left
+//! is in a chain that obeys rules 1 to 3. So an unknown CAS that succeeds is moved
+//! later past every operation that does not observe it, until the first one that
+//! needs its value, exactly like a blind write. Keeping unknown operations out of
+//! the search unless they are needed also keeps them out of the memo: otherwise
+//! each would double the states explored from its invocation to the end of the
+//! history.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
@@ -28,6 +81,13 @@ pub enum Op {
     Put(Vec<u8>),
     Get,
     Delete,
+    /// Compare-and-set: if the register holds `expected`, set it to `new`. (A
+    /// client sends a version it read earlier; values are unique per write in the
+    /// tests' histories, so a version identifies a value.)
+    Cas {
+        expected: Vec<u8>,
+        new: Vec<u8>,
+    },
 }
 
 /// What the client learned.
@@ -39,6 +99,11 @@ pub enum Outcome {
     GetOk(Option<Vec<u8>>),
     /// The delete was acknowledged; `existed` says whether the key was there.
     DeleteOk { existed: bool },
+    /// The compare-and-set found `expected` and wrote `new`.
+    CasOk,
+    /// The compare-and-set found something other than `expected` (or nothing),
+    /// and wrote nothing.
+    CasFailed,
     /// No answer (timeout, connection lost, an error with unknown outcome): the
     /// operation may or may not have taken effect, at any time after its invocation.
     Unknown,
@@ -60,7 +125,9 @@ pub struct Event {
 /// How many distinct search states one key's check may explore before it gives up.
 /// Each state is remembered as a bitset of the key's operations, so this also
 /// bounds memory: for 300 operations, about 90 bytes a state, so the default
-/// allows roughly half a gigabyte and ten seconds before giving up.
+/// allows roughly half a gigabyte and ten seconds before giving up. (Enabler
+/// chains longer than one write, which the search considers without storing,
+/// count against the same budget.)
 const MAX_STATES: usize = 5_000_000;
 
 /// Checks every key's history; Err names the first key whose history is not
@@ -133,7 +200,7 @@ type State = Option<usize>;
 
 /// An operation reduced to its effect on the register; values are interned ids,
 /// so comparing them is cheap and states are small.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Step {
     /// Sets the register without observing it: a put (Some), or a delete whose
     /// answer is unknown (None), which therefore says nothing about the old value.
@@ -142,6 +209,13 @@ enum Step {
     Read(State),
     /// Empties the register, which must have held a value exactly when `existed`.
     Delete { existed: bool },
+    /// Sets the register to `new` where it holds `expected`. Acknowledged, it
+    /// observes and writes; with an unknown outcome it is a conditional write,
+    /// which has no effect where the register holds anything else (`apply` then
+    /// says it does not fit, and the search does not place it there).
+    Cas { expected: usize, new: usize },
+    /// Observes that the register does not hold `expected` (and leaves it so).
+    CasFailed { expected: usize },
 }
 
 /// The register after `step`, or None when `step`'s answer is impossible in `state`.
@@ -150,6 +224,8 @@ fn apply(state: State, step: Step) -> Option<State> {
         Step::Write(value) => Some(value),
         Step::Read(seen) => (seen == state).then_some(state),
         Step::Delete { existed } => (existed == state.is_some()).then_some(None),
+        Step::Cas { expected, new } => (state == Some(expected)).then_some(Some(new)),
+        Step::CasFailed { expected } => (state != Some(expected)).then_some(state),
     }
 }
 
@@ -189,6 +265,11 @@ fn step_of<'a>(event: &'a Event, values: &mut Interner<'a>) -> Result<Option<Ste
         (Op::Put(value), Outcome::PutOk | Outcome::Unknown) => Step::Write(Some(values.id(value))),
         (Op::Delete, Outcome::DeleteOk { existed }) => Step::Delete { existed: *existed },
         (Op::Delete, Outcome::Unknown) => Step::Write(None),
+        // Acknowledged, or unknown (a conditional write, placed only where it fits).
+        (Op::Cas { expected, new }, Outcome::CasOk | Outcome::Unknown) => {
+            Step::Cas { expected: values.id(expected), new: values.id(new) }
+        }
+        (Op::Cas { expected, .. }, Outcome::CasFailed) => Step::CasFailed { expected: values.id(expected) },
         (op, outcome) => return Err(format!("{op:?} cannot have the outcome {outcome:?}")),
     };
     Ok(Some(step))
@@ -208,32 +289,37 @@ fn completion_of(event: &Event) -> Result<Option<u64>, String> {
     }
 }
 
-/// The id shared by every value that no read in the key's history returned.
-/// Nothing can tell such values apart (a read comparing the register with a value
-/// it returned finds none of them equal), so merging them loses nothing, and it
-/// makes writes of them interchangeable: fewer distinct states to explore.
+/// The id shared by every value that no read in the key's history returned and
+/// no compare-and-set compared against. Nothing can tell such values apart (a
+/// read or a CAS comparing the register with an observed value finds none of
+/// them equal), so merging them loses nothing, and it makes writes of them
+/// interchangeable: fewer distinct states to explore.
 const UNREAD: usize = 0;
 
-/// Gives equal byte strings equal small ids, and every value never read `UNREAD`.
+/// Gives equal byte strings equal small ids, and every value never observed
+/// (read, or compared against by a CAS) `UNREAD`.
 struct Interner<'a> {
-    read: HashSet<&'a [u8]>,
+    observed: HashSet<&'a [u8]>,
     ids: HashMap<&'a [u8], usize>,
 }
 
 impl<'a> Interner<'a> {
     fn new(events: &[&'a Event]) -> Interner<'a> {
-        let read = events
+        let observed = events
             .iter()
-            .filter_map(|e| match &e.outcome {
-                Outcome::GetOk(Some(value)) => Some(value.as_slice()),
+            .filter_map(|e| match (&e.op, &e.outcome) {
+                (_, Outcome::GetOk(Some(value))) => Some(value.as_slice()),
+                // Whatever the outcome: an unknown CAS takes effect only on its
+                // expected value, so that value must keep its own id too.
+                (Op::Cas { expected, .. }, _) => Some(expected.as_slice()),
                 _ => None,
             })
             .collect();
-        Interner { read, ids: HashMap::new() }
+        Interner { observed, ids: HashMap::new() }
     }
 
     fn id(&mut self, value: &'a [u8]) -> usize {
-        if !self.read.contains(value) {
+        if !self.observed.contains(value) {
             return UNREAD;
         }
         let next = self.ids.len() + 1;
@@ -353,15 +439,9 @@ fn time_order(ops: &[Operation]) -> Vec<(u64, bool, usize)> {
 // The search.
 //
 // Operations without a response (unknown outcome) are never linearized on their
-// own. Each is a blind write, so in any linearization it either is immediately
-// followed by an operation that observes the register and could not be explained
-// without it, or it can be dropped: a write right after it, or the end of the
-// history, hides it; an observer that fits the register without it leaves the
-// same state either way. So the search places such a write only as the
-// "enabler" of a read or acknowledged delete that does not fit as it is. That
-// finds a linearization whenever one exists, and keeps pending writes out of the
-// memo unless they matter: otherwise each would double the states explored from
-// its invocation to the end of the history.
+// own, only in enabler chains right before an operation that needs them; see
+// "Unknown outcomes" in the module docs for why that finds a linearization
+// whenever one exists.
 
 /// Why a key's history was not accepted.
 #[derive(Debug)]
@@ -374,22 +454,33 @@ enum Failure {
 }
 
 /// One step of the current partial linearization, as kept on the undo stack.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 struct Choice {
     /// The call node of the operation linearized.
     call: usize,
-    /// The call node of an unknown-outcome write linearized just before it.
-    enabler: Option<usize>,
-    /// The register before both.
+    /// The enabler chain linearized just before it, if any: its index among the
+    /// chains `enablers` offered (so that backtracking can go on to the next one),
+    /// and the call nodes of its unknown-outcome writes, in order.
+    enabler: Option<(usize, Vec<usize>)>,
+    /// The register before them all.
     before: State,
 }
 
-/// A pending unknown-outcome write that would let an observer fit.
-#[derive(Debug, Clone, Copy)]
+impl Choice {
+    /// The call nodes linearized, in order: the enabler chain, then the operation.
+    fn calls(&self) -> impl Iterator<Item = usize> + '_ {
+        self.enabler.iter().flat_map(|(_, chain)| chain.iter().copied()).chain([self.call])
+    }
+}
+
+/// An enabler chain that would let an observer fit.
+#[derive(Debug)]
 struct Enabler {
-    call: usize,
+    /// The call nodes of its unknown-outcome writes, in order.
+    calls: Vec<usize>,
+    /// The register after the chain.
     written: State,
-    /// The register after the write and then the observer.
+    /// The register after the chain and then the observer.
     after: State,
 }
 
@@ -408,12 +499,24 @@ struct Search<'a> {
     /// How many operations `undo` holds, enablers included.
     depth: usize,
     longest: Vec<usize>,
+    /// The values that failed compare-and-sets compared against.
+    failed_cas_expected: HashSet<usize>,
+    /// Enabler chains longer than one write considered so far; they count
+    /// against the budget with the memo's states.
+    chain_steps: usize,
     max_states: usize,
 }
 
 impl<'a> Search<'a> {
     fn new(ops: &'a [Operation], max_states: usize) -> Search<'a> {
         let words = ops.len().div_ceil(64);
+        let failed_cas_expected = ops
+            .iter()
+            .filter_map(|op| match op.step {
+                Step::CasFailed { expected } => Some(expected),
+                _ => None,
+            })
+            .collect();
         Search {
             ops,
             timeline: Timeline::new(ops),
@@ -423,6 +526,8 @@ impl<'a> Search<'a> {
             undo: Vec::new(),
             depth: 0,
             longest: Vec::new(),
+            failed_cas_expected,
+            chain_steps: 0,
             max_states,
         }
     }
@@ -436,7 +541,7 @@ impl<'a> Search<'a> {
         while let Some(node) = cursor {
             let kind = self.timeline.nodes[node].kind;
             cursor = match kind {
-                // Placed only as enablers, by `try_linearize`.
+                // Placed only in enabler chains, by `try_linearize`.
                 Kind::Call { response: None } => self.timeline.next[node],
                 Kind::Call { .. } if self.try_linearize(node, None)? => self.timeline.head,
                 Kind::Call { .. } => self.timeline.next[node],
@@ -446,7 +551,10 @@ impl<'a> Search<'a> {
                     let Some(undone) = self.backtrack() else {
                         return Err(Failure::NotLinearizable { longest: self.longest });
                     };
-                    let retried = undone.enabler.is_some() && self.try_linearize(undone.call, undone.enabler)?;
+                    let retried = match undone.enabler {
+                        Some((tried, _)) => self.try_linearize(undone.call, Some(tried))?,
+                        None => false,
+                    };
                     if retried {
                         self.timeline.head
                     } else {
@@ -459,76 +567,94 @@ impl<'a> Search<'a> {
     }
 
     /// Linearizes the operation invoked at `call` next, alone if its answer fits
-    /// the register, else together with an enabler (after `enablers_after`, when
-    /// resuming), provided the resulting search state is new.
-    fn try_linearize(&mut self, call: usize, enablers_after: Option<usize>) -> Result<bool, Failure> {
+    /// the register, else after an enabler chain (the next after the one at index
+    /// `tried`, when resuming), provided the resulting search state is new.
+    fn try_linearize(&mut self, call: usize, tried: Option<usize>) -> Result<bool, Failure> {
         let step = self.ops[self.timeline.nodes[call].op].step;
-        if enablers_after.is_none() {
+        if tried.is_none() {
             if let Some(after) = apply(self.state, step) {
                 // No enabler then: one would only add a choice reaching the same state.
                 return self.commit(call, None, after);
             }
         }
-        let enablers = self.enablers(step);
-        let start = match enablers_after {
-            Some(previous) => enablers.iter().position(|e| e.call == previous).map_or(enablers.len(), |i| i + 1),
-            None => 0,
-        };
-        for enabler in &enablers[start..] {
-            if self.commit(call, Some(enabler.call), enabler.after)? {
+        // The same timeline and register as when `tried` was chosen (backtracking
+        // restored both), so the same chains in the same order.
+        let enablers = self.enablers(step)?;
+        let start = tried.map_or(0, |index| index + 1);
+        for (index, enabler) in enablers.into_iter().enumerate().skip(start) {
+            if self.commit(call, Some((index, enabler.calls)), enabler.after)? {
                 return Ok(true);
             }
         }
         Ok(false)
     }
 
-    /// The unknown-outcome writes that may be linearized now (invoked before the
-    /// first outstanding response) and would make `step` fit, in timeline order.
-    /// Only the first of several writing the same value is offered: each stays
-    /// available for ever once invoked, so they are interchangeable.
-    fn enablers(&self, step: Step) -> Vec<Enabler> {
-        let mut found: Vec<Enabler> = Vec::new();
+    /// The enabler chains (see the module docs) of pending unknown-outcome writes
+    /// that may be linearized now (invoked before the first outstanding response)
+    /// and would make `observer` fit, in a fixed order.
+    fn enablers(&mut self, observer: Step) -> Result<Vec<Enabler>, Failure> {
+        let mut pending = Vec::new();
         let mut cursor = self.timeline.head;
         while let Some(node) = cursor {
-            match (self.timeline.nodes[node].kind, self.ops[self.timeline.nodes[node].op].step) {
-                (Kind::Return, _) => break,
-                (Kind::Call { response: None }, Step::Write(written)) => {
-                    let after = apply(written, step);
-                    if let (Some(after), false) = (after, found.iter().any(|e| e.written == written)) {
-                        found.push(Enabler { call: node, written, after });
-                    }
-                }
-                _ => {}
+            match self.timeline.nodes[node].kind {
+                Kind::Return => break,
+                Kind::Call { response: None } => pending.push((node, self.ops[self.timeline.nodes[node].op].step)),
+                Kind::Call { .. } => {}
             }
             cursor = self.timeline.next[node];
         }
-        // A write of an unread value fits only where the value goes unseen, where
-        // any other write fits too; so using it up leaves the most options open.
-        match found.iter().find(|e| e.written == Some(UNREAD)) {
-            Some(&unread) => vec![unread],
-            None => found,
+        let mut chains = Chains {
+            pending: &pending,
+            observer,
+            chain: Vec::new(),
+            found: Vec::new(),
+            steps: 0,
+            max_steps: self.max_states.saturating_sub(self.explored()),
+        };
+        let complete = chains.extend(None, self.state);
+        self.chain_steps += chains.steps;
+        if !complete {
+            return Err(Failure::Inconclusive { explored: self.explored() });
         }
+        let mut found = chains.found;
+        // A delete that found a value needs a chain only where the register is
+        // empty, where only blind writes take effect, and rule 3 leaves single
+        // ones. A write of an unread value is then the one to use up. Whatever
+        // later operation it could enable instead (a delete that found a value, or
+        // a failed CAS), any other write of a value x enables as well, leaving the
+        // register empty alike, or holding x where it would have held the unread
+        // value, which every later operation fits just as well, unless a failed
+        // CAS compares against x. So only writes of such values are still offered
+        // beside it.
+        if observer == (Step::Delete { existed: true }) && found.iter().any(|e| e.written == Some(UNREAD)) {
+            found.retain(|e| e.written.is_some_and(|v| v == UNREAD || self.failed_cas_expected.contains(&v)));
+        }
+        Ok(found)
+    }
+
+    /// States explored so far, for the budget.
+    fn explored(&self) -> usize {
+        self.memo.len() + self.chain_steps
     }
 
     /// Applies a choice if the search state it leads to is new.
-    fn commit(&mut self, call: usize, enabler: Option<usize>, after: State) -> Result<bool, Failure> {
+    fn commit(&mut self, call: usize, enabler: Option<(usize, Vec<usize>)>, after: State) -> Result<bool, Failure> {
         let choice = Choice { call, enabler, before: self.state };
-        self.mark(choice, true);
+        self.mark(&choice, true);
         self.set_state(after);
         if self.memo.contains(self.memo_key.as_slice()) {
-            self.mark(choice, false);
+            self.mark(&choice, false);
             self.set_state(choice.before);
             return Ok(false);
         }
-        if self.memo.len() >= self.max_states {
-            return Err(Failure::Inconclusive { explored: self.memo.len() });
+        if self.explored() >= self.max_states {
+            return Err(Failure::Inconclusive { explored: self.explored() });
         }
         self.memo.insert(self.memo_key.clone().into_boxed_slice());
-        self.undo.push(choice);
-        self.timeline.lift(call);
-        if let Some(enabler) = enabler {
-            self.timeline.lift(enabler);
+        for node in choice.calls() {
+            self.timeline.lift(node);
         }
+        self.undo.push(choice);
         self.note_progress();
         Ok(true)
     }
@@ -538,11 +664,11 @@ impl<'a> Search<'a> {
     fn backtrack(&mut self) -> Option<Choice> {
         let choice = self.undo.pop()?;
         // The reverse of `commit`'s lifts.
-        if let Some(enabler) = choice.enabler {
-            self.timeline.restore(enabler);
-        }
         self.timeline.restore(choice.call);
-        self.mark(choice, false);
+        for &node in choice.enabler.iter().flat_map(|(_, chain)| chain).rev() {
+            self.timeline.restore(node);
+        }
+        self.mark(&choice, false);
         self.set_state(choice.before);
         Some(choice)
     }
@@ -551,14 +677,13 @@ impl<'a> Search<'a> {
     fn note_progress(&mut self) {
         if self.depth > self.longest.len() {
             let nodes = &self.timeline.nodes;
-            self.longest =
-                self.undo.iter().flat_map(|c| c.enabler.into_iter().chain([c.call])).map(|n| nodes[n].op).collect();
+            self.longest = self.undo.iter().flat_map(Choice::calls).map(|n| nodes[n].op).collect();
         }
     }
 
     /// Adds a choice's operations to the linearized set, or removes them.
-    fn mark(&mut self, choice: Choice, on: bool) {
-        for node in choice.enabler.into_iter().chain([choice.call]) {
+    fn mark(&mut self, choice: &Choice, on: bool) {
+        for node in choice.calls() {
             let op = self.timeline.nodes[node].op;
             let bit = 1u64 << (op % 64);
             if on {
@@ -576,6 +701,62 @@ impl<'a> Search<'a> {
         let last = self.memo_key.len() - 1;
         // 0 for absent, so that ids map to 1.. and never collide with it.
         self.memo_key[last] = state.map_or(0, |id| id as u64 + 1);
+    }
+}
+
+/// The search for one observer's enabler chains, depth first.
+struct Chains<'p> {
+    /// The unknown-outcome writes that may be linearized now, as (call node,
+    /// step), in timeline order.
+    pending: &'p [(usize, Step)],
+    observer: Step,
+    /// The chain being built, as indices into `pending`.
+    chain: Vec<usize>,
+    found: Vec<Enabler>,
+    /// Writes considered beyond the first of a chain, and how many may be.
+    steps: usize,
+    max_steps: usize,
+}
+
+impl Chains<'_> {
+    /// Records every chain that extends the current one, which found the register
+    /// at `before` (None: the chain is empty) and left it at `state`. Returns
+    /// false if the budget ran out.
+    fn extend(&mut self, before: Option<State>, state: State) -> bool {
+        // Writes with equal steps are interchangeable (each stays available for
+        // ever once invoked), so of several only the first is tried at each place.
+        let mut tried: Vec<Step> = Vec::new();
+        for (index, &(_, step)) in self.pending.iter().enumerate() {
+            if self.chain.contains(&index) || tried.contains(&step) {
+                continue;
+            }
+            // Rule 1 (and for every write, only where it takes effect).
+            let Some(written) = apply(state, step) else { continue };
+            if let Some(before) = before {
+                // Rule 2: a CAS that the write before made possible. (A blind
+                // write takes effect everywhere, so it can only come first.)
+                if apply(before, step).is_some() {
+                    continue;
+                }
+                if self.steps == self.max_steps {
+                    return false;
+                }
+                self.steps += 1;
+            }
+            tried.push(step);
+            self.chain.push(index);
+            // Rule 3: the observer needs the last write.
+            if let (None, Some(after)) = (apply(state, self.observer), apply(written, self.observer)) {
+                let calls = self.chain.iter().map(|&i| self.pending[i].0).collect();
+                self.found.push(Enabler { calls, written, after });
+            }
+            let complete = self.extend(Some(state), written);
+            self.chain.pop();
+            if !complete {
+                return false;
+            }
+        }
+        true
     }
 }
 
@@ -629,6 +810,7 @@ fn describe_op(op: &Op) -> String {
         Op::Put(value) => format!("put {}", show_value(value)),
         Op::Get => "get".to_string(),
         Op::Delete => "delete".to_string(),
+        Op::Cas { expected, new } => format!("cas {} -> {}", show_value(expected), show_value(new)),
     }
 }
 
@@ -639,6 +821,8 @@ fn describe_outcome(op: &Op, outcome: &Outcome) -> String {
         Outcome::GetOk(None) => "absent".to_string(),
         Outcome::DeleteOk { existed: true } => "ok (existed)".to_string(),
         Outcome::DeleteOk { existed: false } => "ok (was absent)".to_string(),
+        Outcome::CasOk => "ok (swapped)".to_string(),
+        Outcome::CasFailed => "failed (did not hold the expected value)".to_string(),
         Outcome::Unknown if *op == Op::Get => "unknown (ignored: constrains nothing)".to_string(),
         Outcome::Unknown => "unknown (may take effect after invocation, or never)".to_string(),
     }
@@ -664,434 +848,4 @@ fn show_value(value: &[u8]) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const K: &str = "k";
-
-    fn event(client: usize, key: &str, op: Op, span: (u64, Option<u64>), outcome: Outcome) -> Event {
-        Event { client, key: key.as_bytes().to_vec(), op, invoked_ns: span.0, completed_ns: span.1, outcome }
-    }
-
-    fn put(client: usize, key: &str, value: &str, from: u64, to: u64) -> Event {
-        event(client, key, Op::Put(value.into()), (from, Some(to)), Outcome::PutOk)
-    }
-
-    fn put_unknown(client: usize, key: &str, value: &str, from: u64) -> Event {
-        event(client, key, Op::Put(value.into()), (from, None), Outcome::Unknown)
-    }
-
-    fn get(client: usize, key: &str, seen: Option<&str>, from: u64, to: u64) -> Event {
-        event(client, key, Op::Get, (from, Some(to)), Outcome::GetOk(seen.map(Into::into)))
-    }
-
-    fn delete(client: usize, key: &str, existed: bool, from: u64, to: u64) -> Event {
-        event(client, key, Op::Delete, (from, Some(to)), Outcome::DeleteOk { existed })
-    }
-
-    fn delete_unknown(client: usize, key: &str, from: u64) -> Event {
-        event(client, key, Op::Delete, (from, None), Outcome::Unknown)
-    }
-
-    fn assert_linearizable(history: &[Event]) {
-        if let Err(report) = check(history) {
-            panic!("expected a linearizable history, got:\n{report}");
-        }
-    }
-
-    fn assert_not_linearizable(history: &[Event]) -> String {
-        let report = check(history).expect_err("expected a history that is not linearizable");
-        assert!(report.contains("is not linearizable"), "{report}");
-        report
-    }
-
-    #[test]
-    fn empty_history_is_linearizable() {
-        assert_linearizable(&[]);
-    }
-
-    #[test]
-    fn sequential_history() {
-        assert_linearizable(&[
-            get(0, K, None, 0, 10),
-            put(0, K, "a", 20, 30),
-            get(0, K, Some("a"), 40, 50),
-            put(0, K, "b", 60, 70),
-            get(0, K, Some("b"), 80, 90),
-            delete(0, K, true, 100, 110),
-            get(0, K, None, 120, 130),
-            delete(0, K, false, 140, 150),
-        ]);
-    }
-
-    /// Two overlapping puts with reads that only fit "b" first, then "a".
-    fn overlapping_writes(final_read: &str) -> Vec<Event> {
-        vec![
-            put(0, K, "a", 0, 100),
-            put(1, K, "b", 0, 100),
-            get(2, K, Some("b"), 10, 50),
-            get(3, K, Some("a"), 60, 90),
-            get(2, K, Some(final_read), 110, 120),
-        ]
-    }
-
-    #[test]
-    fn concurrent_writes_linearizable_in_one_order() {
-        assert_linearizable(&overlapping_writes("a"));
-        // The reads fix the order b, a; a later read of "b" contradicts it.
-        assert_not_linearizable(&overlapping_writes("b"));
-    }
-
-    #[test]
-    fn events_may_be_given_in_any_order() {
-        let mut history = overlapping_writes("a");
-        history.reverse();
-        assert_linearizable(&history);
-    }
-
-    #[test]
-    fn completion_at_the_instant_of_invocation_is_concurrent() {
-        // The put completes at 10 and the read is invoked at 10: they overlap, so
-        // the read may come first.
-        assert_linearizable(&[put(0, K, "a", 0, 10), get(1, K, None, 10, 20)]);
-        assert_not_linearizable(&[put(0, K, "a", 0, 10), get(1, K, None, 11, 20)]);
-    }
-
-    #[test]
-    fn stale_read_after_completed_write_fails() {
-        assert_not_linearizable(&[put(0, K, "a", 0, 10), put(0, K, "b", 20, 30), get(1, K, Some("a"), 40, 50)]);
-        assert_not_linearizable(&[put(0, K, "a", 0, 10), get(1, K, None, 20, 30)]);
-    }
-
-    #[test]
-    fn read_of_a_value_never_written_fails() {
-        assert_not_linearizable(&[get(0, K, Some("ghost"), 0, 10)]);
-        assert_not_linearizable(&[put(0, K, "a", 0, 100), get(1, K, Some("ghost"), 10, 20)]);
-    }
-
-    #[test]
-    fn read_of_a_value_written_to_another_key_fails() {
-        assert_not_linearizable(&[put(0, "x", "a", 0, 10), get(1, "y", Some("a"), 20, 30)]);
-    }
-
-    #[test]
-    fn read_may_not_precede_the_write_it_sees() {
-        assert_not_linearizable(&[get(1, K, Some("a"), 0, 10), put(0, K, "a", 20, 30)]);
-    }
-
-    #[test]
-    fn unknown_put_later_read_passes() {
-        assert_linearizable(&[
-            put(0, K, "a", 0, 10),
-            put_unknown(1, K, "b", 20),
-            get(2, K, Some("a"), 30, 40),
-            get(2, K, Some("b"), 1_000, 1_010),
-            get(2, K, Some("b"), 2_000, 2_010),
-        ]);
-    }
-
-    #[test]
-    fn unknown_put_never_observed_passes() {
-        assert_linearizable(&[
-            put(0, K, "a", 0, 10),
-            put_unknown(1, K, "b", 20),
-            get(2, K, Some("a"), 30, 40),
-            get(2, K, Some("a"), 1_000, 1_010),
-        ]);
-        assert_linearizable(&[put_unknown(0, K, "a", 0), get(1, K, None, 100, 110)]);
-    }
-
-    #[test]
-    fn unknown_put_cannot_take_effect_before_its_invocation() {
-        assert_not_linearizable(&[get(1, K, Some("a"), 0, 10), put_unknown(0, K, "a", 20)]);
-    }
-
-    #[test]
-    fn unknown_put_takes_effect_at_most_once() {
-        // Once "b" overwrote it, "a" cannot come back.
-        assert_not_linearizable(&[
-            put_unknown(0, K, "a", 0),
-            get(1, K, Some("a"), 10, 20),
-            put(1, K, "b", 30, 40),
-            get(1, K, Some("a"), 50, 60),
-        ]);
-    }
-
-    #[test]
-    fn unknown_put_with_a_recorded_give_up_time_may_still_apply_later() {
-        let mut late = put_unknown(0, K, "a", 0);
-        late.completed_ns = Some(10);
-        assert_linearizable(&[late, get(1, K, None, 20, 30), get(1, K, Some("a"), 40, 50)]);
-    }
-
-    #[test]
-    fn unknown_puts_are_used_where_needed_and_at_most_once() {
-        // "x" is never read, so it must be what the delete found; "y" is then read.
-        assert_linearizable(&[
-            put_unknown(0, K, "x", 0),
-            put_unknown(1, K, "y", 0),
-            delete(2, K, true, 10, 20),
-            get(2, K, Some("y"), 30, 40),
-        ]);
-        // Only "y" can explain the delete, which leaves nothing to explain the read.
-        assert_not_linearizable(&[put_unknown(1, K, "y", 0), delete(2, K, true, 10, 20), get(2, K, Some("y"), 30, 40)]);
-    }
-
-    #[test]
-    fn unknown_get_constrains_nothing() {
-        let unknown_get = event(1, K, Op::Get, (20, None), Outcome::Unknown);
-        assert_linearizable(&[put(0, K, "a", 0, 10), unknown_get, get(2, K, Some("a"), 30, 40)]);
-    }
-
-    #[test]
-    fn newer_value_then_older_value_fails() {
-        assert_not_linearizable(&[
-            put(0, K, "a", 0, 10),
-            put(1, K, "b", 20, 100),
-            get(2, K, Some("b"), 30, 40),
-            get(3, K, Some("a"), 50, 60),
-        ]);
-    }
-
-    #[test]
-    fn delete_existed_must_match_the_register() {
-        assert_linearizable(&[
-            put(0, K, "a", 0, 10),
-            delete(0, K, true, 20, 30),
-            delete(0, K, false, 40, 50),
-            get(0, K, None, 60, 70),
-        ]);
-        assert_not_linearizable(&[delete(0, K, true, 0, 10)]);
-        assert_not_linearizable(&[put(0, K, "a", 0, 10), delete(1, K, false, 20, 30)]);
-        // Two acknowledged deletes of one value cannot both have found it.
-        assert_not_linearizable(&[put(0, K, "a", 0, 10), delete(1, K, true, 20, 50), delete(2, K, true, 20, 50)]);
-    }
-
-    #[test]
-    fn concurrent_delete_orders_around_put() {
-        // The delete saw the key, so the overlapping put came first.
-        assert_linearizable(&[put(0, K, "a", 0, 100), delete(1, K, true, 10, 20), get(2, K, None, 110, 120)]);
-        assert_not_linearizable(&[put(0, K, "a", 0, 100), delete(1, K, true, 10, 20), get(2, K, Some("a"), 110, 120)]);
-    }
-
-    #[test]
-    fn unknown_delete_may_apply_late_or_never() {
-        let start = [put(0, K, "a", 0, 10), delete_unknown(1, K, 20), get(2, K, Some("a"), 30, 40)];
-        assert_linearizable(&start);
-        let mut applied = start.to_vec();
-        applied.push(get(2, K, None, 50, 60));
-        assert_linearizable(&applied);
-        // Nothing rewrites "a" after the delete took effect.
-        applied.push(get(2, K, Some("a"), 70, 80));
-        assert_not_linearizable(&applied);
-    }
-
-    #[test]
-    fn failure_names_the_failing_second_key() {
-        let report = assert_not_linearizable(&[
-            put(0, "alpha", "1", 0, 10),
-            get(1, "alpha", Some("1"), 20, 30),
-            put(0, "beta", "x", 1_000, 2_000),
-            put(0, "beta", "y", 3_000, 4_000),
-            get(1, "beta", Some("x"), 5_000, 6_500),
-        ]);
-        assert!(report.contains("key \"beta\""), "{report}");
-        assert!(!report.contains("alpha"), "{report}");
-        // Times are relative to the key's first invocation, in microseconds.
-        assert!(report.contains("0.0 ..          1.0"), "{report}");
-        assert!(report.contains("4.0 ..          5.5"), "{report}");
-        assert!(report.contains("put \"y\""), "{report}");
-    }
-
-    #[test]
-    fn report_lists_events_and_longest_prefix() {
-        let report = assert_not_linearizable(&[put(0, K, "a", 0, 10), get(7, K, Some("zz"), 20, 30)]);
-        assert!(report.contains("client 7"), "{report}");
-        assert!(report.contains("-> \"zz\""), "{report}");
-        assert!(report.contains("prefix found is [#0]"), "{report}");
-    }
-
-    #[test]
-    fn report_shows_binary_keys_and_long_values_readably() {
-        let mut history = vec![put(0, K, "a", 0, 10), get(1, K, None, 20, 30)];
-        for e in &mut history {
-            e.key = vec![0xff, b'k'];
-        }
-        history[0].op = Op::Put(vec![b'v'; 1000]);
-        let report = assert_not_linearizable(&history);
-        assert!(report.contains("key \"\u{fffd}k\""), "{report}");
-        assert!(report.contains("(1000 bytes)"), "{report}");
-    }
-
-    #[test]
-    fn exhausted_budget_is_inconclusive() {
-        let history = overlapping_writes("a");
-        let report = check_with_budget(&history, 2).expect_err("two states are not enough");
-        assert!(report.contains("inconclusive"), "{report}");
-        assert!(report.contains("key \"k\""), "{report}");
-        assert!(check_with_budget(&history, 1_000).is_ok());
-    }
-
-    #[test]
-    fn definite_failure_on_a_later_key_beats_an_inconclusive_one() {
-        let mut history = overlapping_writes("a");
-        history.push(get(0, "later", Some("ghost"), 0, 10));
-        let report = check_with_budget(&history, 2).expect_err("the later key fails");
-        assert!(report.contains("key \"later\" is not linearizable"), "{report}");
-    }
-
-    #[test]
-    fn malformed_events_are_reported() {
-        let mismatched = event(0, K, Op::Put("a".into()), (0, Some(10)), Outcome::GetOk(None));
-        let report = check(&[mismatched]).expect_err("a put cannot return a read");
-        assert!(report.contains("malformed event #0"), "{report}");
-        let backwards = put(0, K, "a", 20, 10);
-        assert!(check(&[backwards]).expect_err("time runs forwards").contains("before it was invoked"));
-        let no_time = event(0, K, Op::Get, (0, None), Outcome::GetOk(None));
-        assert!(check(&[no_time]).expect_err("needs a completion").contains("no completion time"));
-    }
-
-    /// A small deterministic generator, so that failures reproduce without a seed.
-    struct XorShift(u64);
-
-    impl XorShift {
-        fn below(&mut self, bound: u64) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0 % bound
-        }
-    }
-
-    /// A linearizable history of `count` highly concurrent operations: each takes
-    /// effect on a real register at time 100·i, inside a random window around it.
-    /// Some puts and deletes lose their answer (and then may or may not apply).
-    fn random_linearizable_history(seed: u64, count: u64) -> Vec<Event> {
-        let mut rng = XorShift(seed);
-        let mut register: Option<Vec<u8>> = None;
-        let mut history = Vec::new();
-        for i in 0..count {
-            let at = 1_000 + 100 * i;
-            let span = (at - rng.below(1_000), Some(at + rng.below(1_000)));
-            let unknown = rng.below(10) == 0;
-            let event = match rng.below(3) {
-                0 => {
-                    let value = format!("v{i}").into_bytes();
-                    if !unknown || rng.below(2) == 0 {
-                        register = Some(value.clone());
-                    }
-                    (Op::Put(value), if unknown { Outcome::Unknown } else { Outcome::PutOk })
-                }
-                1 => (Op::Get, Outcome::GetOk(register.clone())),
-                _ => {
-                    let existed = register.is_some();
-                    if !unknown || rng.below(2) == 0 {
-                        register = None;
-                    }
-                    (Op::Delete, if unknown { Outcome::Unknown } else { Outcome::DeleteOk { existed } })
-                }
-            };
-            let span = if event.1 == Outcome::Unknown { (span.0, None) } else { span };
-            history.push(Event {
-                client: i as usize,
-                key: b"r".to_vec(),
-                op: event.0,
-                invoked_ns: span.0,
-                completed_ns: span.1,
-                outcome: event.1,
-            });
-        }
-        history
-    }
-
-    /// The definition, checked directly: try every order of every subset that
-    /// contains all operations with a response, respecting real time. Independent
-    /// of the search's timeline, memo and model encoding; only for tiny histories.
-    fn brute_force(history: &[Event]) -> bool {
-        let ops: Vec<&Event> = history.iter().filter(|e| !(e.op == Op::Get && e.outcome == Outcome::Unknown)).collect();
-        let mut placed = vec![false; ops.len()];
-        brute_force_from(&ops, &mut placed, None)
-    }
-
-    fn brute_force_from(ops: &[&Event], placed: &mut [bool], register: Option<Vec<u8>>) -> bool {
-        let answered = |e: &Event| e.outcome != Outcome::Unknown;
-        if (0..ops.len()).all(|i| placed[i] || !answered(ops[i])) {
-            return true;
-        }
-        for next in 0..ops.len() {
-            // Every unplaced operation that completed before `next` was invoked must go first.
-            let blocked = placed[next]
-                || (0..ops.len()).any(|j| {
-                    !placed[j] && answered(ops[j]) && ops[j].completed_ns.is_some_and(|c| c < ops[next].invoked_ns)
-                });
-            let Some(after) = (!blocked).then(|| reference_step(&register, ops[next])).flatten() else {
-                continue;
-            };
-            placed[next] = true;
-            let found = brute_force_from(ops, placed, after);
-            placed[next] = false;
-            if found {
-                return true;
-            }
-        }
-        false
-    }
-
-    /// The register after `event` (outer None: impossible), written from scratch.
-    fn reference_step(register: &Option<Vec<u8>>, event: &Event) -> Option<Option<Vec<u8>>> {
-        match (&event.op, &event.outcome) {
-            (Op::Put(value), _) => Some(Some(value.clone())),
-            (Op::Get, Outcome::GetOk(seen)) => (seen == register).then(|| register.clone()),
-            (Op::Delete, Outcome::DeleteOk { existed }) => (*existed == register.is_some()).then_some(None),
-            (Op::Delete, _) => Some(None),
-            _ => panic!("the generator makes no other events"),
-        }
-    }
-
-    /// Small random histories, linearizable or not, on one key.
-    fn random_small_history(rng: &mut XorShift) -> Vec<Event> {
-        let value = |rng: &mut XorShift| ["a", "b"][rng.below(2) as usize].as_bytes().to_vec();
-        (0..1 + rng.below(7))
-            .map(|client| {
-                let (from, unknown) = (rng.below(60), rng.below(3) == 0);
-                let to = (!unknown).then(|| from + rng.below(30));
-                let (op, outcome) = match rng.below(3) {
-                    0 => (Op::Put(value(rng)), Outcome::PutOk),
-                    1 => (Op::Get, Outcome::GetOk((rng.below(3) > 0).then(|| value(rng)))),
-                    _ => (Op::Delete, Outcome::DeleteOk { existed: rng.below(2) == 0 }),
-                };
-                let outcome = if unknown { Outcome::Unknown } else { outcome };
-                event(client as usize, K, op, (from, to), outcome)
-            })
-            .collect()
-    }
-
-    #[test]
-    fn agrees_with_brute_force_on_small_histories() {
-        let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
-        let (mut passed, mut failed) = (0, 0);
-        for round in 0..20_000 {
-            let history = random_small_history(&mut rng);
-            let expected = brute_force(&history);
-            let verdict = check(&history);
-            assert_eq!(verdict.is_ok(), expected, "round {round}: {history:#?}\n{verdict:?}");
-            if expected {
-                passed += 1;
-            } else {
-                failed += 1;
-            }
-        }
-        // Both verdicts must be well represented for the comparison to mean much.
-        assert!(passed > 2_000 && failed > 2_000, "{passed} linearizable, {failed} not");
-    }
-
-    #[test]
-    fn large_concurrent_histories_are_checked_quickly() {
-        for seed in 1..=20 {
-            let history = random_linearizable_history(seed, 300);
-            if let Err(report) = check_with_budget(&history, 1_000_000) {
-                panic!("seed {seed}: {report}");
-            }
-        }
-    }
-}
+mod tests;

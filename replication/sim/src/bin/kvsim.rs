@@ -1,0 +1,147 @@
+//! `kvsim`: runs kvd's replication state machine and engine in a
+//! deterministic simulation, seed by seed, and checks every run (see
+//! `kv_sim::sim`). A failing seed prints the one command that replays it.
+//!
+//! ```text
+//! kvsim --seeds N [--seed-start S] [--nodes 1|3|5] [--bug NAME] [--threads T]
+//! kvsim --seed S [--print-history] [--nodes 1|3|5] [--bug NAME]
+//! kvsim --list-bugs
+//! ```
+//!
+//! The last line of a `--seeds` run is `kvsim: seeds=N failures=F ops=O
+//! seconds=T`; the exit status is 0 exactly when F = 0.
+
+use std::io::Write as _;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use clap::Parser;
+use kv_replication::Bugs;
+use kv_sim::sim::{self, Options};
+
+#[derive(Parser, Debug)]
+#[command(name = "kvsim", about = "Deterministic simulation of kvd's replication core")]
+struct Args {
+    /// Runs this many seeds.
+    #[arg(long, conflicts_with = "seed")]
+    seeds: Option<u64>,
+    /// The first seed of `--seeds`.
+    #[arg(long, default_value_t = 0)]
+    seed_start: u64,
+    /// Runs this one seed.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Nodes in the cluster (by default each seed picks 1, 3 or 5).
+    #[arg(long, value_parser = ["1", "3", "5"])]
+    nodes: Option<String>,
+    /// Switches on a seeded bug (see --list-bugs).
+    #[arg(long)]
+    bug: Option<String>,
+    /// Prints the history of `--seed`.
+    #[arg(long, requires = "seed")]
+    print_history: bool,
+    /// Prints the names of the seeded bugs.
+    #[arg(long)]
+    list_bugs: bool,
+    /// Worker threads for `--seeds` (default: the machine's CPUs).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if args.list_bugs {
+        for name in Bugs::NAMES {
+            println!("{name}");
+        }
+        return ExitCode::SUCCESS;
+    }
+    let mut options =
+        Options { nodes: args.nodes.as_deref().map(|n| n.parse().expect("validated")), ..Options::default() };
+    if let Some(name) = &args.bug {
+        match Bugs::named(name) {
+            Some(bugs) => options.bugs = bugs,
+            None => {
+                eprintln!("kvsim: no seeded bug named {name:?}; kvsim --list-bugs names them");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    // Panics inside a run are reported as that seed's failure.
+    std::panic::set_hook(Box::new(|_| {}));
+    match (args.seed, args.seeds) {
+        (Some(seed), _) => one(seed, &options, &args),
+        (None, Some(n)) => many(n, &options, &args),
+        (None, None) => {
+            eprintln!("kvsim: give --seeds N, --seed S or --list-bugs (see --help)");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// The command that replays `seed` as this run ran it.
+fn replay(seed: u64, args: &Args) -> String {
+    let mut cmd = format!("kvsim --seed {seed}");
+    if let Some(n) = &args.nodes {
+        cmd += &format!(" --nodes {n}");
+    }
+    if let Some(b) = &args.bug {
+        cmd += &format!(" --bug {b}");
+    }
+    cmd + " --print-history"
+}
+
+fn one(seed: u64, options: &Options, args: &Args) -> ExitCode {
+    let report = sim::run(seed, options);
+    println!("kvsim: seed {seed}: {}", report.scenario);
+    if args.print_history {
+        print!("{}", report.history);
+    }
+    for failure in &report.failures {
+        println!("kvsim: seed {seed} FAILED: {failure}");
+    }
+    println!("kvsim: seeds=1 failures={} ops={} seconds=0", u8::from(!report.passed()), report.ops);
+    if report.passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn many(count: u64, options: &Options, args: &Args) -> ExitCode {
+    let started = Instant::now();
+    let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let next = AtomicU64::new(0);
+    let (failures, ops) = (AtomicUsize::new(0), AtomicUsize::new(0));
+    let out = Mutex::new(std::io::stdout());
+    std::thread::scope(|s| {
+        for _ in 0..threads.max(1) {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= count {
+                    return;
+                }
+                let seed = args.seed_start + i;
+                let report = sim::run(seed, options);
+                ops.fetch_add(report.ops, Ordering::Relaxed);
+                if !report.passed() {
+                    failures.fetch_add(1, Ordering::Relaxed);
+                    let first = report.failures[0].lines().next().unwrap_or_default().to_string();
+                    let mut out = out.lock().expect("stdout lock");
+                    let _ = writeln!(out, "kvsim: seed {seed} FAILED: {first} — replay: {}", replay(seed, args));
+                }
+            });
+        }
+    });
+    let seconds = started.elapsed().as_secs_f64();
+    let failures = failures.load(Ordering::Relaxed);
+    println!("kvsim: {:.1} seeds per second on {threads} threads", count as f64 / seconds.max(1e-9));
+    println!("kvsim: seeds={count} failures={failures} ops={} seconds={seconds:.1}", ops.load(Ordering::Relaxed));
+    if failures == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}

@@ -1,0 +1,89 @@
+//! One simulated run: a seed becomes a scenario, the world runs it with
+//! the real replication state machine and engine, and the checks judge the
+//! result. Everything is deterministic: the same seed and options give the
+//! same history, byte for byte.
+//!
+//! - `scenario.rs`: what a seed draws (shape, clocks, faults); how to add a
+//!   kind of fault.
+//! - `world.rs`: the event loop, nodes' timers and IO, faults.
+//! - `node.rs`: a node's cores over the simulated disk (the glue's twin).
+//! - `client.rs`: clients, routing, the closing phases.
+//! - `disk.rs`, `net.rs`, `rng.rs`: the simulated disk, network, randomness.
+//! - `history.rs`, `check.rs`: what happened, and what must hold.
+
+mod check;
+mod client;
+mod disk;
+mod history;
+mod net;
+mod node;
+mod rng;
+pub mod scenario;
+mod world;
+
+use std::panic::{self, AssertUnwindSafe};
+
+pub use scenario::{Options, Scenario};
+
+/// What one run found.
+#[derive(Debug)]
+pub struct Report {
+    pub seed: u64,
+    /// Empty when every check passed.
+    pub failures: Vec<String>,
+    /// Client operations run.
+    pub ops: usize,
+    /// The history, one line per operation.
+    pub history: String,
+    /// A one-line summary of the scenario.
+    pub scenario: String,
+}
+
+impl Report {
+    pub fn passed(&self) -> bool {
+        self.failures.is_empty()
+    }
+}
+
+/// Runs seed `seed`. A panic inside the run (an assertion of the code under
+/// test, or of raft-rs) is a failure like any other.
+pub fn run(seed: u64, options: &Options) -> Report {
+    let scenario = Scenario::generate(seed, options);
+    let summary = summary(&scenario);
+    let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
+        let mut world = world::World::new(scenario);
+        world.run();
+        let layout = world.nodes[0].layout.clone();
+        if world.failures.is_empty() {
+            let found = check::history(&world.history, &world.clients.lin_keys, |k| layout.shard_of_key(k));
+            world.failures.extend(found);
+        }
+        (world.failures, world.history.ops.len(), world.history.text())
+    }));
+    let (failures, ops, history) = match outcome {
+        Ok(done) => done,
+        Err(payload) => {
+            let what = payload
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "a panic".to_string());
+            (vec![format!("panicked: {what}")], 0, String::new())
+        }
+    };
+    Report { seed, failures, ops, history, scenario: summary }
+}
+
+fn summary(s: &Scenario) -> String {
+    let kinds: Vec<String> = s.faults.iter().map(|(at, f)| format!("{}ms:{f:?}", at / 1000)).collect();
+    format!(
+        "nodes={} cores={} shards/core={} replicas={} clients={} keys={} faults=[{}]",
+        s.shape.nodes,
+        s.shape.cores,
+        s.shape.shards_per_core,
+        s.shape.replicas,
+        s.clients,
+        s.keys,
+        kinds.join(", ")
+    )
+}
