@@ -294,16 +294,12 @@ impl Wal {
         let doomed = self.state.borrow_mut().take_compactable(&snapshot_index);
         for meta in &doomed {
             self.files.borrow_mut().remove(&meta.seq);
-            // Crash before the directory fsync below: some unlinks may be
-            // undone. The newest segment, with every group's checkpoint, is
-            // never among them. (POSIX does not order unlinks, so a crash
-            // could in theory keep an older one and lose a younger one,
-            // which recovery reports as a gap; journaling file systems
-            // commit them in order.)
             glommio::io::remove(&meta.path).await.map_err(|e| WalError::io(&meta.path, "remove segment", e.into()))?;
-        }
-        if !doomed.is_empty() {
-            // IMPORTANT: fsync folder — make the unlinks durable.
+            // IMPORTANT: fsync folder — after each unlink, oldest first: POSIX
+            // does not order unlinks, and a crash that kept an older segment
+            // but not a younger one would leave a gap, which recovery
+            // rightly reports as damage. The newest segment, with every
+            // group's checkpoint, is never among them.
             self.dir.sync().await.map_err(|e| WalError::io(&self.config.dir, "fsync wal directory", e.into()))?;
         }
         Ok(doomed.len())

@@ -54,6 +54,8 @@ pub(crate) struct Group<T> {
     pending: BTreeMap<u64, Pending<T>>,
     reads: Reads<T>,
     bugs: Bugs,
+    /// Whether this replica led when `take_role_change` last looked.
+    led: bool,
 }
 
 impl<T> Group<T> {
@@ -78,6 +80,7 @@ impl<T> Group<T> {
             pending: BTreeMap::new(),
             reads: Reads::new(lease_ms),
             bugs: Bugs::default(),
+            led: false,
         }
     }
 
@@ -112,6 +115,12 @@ impl<T> Group<T> {
 
     pub fn pending_count(&self) -> usize {
         self.pending.len()
+    }
+
+    /// Whether this replica gained or lost leadership since the last call.
+    pub fn take_role_change(&mut self) -> bool {
+        let leads = self.is_leader();
+        leads != std::mem::replace(&mut self.led, leads)
     }
 
     pub fn has_ready(&self) -> bool {

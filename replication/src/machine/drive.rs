@@ -89,7 +89,6 @@ impl<T> Machine<T> {
             if !group.has_ready() {
                 continue;
             }
-            let was_leader = group.is_leader();
             let mut cx = ReadyCtx {
                 records: durable.then_some(&mut self.staged),
                 messages: &mut self.out.messages,
@@ -97,7 +96,9 @@ impl<T> Machine<T> {
                 now,
             };
             let h = group.handle_ready(&mut cx);
-            if group.is_leader() != was_leader {
+            // Roles change when messages are stepped and ticks counted; the
+            // Ready that follows is where they are noticed.
+            if group.take_role_change() {
                 self.stats.leader_changes += 1;
                 tracing::debug!(core = self.config.core, group = group.id, leader = group.is_leader(), "role changed");
             }

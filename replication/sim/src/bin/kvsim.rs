@@ -11,9 +11,7 @@
 //! The last line of a `--seeds` run is `kvsim: seeds=N failures=F ops=O
 //! seconds=T`; the exit status is 0 exactly when F = 0.
 
-use std::io::Write as _;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -96,6 +94,7 @@ fn replay(seed: u64, args: &Args) -> String {
 fn one(seed: u64, options: &Options, args: &Args) -> ExitCode {
     let report = sim::run(seed, options);
     println!("kvsim: seed {seed}: {}", report.scenario);
+    println!("kvsim: exercised {}", report.coverage);
     if args.print_history {
         print!("{}", report.history);
     }
@@ -113,32 +112,19 @@ fn one(seed: u64, options: &Options, args: &Args) -> ExitCode {
 fn many(count: u64, options: &Options, args: &Args) -> ExitCode {
     let started = Instant::now();
     let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let next = AtomicU64::new(0);
-    let (failures, ops) = (AtomicUsize::new(0), AtomicUsize::new(0));
-    let out = Mutex::new(std::io::stdout());
-    std::thread::scope(|s| {
-        for _ in 0..threads.max(1) {
-            s.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= count {
-                    return;
-                }
-                let seed = args.seed_start + i;
-                let report = sim::run(seed, options);
-                ops.fetch_add(report.ops, Ordering::Relaxed);
-                if !report.passed() {
-                    failures.fetch_add(1, Ordering::Relaxed);
-                    let first = report.failures[0].lines().next().unwrap_or_default().to_string();
-                    let mut out = out.lock().expect("stdout lock");
-                    let _ = writeln!(out, "kvsim: seed {seed} FAILED: {first} — replay: {}", replay(seed, args));
-                }
-            });
-        }
-    });
+    let out = Mutex::new(());
+    let print = |report: &sim::Report| {
+        let _guard = out.lock().expect("stdout lock");
+        let first = report.failures[0].lines().next().unwrap_or_default();
+        println!("kvsim: seed {} FAILED: {first} — replay: {}", report.seed, replay(report.seed, args));
+    };
+    let seeds = args.seed_start..args.seed_start + count;
+    let summary = sim::run_many(seeds, options, threads, &print);
     let seconds = started.elapsed().as_secs_f64();
-    let failures = failures.load(Ordering::Relaxed);
+    let failures = summary.failed.len();
+    println!("kvsim: exercised {}", summary.coverage);
     println!("kvsim: {:.1} seeds per second on {threads} threads", count as f64 / seconds.max(1e-9));
-    println!("kvsim: seeds={count} failures={failures} ops={} seconds={seconds:.1}", ops.load(Ordering::Relaxed));
+    println!("kvsim: seeds={count} failures={failures} ops={} seconds={seconds:.1}", summary.ops);
     if failures == 0 {
         ExitCode::SUCCESS
     } else {

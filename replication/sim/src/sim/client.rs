@@ -288,8 +288,16 @@ impl World {
                 Err(_) => Some(Response::Redirect(None, attempt)),
             },
             Body::Read { key, consistency } => match machine.read(shard, key, consistency, (client, op), now) {
-                Ok(ReadStart::Answered(value)) => Some(Response::Read(Ok(value), attempt)),
-                Ok(ReadStart::Queued) => None,
+                Ok(ReadStart::Answered(value)) => {
+                    if consistency == Consistency::Lease {
+                        self.coverage.lease_reads += 1;
+                    }
+                    Some(Response::Read(Ok(value), attempt))
+                }
+                Ok(ReadStart::Queued) => {
+                    self.coverage.read_index_reads += 1;
+                    None
+                }
                 Err(CoreError::NotLeader { leader }) => Some(Response::Redirect(leader, attempt)),
                 Err(_) => Some(Response::Redirect(None, attempt)),
             },
@@ -369,6 +377,9 @@ impl World {
 
     fn complete(&mut self, op: u64, result: OpResult) {
         self.clients.in_flight.remove(&op);
+        if matches!(result, OpResult::Unknown { .. }) {
+            self.coverage.unknown_outcomes += 1;
+        }
         let record = &mut self.history.ops[op as usize];
         if !matches!(result, OpResult::Unknown { .. }) {
             record.completed_us = Some(self.sched.now);

@@ -13,6 +13,7 @@
 
 mod check;
 mod client;
+pub mod coverage;
 mod disk;
 mod history;
 mod net;
@@ -21,8 +22,12 @@ mod rng;
 pub mod scenario;
 mod world;
 
+use std::ops::Range;
 use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
+pub use coverage::Coverage;
 pub use scenario::{Options, Scenario};
 
 /// What one run found.
@@ -37,6 +42,7 @@ pub struct Report {
     pub history: String,
     /// A one-line summary of the scenario.
     pub scenario: String,
+    pub coverage: Coverage,
 }
 
 impl Report {
@@ -58,9 +64,12 @@ pub fn run(seed: u64, options: &Options) -> Report {
             let found = check::history(&world.history, &world.clients.lin_keys, |k| layout.shard_of_key(k));
             world.failures.extend(found);
         }
-        (world.failures, world.history.ops.len(), world.history.text())
+        let leader_changes: u64 =
+            world.nodes.iter().map(|n| n.leader_changes_before_restarts + n.leader_changes()).sum();
+        world.coverage.leader_changes = leader_changes;
+        (world.failures, world.history.ops.len(), world.history.text(), world.coverage)
     }));
-    let (failures, ops, history) = match outcome {
+    let (failures, ops, history, coverage) = match outcome {
         Ok(done) => done,
         Err(payload) => {
             let what = payload
@@ -68,10 +77,56 @@ pub fn run(seed: u64, options: &Options) -> Report {
                 .cloned()
                 .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_else(|| "a panic".to_string());
-            (vec![format!("panicked: {what}")], 0, String::new())
+            (vec![format!("panicked: {what}")], 0, String::new(), Coverage::default())
         }
     };
-    Report { seed, failures, ops, history, scenario: summary }
+    Report { seed, failures, ops, history, scenario: summary, coverage }
+}
+
+/// What many runs found.
+#[derive(Debug, Default)]
+pub struct Summary {
+    pub seeds: u64,
+    /// The reports of the seeds that failed, by seed.
+    pub failed: Vec<Report>,
+    pub ops: usize,
+    pub coverage: Coverage,
+}
+
+/// Runs every seed of `seeds` on `threads` threads; `on_failure` sees each
+/// failing report as it is found (from any thread).
+pub fn run_many(
+    seeds: Range<u64>,
+    options: &Options,
+    threads: usize,
+    on_failure: &(dyn Fn(&Report) + Sync),
+) -> Summary {
+    let next = AtomicU64::new(seeds.start);
+    let summary = Mutex::new(Summary { seeds: seeds.end - seeds.start, ..Summary::default() });
+    std::thread::scope(|s| {
+        for _ in 0..threads.max(1) {
+            s.spawn(|| loop {
+                let seed = next.fetch_add(1, Ordering::Relaxed);
+                if seed >= seeds.end {
+                    return;
+                }
+                let mut report = run(seed, options);
+                if !report.passed() {
+                    on_failure(&report);
+                }
+                report.history.clear();
+                let mut sum = summary.lock().expect("summary lock");
+                sum.ops += report.ops;
+                sum.coverage.add(&report.coverage);
+                if !report.passed() {
+                    sum.failed.push(report);
+                }
+            });
+        }
+    });
+    let mut summary = summary.into_inner().expect("summary lock");
+    summary.failed.sort_by_key(|r| r.seed);
+    summary
 }
 
 fn summary(s: &Scenario) -> String {

@@ -42,8 +42,6 @@ pub struct SimCore {
     /// The flush whose fdatasync is under way.
     pub flushing: Option<FlushPlan>,
     pub snapshotting: bool,
-    /// Compaction waits for the flush in flight.
-    pub compact_due: bool,
     pub drive_scheduled: bool,
 }
 
@@ -65,6 +63,10 @@ pub struct SimNode {
     pub clock: ClockSpec,
     /// fdatasyncs fail now and then, and some are slow.
     pub disk_faults: bool,
+    /// Leader changes counted by machines that crashed since.
+    pub leader_changes_before_restarts: u64,
+    /// The node crashes while its next WAL flush is in flight.
+    pub crash_armed: bool,
 }
 
 impl SimNode {
@@ -78,6 +80,8 @@ impl SimNode {
             fs: SimFs::default(),
             clock,
             disk_faults: false,
+            leader_changes_before_restarts: 0,
+            crash_armed: false,
         }
     }
 
@@ -97,24 +101,35 @@ impl SimNode {
         PathBuf::from(format!("node-{}/core-{core}", self.id))
     }
 
-    /// Starts the node from its disk, as `Core::open` does.
-    pub fn start(&mut self, bugs: Bugs) -> Result<(), String> {
+    /// Leader changes the running machines counted.
+    pub fn leader_changes(&self) -> u64 {
+        self.cores.iter().map(|c| c.machine.stats().leader_changes).sum()
+    }
+
+    /// Starts the node from its disk, as `Core::open` does. Returns the
+    /// number of repairs recovery made to the WAL.
+    pub fn start(&mut self, bugs: Bugs) -> Result<u64, String> {
         let mut cores = Vec::new();
+        let mut repairs = 0;
         for core in 0..self.layout.cores {
             let dir = self.core_dir(core);
-            let c = recover_core(&mut self.fs, &self.layout, core, &dir).map_err(|e| format!("core {core}: {e}"))?;
+            let (c, r) =
+                recover_core(&mut self.fs, &self.layout, core, &dir).map_err(|e| format!("core {core}: {e}"))?;
             cores.push(c);
+            repairs += r;
         }
         for c in &mut cores {
             c.machine.set_bugs(bugs);
         }
         self.cores = cores;
         self.state = NodeState::Up;
-        Ok(())
+        Ok(repairs)
     }
 
     /// Power loss: the machines are gone, the disk keeps what it must.
     pub fn crash(&mut self, rng: &mut Rng) {
+        self.leader_changes_before_restarts += self.leader_changes();
+        self.crash_armed = false;
         self.cores.clear();
         self.fs.crash(rng);
         self.state = NodeState::Down;
@@ -133,7 +148,7 @@ fn snap_dir(core_dir: &Path) -> PathBuf {
 /// Rebuilds one core from the simulated disk with the real restore path:
 /// newest snapshot per shard, WAL scan (repairs applied to the disk), then
 /// the Raft nodes.
-fn recover_core(fs: &mut SimFs, layout: &Layout, core: u32, dir: &Path) -> Result<SimCore, String> {
+fn recover_core(fs: &mut SimFs, layout: &Layout, core: u32, dir: &Path) -> Result<(SimCore, u64), String> {
     let mut restorer = Restorer::new(core, layout.shards_of_core(core));
     let (wal_dir, snap_dir) = (wal_dir(dir), snap_dir(dir));
     let mut newest = std::collections::BTreeMap::new();
@@ -161,6 +176,7 @@ fn recover_core(fs: &mut SimFs, layout: &Layout, core: u32, dir: &Path) -> Resul
         .collect();
     let (recovered, repairs) =
         recovery::scan(core, &wal_dir, segments, |record| restorer.replay(record)).map_err(|e| e.to_string())?;
+    let repaired = repairs.len() as u64;
     for repair in repairs {
         apply_repair(fs, &wal_dir, repair);
     }
@@ -172,7 +188,8 @@ fn recover_core(fs: &mut SimFs, layout: &Layout, core: u32, dir: &Path) -> Resul
         log_retain_entries: SIM_LOG_RETAIN_ENTRIES,
     };
     let machine = restorer.finish(config, |shard| layout.replicas_of(shard)).map_err(|e| e.to_string())?;
-    Ok(SimCore { machine, wal, flushing: None, snapshotting: false, compact_due: false, drive_scheduled: false })
+    let core = SimCore { machine, wal, flushing: None, snapshotting: false, drive_scheduled: false };
+    Ok((core, repaired))
 }
 
 fn apply_repair(fs: &mut SimFs, wal_dir: &Path, repair: Repair) {
@@ -262,20 +279,18 @@ impl SimCore {
     }
 
     /// Deletes the WAL segments every shard's snapshot covers.
-    pub fn compact(&mut self, fs: &mut SimFs, dir: &Path) {
-        if self.flushing.is_some() {
-            self.compact_due = true;
-            return;
-        }
-        self.compact_due = false;
+    /// Returns the number of segments deleted.
+    pub fn compact(&mut self, fs: &mut SimFs, dir: &Path) -> u64 {
         let machine = &self.machine;
         let doomed = self.wal.take_compactable(|g| machine.snapshot_index(g));
-        if !doomed.is_empty() {
-            for segment in &doomed {
-                fs.remove(&segment.path);
-            }
+        for segment in &doomed {
+            // IMPORTANT, as in `Wal::compact`: one directory fsync per
+            // removal, so a crash never keeps an older segment without a
+            // younger one.
+            fs.remove(&segment.path);
             fs.sync_dir(&wal_dir(dir));
         }
+        doomed.len() as u64
     }
 
     /// Encodes periodic snapshots of every shard that moved (written by the

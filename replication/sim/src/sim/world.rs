@@ -40,6 +40,10 @@ const FSYNC_FAILURE_P: f64 = 0.02;
 /// Probability and length of a slow fdatasync while faults are on.
 const SLOW_FSYNC_P: f64 = 0.05;
 const SLOW_FSYNC_US: (u64, u64) = (20_000, 1_000_000);
+/// Share of crashes timed to hit a WAL flush in flight (torn tails), and how
+/// long such a crash waits for a flush before it happens anyway.
+const CRASH_MID_FLUSH_P: f64 = 0.5;
+const CRASH_MID_FLUSH_WAIT_US: u64 = 100_000;
 /// An operator restarts a node whose WAL was poisoned after this long.
 const POISONED_RESTART_US: u64 = 500_000;
 
@@ -89,6 +93,7 @@ pub struct World {
     /// Everything a check found wrong, in the order found.
     pub failures: Vec<String>,
     pub healed_at: Option<u64>,
+    pub coverage: super::coverage::Coverage,
     /// Events held for paused nodes, released in order on resume.
     held: BTreeMap<u64, Vec<Event>>,
 }
@@ -115,6 +120,7 @@ impl World {
             history: History::default(),
             failures: Vec::new(),
             healed_at: None,
+            coverage: Default::default(),
             held: BTreeMap::new(),
             scenario,
         }
@@ -220,9 +226,12 @@ impl World {
 
     pub fn start_node(&mut self, id: u64) {
         let bugs = self.scenario.options.bugs;
-        if let Err(e) = self.node(id).start(bugs) {
-            self.fail(format!("node {id} cannot start from its disk: {e}"));
-            return;
+        match self.node(id).start(bugs) {
+            Ok(repairs) => self.coverage.wal_repairs += repairs,
+            Err(e) => return self.fail(format!("node {id} cannot start from its disk: {e}")),
+        }
+        if self.node(id).incarnation > 0 {
+            self.coverage.restarts += 1;
         }
         let inc = self.node(id).incarnation;
         let interval = self.node(id).tick_interval_us();
@@ -239,6 +248,7 @@ impl World {
         let World { nodes, sched, held, .. } = self;
         nodes[(id - 1) as usize].crash(&mut sched.rng);
         held.remove(&id);
+        self.coverage.crashes += 1;
     }
 
     fn on_tick(&mut self, node: u64, inc: u64) {
@@ -322,16 +332,22 @@ impl World {
         let n = self.node(node);
         let dir = n.core_dir(core);
         let (inc, faults) = (n.incarnation, n.disk_faults);
+        let installs = job.installs.len() as u64;
         let SimNode { fs, cores, .. } = n;
         if let Err(why) = cores[core as usize].start_flush(fs, &dir, job) {
             cores[core as usize].machine.flushed(Err(why));
             self.schedule_drive(node, core);
             return;
         }
+        self.coverage.snapshots_installed += installs;
         let (lo, hi) = self.scenario.fsync_us;
         let mut delay = self.sched.rng.between(lo, hi);
         if faults && self.sched.rng.chance(SLOW_FSYNC_P) {
             delay += self.sched.rng.between(SLOW_FSYNC_US.0, SLOW_FSYNC_US.1);
+        }
+        if std::mem::take(&mut self.node(node).crash_armed) {
+            let at = self.sched.rng.below(delay);
+            self.sched.after(at, Event::Fault(Fault::Crash { node }));
         }
         let failed = faults && self.sched.rng.chance(FSYNC_FAILURE_P);
         self.sched.after(delay, Event::FlushDone { node, core, inc, failed });
@@ -349,9 +365,6 @@ impl World {
         let result = c.finish_flush(fs, &dir, failed);
         let ok = result.is_ok();
         c.machine.flushed(result);
-        if c.compact_due {
-            c.compact(fs, &dir);
-        }
         let snapshot_due = ok && !c.snapshotting && c.wal.bytes_since_compaction() >= snapshot_wal_bytes;
         let files = if snapshot_due { c.take_snapshots() } else { Vec::new() };
         if snapshot_due {
@@ -359,6 +372,7 @@ impl World {
             self.sched.after(delay, Event::SnapshotsWritten { node, core, inc, files });
         }
         if !ok {
+            self.coverage.fsync_failures += 1;
             // An operator notices the refusing node and restarts it.
             self.sched.after(POISONED_RESTART_US, Event::PoisonedRestart { node, inc });
         }
@@ -373,12 +387,15 @@ impl World {
         let dir = n.core_dir(core);
         let SimNode { fs, cores, .. } = n;
         let c = &mut cores[core as usize];
+        let written = files.len() as u64;
         for (meta, bytes) in files {
             put_snapshot(fs, &dir, &meta, bytes);
             c.machine.snapshot_written(meta.group, meta.index);
         }
         c.snapshotting = false;
-        c.compact(fs, &dir);
+        let compacted = c.compact(fs, &dir);
+        self.coverage.snapshots_written += written;
+        self.coverage.segments_compacted += compacted;
     }
 
     fn on_background(&mut self, node: u64, inc: u64, cycle: u64) {
@@ -405,7 +422,15 @@ impl World {
     fn on_fault(&mut self, fault: Fault) {
         match fault {
             Fault::Crash { node } => {
-                if self.node(node).state != NodeState::Down {
+                let n = self.node(node);
+                if n.state == NodeState::Down {
+                    return;
+                }
+                if !n.crash_armed && self.sched.rng.chance(CRASH_MID_FLUSH_P) {
+                    // Crash during the next flush instead, or soon anyway.
+                    self.node(node).crash_armed = true;
+                    self.sched.after(CRASH_MID_FLUSH_WAIT_US, Event::Fault(Fault::Crash { node }));
+                } else {
                     self.crash_node(node);
                 }
             }
