@@ -12,6 +12,11 @@
 //! A write is only forwarded when it was refused before being proposed
 //! (`NotLeader`); a write whose fate is unknown (`Dropped`) is reported to
 //! the client as a retryable error, never replayed here.
+//!
+//! Every forward has a deadline ([`FORWARD_WRITE_TIMEOUT`],
+//! [`FORWARD_READ_TIMEOUT`]): a leader that was paused or cut off by a
+//! network that drops packets never answers, and a write forwarded to it
+//! ends as `Dropped` (RETRY) once the deadline passes; a read asks again.
 
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -29,6 +34,15 @@ pub const ELECTION_WAIT: Duration = Duration::from_secs(5);
 const ELECTION_POLL: Duration = Duration::from_millis(10);
 /// Pause before asking again when the known leader was unreachable.
 const UNREACHABLE_RETRY: Duration = Duration::from_millis(100);
+/// How long a forwarded write waits for its answer: longer than the leader
+/// itself may wait for an election (`ELECTION_WAIT`), so only a leader that
+/// stopped answering runs into it. Then the write's outcome is unknown.
+pub const FORWARD_WRITE_TIMEOUT: Duration = Duration::from_secs(8);
+/// How long a forwarded read waits before asking again (reads may be
+/// retried, against whichever leader is known by then).
+pub const FORWARD_READ_TIMEOUT: Duration = Duration::from_secs(2);
+
+const _: () = assert!(FORWARD_WRITE_TIMEOUT.as_millis() > ELECTION_WAIT.as_millis());
 
 /// What one core needs to serve or forward an operation.
 pub struct Owner {
@@ -105,7 +119,8 @@ pub async fn execute(owner: &Owner, shard: u32, op: Op, hops: u8) -> Result<Repl
                     return Err(CoreError::NotLeader { leader: Some(l) });
                 }
                 let is_read = matches!(op, Op::Get { .. } | Op::Scan { .. });
-                match peers.forward(l, shard, op.clone(), hops + 1).await {
+                let timeout = if is_read { FORWARD_READ_TIMEOUT } else { FORWARD_WRITE_TIMEOUT };
+                match peers.forward(l, shard, op.clone(), hops + 1, timeout).await {
                     // The leader we know of is unreachable: it may be dead,
                     // and the others are about to elect a new one. The
                     // request never left, so trying again is safe; a read
@@ -116,6 +131,10 @@ pub async fn execute(owner: &Owner, shard: u32, op: Op, hops: u8) -> Result<Repl
                     }
                     Err(CoreError::Dropped) if is_read && Instant::now() < deadline => {
                         glommio::timer::sleep(UNREACHABLE_RETRY).await;
+                    }
+                    // A read that found no answering leader had no effect.
+                    Err(CoreError::Dropped) if is_read => {
+                        return Err(CoreError::Unavailable(format!("shard {shard}: leader {l} did not answer")));
                     }
                     other => return other,
                 }
@@ -137,9 +156,12 @@ async fn forward_to_replicas(owner: &Owner, shard: u32, op: Op, hops: u8) -> Res
         return Err(CoreError::Unavailable(format!("shard {shard}: too many forwards")));
     }
     let mut last = CoreError::Unavailable(format!("no replica of shard {shard} is reachable"));
+    let is_read = matches!(op, Op::Get { .. } | Op::Scan { .. });
+    let timeout = if is_read { FORWARD_READ_TIMEOUT } else { FORWARD_WRITE_TIMEOUT };
     for node in owner.layout.replicas_of(shard) {
-        match peers.forward(node, shard, op.clone(), hops + 1).await {
+        match peers.forward(node, shard, op.clone(), hops + 1, timeout).await {
             Err(e @ CoreError::Unavailable(_)) => last = e,
+            Err(CoreError::Dropped) if is_read => last = CoreError::Unavailable(format!("node {node} did not answer")),
             other => return other,
         }
     }

@@ -25,9 +25,12 @@ const CLIENT_PORT: u16 = 7379;
 pub const CONVERGE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A TCP proxy for one directed link; `cut` drops its connections and
-/// refuses new ones until `mend`.
+/// refuses new ones until `mend`; `blackhole` keeps connections open but
+/// delivers nothing (a firewall that drops packets: the sender learns
+/// nothing until its own timeouts).
 pub struct Proxy {
     cut: Arc<AtomicBool>,
+    blackholed: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
     conns: Arc<Mutex<Vec<TcpStream>>>,
     acceptor: Option<JoinHandle<()>>,
@@ -38,8 +41,9 @@ impl Proxy {
         let listener = TcpListener::bind(listen).unwrap_or_else(|e| panic!("proxy on {listen}: {e}"));
         listener.set_nonblocking(true).unwrap();
         let (cut, stop) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+        let blackholed = Arc::new(AtomicBool::new(false));
         let conns = Arc::new(Mutex::new(Vec::new()));
-        let (c, s, cs) = (cut.clone(), stop.clone(), conns.clone());
+        let (c, s, cs, bh) = (cut.clone(), stop.clone(), conns.clone(), blackholed.clone());
         let acceptor = std::thread::spawn(move || {
             while !s.load(Ordering::Relaxed) {
                 match listener.accept() {
@@ -49,15 +53,15 @@ impl Proxy {
                         for s in [&client, &server] {
                             cs.lock().unwrap().push(s.try_clone().unwrap());
                         }
-                        pipe(client.try_clone().unwrap(), server.try_clone().unwrap());
-                        pipe(server, client);
+                        pipe(client.try_clone().unwrap(), server.try_clone().unwrap(), bh.clone());
+                        pipe(server, client, bh.clone());
                     }
                     Ok((client, _)) => drop(client),
                     Err(_) => std::thread::sleep(Duration::from_millis(5)),
                 }
             }
         });
-        Proxy { cut, stop, conns, acceptor: Some(acceptor) }
+        Proxy { cut, blackholed, stop, conns, acceptor: Some(acceptor) }
     }
 
     pub fn cut(&self) {
@@ -67,8 +71,13 @@ impl Proxy {
         }
     }
 
+    pub fn blackhole(&self) {
+        self.blackholed.store(true, Ordering::SeqCst);
+    }
+
     pub fn mend(&self) {
         self.cut.store(false, Ordering::SeqCst);
+        self.blackholed.store(false, Ordering::SeqCst);
     }
 }
 
@@ -84,13 +93,15 @@ impl Drop for Proxy {
 
 /// Copies bytes one way until either side closes, then closes both ways
 /// (as a real network does to a crashed peer's connections; leaving half a
-/// connection open would keep the crashed node's port busy).
-fn pipe(mut from: TcpStream, mut to: TcpStream) {
+/// connection open would keep the crashed node's port busy). While
+/// `blackholed`, bytes are read and dropped.
+fn pipe(mut from: TcpStream, mut to: TcpStream, blackholed: Arc<AtomicBool>) {
     std::thread::spawn(move || {
         let mut buf = vec![0u8; 64 * 1024];
         loop {
             match from.read(&mut buf) {
                 Ok(0) | Err(_) => break,
+                Ok(_) if blackholed.load(Ordering::Relaxed) => {}
                 Ok(n) => {
                     if to.write_all(&buf[..n]).is_err() {
                         break;
@@ -256,6 +267,15 @@ impl Cluster {
         for ((a, b), p) in &self.proxies {
             if *a == id || *b == id {
                 p.cut();
+            }
+        }
+    }
+
+    /// Drops every byte to and from `id`, leaving connections open.
+    pub fn blackhole(&self, id: u64) {
+        for ((a, b), p) in &self.proxies {
+            if *a == id || *b == id {
+                p.blackhole();
             }
         }
     }

@@ -7,6 +7,7 @@ mod bad_input;
 mod cluster;
 mod crash;
 mod cross_core;
+mod cut_off_leader;
 mod harness;
 mod http;
 mod http_client;

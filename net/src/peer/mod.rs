@@ -195,8 +195,19 @@ impl Peers {
         }
     }
 
-    /// Runs `op` for `shard` on node `node` (same core), `hops` forwards so far.
-    pub async fn forward(&self, node: u64, shard: u32, op: Op, hops: u8) -> Result<Reply, CoreError> {
+    /// Runs `op` for `shard` on node `node` (same core), `hops` forwards so
+    /// far, waiting at most `timeout` for the answer. A peer that stops
+    /// answering (paused, or cut off by a network that drops packets
+    /// without resetting connections) costs the timeout, then the request
+    /// ends with `Dropped`: it may have run there, so its outcome is unknown.
+    pub async fn forward(
+        &self,
+        node: u64,
+        shard: u32,
+        op: Op,
+        hops: u8,
+        timeout: Duration,
+    ) -> Result<Reply, CoreError> {
         let link = self.links.get(&node).ok_or_else(|| CoreError::Unavailable(format!("node {node} is not a peer")))?;
         let id = self.next_id.get();
         self.next_id.set(id + 1);
@@ -209,7 +220,22 @@ impl Peers {
         );
         link.forward_ids.borrow_mut().push(id);
         let _ = link.wake.try_send(());
-        rx.await.unwrap_or_else(|_| Err(CoreError::Unavailable(format!("node {node} went away"))))
+        let answer = glommio::timer::timeout(timeout, async { Ok(rx.await) }).await;
+        match answer {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(CoreError::Unavailable(format!("node {node} went away"))),
+            Err(_) => {
+                // A late answer finds no waiter and is dropped.
+                self.waiting.borrow_mut().remove(&id);
+                tracing::debug!(
+                    core = self.config.core,
+                    node,
+                    shard,
+                    "a forwarded request got no answer in {timeout:?}"
+                );
+                Err(CoreError::Dropped)
+            }
+        }
     }
 
     /// Fails forwards that never left this node: safe to retry anywhere.
