@@ -7,6 +7,7 @@
 #   bench/compare.sh                            # all cases, 10 s per run
 #   DURATION=3 WARMUP=1 CASES=memory bench/compare.sh
 #   KVD_PROTOCOL=resp bench/compare.sh          # drive kvd over RESP, like Redis
+#   KVD_BASELINE=/tmp/old/kvd PEERS=0 bench/compare.sh   # this kvd against another build only
 #
 # Cases:
 #   memory   kvd --persistence none   vs Redis (no persistence), memcached (-t 1)
@@ -40,6 +41,10 @@ esac
 OUT=${OUT:-bench/out/$(date -u +%Y%m%dT%H%M%SZ)}
 KVD=target/release/kvd
 KVBENCH=target/release/kvbench
+# Another kvd binary to run beside this one as the server "kvd-baseline".
+KVD_BASELINE=${KVD_BASELINE:-}
+# 0: no Redis, memcached or etcd, only kvd (and the baseline).
+PEERS=${PEERS:-1}
 
 for bin in "$KVD" "$KVBENCH"; do
   [ -x "$bin" ] || { echo "missing $bin: run cargo build --release" >&2; exit 2; }
@@ -92,7 +97,7 @@ stop_server() {
 }
 
 start_kvd() { # extra args...
-  taskset -c "$SERVER_CPU" "$KVD" --cores "$SERVER_CPU" --listen 127.0.0.1:7402 --resp-listen 127.0.0.1:7406 \
+  taskset -c "$SERVER_CPU" "${KVD_BIN:-$KVD}" --cores "$SERVER_CPU" --listen 127.0.0.1:7402 --resp-listen 127.0.0.1:7406 \
     --http-listen 127.0.0.1:0 --data-dir "$WORK/data" "$@" >"$OUT/kvd.log" 2>&1 &
   started kvd
   for _ in $(seq 1 200); do grep -q "kvd ready" "$OUT/kvd.log" && return 0; sleep 0.05; done
@@ -175,6 +180,8 @@ for case in $CASES; do
     durable) servers="kvd redis-aof-always etcd-1-member" ;;
     *) echo "unknown case $case" >&2; exit 2 ;;
   esac
+  [ "$PEERS" = 1 ] || servers=kvd
+  [ -z "$KVD_BASELINE" ] || servers="$servers kvd-baseline"
   echo "$case:" >&2
   for w in "${WORKLOADS[@]}"; do
     n=${w%%|*}
@@ -184,6 +191,11 @@ for case in $CASES; do
         kvd)
           if [ "$case" = memory ]; then start_kvd --persistence none; else start_kvd --fsync always; fi
           bench "$case~kvd~$n" "$KVD_PORT" "$KVD_PROTOCOL" "${args[@]}" ;;
+        kvd-baseline)
+          if [ "$case" = memory ]; then KVD_BIN=$KVD_BASELINE start_kvd --persistence none
+          else KVD_BIN=$KVD_BASELINE start_kvd --fsync always; fi
+          SERVER_NAME=kvd-baseline
+          bench "$case~$server~$n" "$KVD_PORT" "$KVD_PROTOCOL" "${args[@]}" ;;
         redis-nopersist) start_redis "$server" --appendonly no; bench "$case~$server~$n" 7401 resp "${args[@]}" ;;
         redis-aof-always)
           start_redis "$server" --appendonly yes --appendfsync always

@@ -59,6 +59,33 @@ fn record(history: &History, client: usize, key: &[u8], op: Op, invoked: Instant
     history.lock().unwrap().push(Event { client, key: key.to_vec(), op, invoked_ns, completed_ns, outcome });
 }
 
+/// Reads `keys` round and round at the lease level until `stop`, recording
+/// every answer; returns how many reads were answered.
+fn lease_reader(
+    mut conn: Client,
+    keys: Vec<Vec<u8>>,
+    history: History,
+    stop: Arc<AtomicBool>,
+    origin: Instant,
+) -> std::thread::JoinHandle<usize> {
+    conn.set_timeout(Some(Duration::from_secs(15))).unwrap();
+    std::thread::spawn(move || {
+        let mut reads = 0;
+        for k in keys.iter().cycle() {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            let invoked = Instant::now();
+            // An error is an unknown read: it constrains nothing.
+            if let Ok(v) = conn.get_with(k, Consistency::Lease) {
+                record(&history, 1, k, Op::Get, invoked, origin, Outcome::GetOk(v.map(|(v, _)| v)));
+                reads += 1;
+            }
+        }
+        reads
+    })
+}
+
 #[test]
 fn a_leader_cut_off_by_a_partition_serves_no_stale_lease_read() {
     let seed = seed("a_leader_cut_off_by_a_partition_serves_no_stale_lease_read");
@@ -75,26 +102,7 @@ fn a_leader_cut_off_by_a_partition_serves_no_stale_lease_read() {
     }
     // Lease reads (the default level) through the leader about to be cut off.
     let stop = Arc::new(AtomicBool::new(false));
-    let reader = {
-        let (keys, history, stop) = (keys.clone(), history.clone(), stop.clone());
-        let mut conn = c.client(victim);
-        conn.set_timeout(Some(Duration::from_secs(15))).unwrap();
-        std::thread::spawn(move || {
-            let mut reads = 0;
-            for k in keys.iter().cycle() {
-                if stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                let invoked = Instant::now();
-                // An error is an unknown read: it constrains nothing.
-                if let Ok(v) = conn.get_with(k, Consistency::Lease) {
-                    record(&history, 1, k, Op::Get, invoked, origin, Outcome::GetOk(v.map(|(v, _)| v)));
-                    reads += 1;
-                }
-            }
-            reads
-        })
-    };
+    let reader = lease_reader(c.client(victim), keys.clone(), history.clone(), stop.clone(), origin);
     std::thread::sleep(Duration::from_millis(300));
     c.blackhole(victim);
     // New values through the majority, until some are acknowledged there.

@@ -294,7 +294,7 @@ impl SimCore {
     }
 
     /// Encodes periodic snapshots of every shard that moved (written by the
-    /// caller after a delay, with [`write_snapshots`]).
+    /// caller after a delay, with [`put_snapshot`]).
     pub fn take_snapshots(&mut self) -> Vec<(SnapshotMeta, Vec<u8>)> {
         self.snapshotting = true;
         self.machine
