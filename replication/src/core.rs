@@ -53,6 +53,8 @@ pub(crate) struct Inner {
     wal: Option<Rc<Wal>>,
     transport: Box<dyn Transport>,
     state: RefCell<GlueState>,
+    /// The machine's outputs being carried out (kept for their buffers).
+    outputs: RefCell<Outputs<Waiter>>,
     wake: LocalSender<()>,
     /// Told about every WAL flush and timed sync (see [`Core::on_flush`]).
     flush_observer: RefCell<Option<FlushObserver>>,
@@ -84,6 +86,7 @@ impl Core {
             wal,
             transport,
             state: RefCell::new(GlueState::default()),
+            outputs: RefCell::new(Outputs::default()),
             wake,
             flush_observer: RefCell::new(None),
         });
@@ -140,6 +143,11 @@ impl Core {
     /// leader whose lease lapsed, confirms leadership with a quorum
     /// (ReadIndex) and waits for the map to catch up first.
     pub async fn read(&self, shard: u32, key: &[u8], consistency: Consistency) -> Result<Option<Stored>, CoreError> {
+        // The common case first, with no channel and no copy of the key.
+        match self.read_now(shard, key, consistency) {
+            Err(CoreError::NotLeader { .. }) if consistency != Consistency::Stale => {}
+            answered => return answered,
+        }
         let (tx, rx) = oneshot::channel();
         let started = self.0.machine.borrow_mut().read(shard, Bytes::copy_from_slice(key), consistency, tx, now())?;
         if let ReadStart::Answered(value) = started {
@@ -297,22 +305,30 @@ impl Inner {
 
     /// Runs the machine once and carries out what it asks.
     fn drive(self: &Rc<Self>) {
-        let (more, outputs) = {
+        let more = {
             let mut m = self.machine.borrow_mut();
             let more = m.drive(now());
-            (more, m.take_outputs())
+            m.swap_outputs(&mut self.outputs.borrow_mut());
+            more
         };
-        self.dispatch(outputs);
+        self.dispatch();
         if more {
             self.notify();
         }
     }
 
-    /// Called with no borrow held: glommio runs a spawned task at once.
-    fn dispatch(self: &Rc<Self>, outputs: Outputs<Waiter>) {
-        let Outputs { messages, answers, flush: job, prepare } = outputs;
+    /// Carries out the outputs taken by `drive`. Called with no borrow of
+    /// the machine held: glommio runs a spawned task at once.
+    fn dispatch(self: &Rc<Self>) {
+        let (messages, job, prepare) = {
+            let mut out = self.outputs.borrow_mut();
+            // Sending wakes the waiting tasks; none runs before this returns.
+            for (waiter, a) in out.answers.drain(..) {
+                waiter.send(a);
+            }
+            (std::mem::take(&mut out.messages), out.flush.take(), std::mem::take(&mut out.prepare))
+        };
         self.transport.send(messages);
-        answer(answers);
         if let Some(job) = job {
             let wal = self.wal.clone().expect("a durable machine has a WAL");
             glommio::spawn_local(flush(self.clone(), wal, job)).detach();

@@ -107,6 +107,12 @@ impl GroupStorage {
         self.0.borrow().conf_state.clone()
     }
 
+    /// Whether `id` is the group's only voter (no copy of the conf state:
+    /// lease reads ask on every read).
+    pub fn is_sole_voter(&self, id: u64) -> bool {
+        self.0.borrow().conf_state.voters == [id]
+    }
+
     pub fn last_index(&self) -> u64 {
         self.0.borrow().last_index()
     }

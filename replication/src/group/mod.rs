@@ -110,7 +110,7 @@ impl<T> Group<T> {
 
     /// Whether this replica is the group's only voter.
     pub fn is_alone(&self) -> bool {
-        self.storage.conf_state().voters == [self.node_id()]
+        self.storage.is_sole_voter(self.node_id())
     }
 
     pub fn pending_count(&self) -> usize {

@@ -175,6 +175,14 @@ impl<T> Machine<T> {
         std::mem::take(&mut self.out)
     }
 
+    /// Like [`Machine::take_outputs`], but swaps with `spent`, which MUST be
+    /// empty (drained): its buffers are reused, so a busy core does not
+    /// grow fresh vectors after every drive.
+    pub fn swap_outputs(&mut self, spent: &mut Outputs<T>) {
+        assert!(spent.is_empty(), "swap_outputs with outputs not carried out");
+        std::mem::swap(&mut self.out, spent);
+    }
+
     /// Why this machine refuses writes, if it does.
     pub fn poisoned(&self) -> Option<&str> {
         self.poisoned.as_deref()
