@@ -58,3 +58,40 @@ fn every_seeded_bug_is_found() {
         assert!(found.is_some(), "the simulator passed {BUG_SEEDS_MAX} seeds with the bug {name} switched on");
     }
 }
+
+/// The command line scripts rely on: the summary line, the exit status,
+/// a replay command per failing seed, the list of bugs.
+#[test]
+fn the_kvsim_command_keeps_its_contract() {
+    let kvsim = env!("CARGO_BIN_EXE_kvsim");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(kvsim).args(args).output().expect("kvsim runs");
+        (out.status, String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let (status, out) = run(&["--seeds", "4", "--threads", "2"]);
+    assert!(status.success(), "{out}");
+    let last = out.lines().last().unwrap_or_default();
+    assert!(last.starts_with("kvsim: seeds=4 failures=0 ops=") && last.contains(" seconds="), "{out}");
+
+    let (status, out) = run(&["--list-bugs"]);
+    assert!(status.success());
+    assert_eq!(out.lines().collect::<Vec<_>>(), Bugs::NAMES.to_vec());
+
+    // A seed the bug makes fail (found as every_seeded_bug_is_found does).
+    let bug = "ack-overwritten-entry";
+    let options = Options { bugs: Bugs::named(bug).unwrap(), ..Options::default() };
+    let failing = (0..BUG_SEEDS_MAX).find(|&s| !sim::run(s, &options).passed()).expect("a failing seed");
+    let start = failing.to_string();
+    let (status, out) = run(&["--seeds", "1", "--seed-start", &start, "--bug", bug]);
+    assert!(!status.success(), "{out}");
+    let replay = format!("replay: kvsim --seed {failing} --bug {bug} --print-history");
+    assert!(
+        out.lines().any(|l| l.starts_with(&format!("kvsim: seed {failing} FAILED: ")) && l.ends_with(&replay)),
+        "{out}"
+    );
+    assert!(out.lines().last().unwrap_or_default().starts_with("kvsim: seeds=1 failures=1 "), "{out}");
+
+    let (status, out) = run(&["--seed", &start, "--bug", bug, "--print-history"]);
+    assert!(!status.success());
+    assert!(out.lines().any(|l| l.contains(" #0 ") && l.contains(" => ")), "the history is printed: {out}");
+}

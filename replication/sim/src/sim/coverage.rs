@@ -73,9 +73,41 @@ impl Coverage {
     }
 }
 
+impl Coverage {
+    /// The counters in the order of [`Coverage::named`].
+    pub fn from_counts(c: [u64; 11]) -> Coverage {
+        Coverage {
+            crashes: c[0],
+            restarts: c[1],
+            wal_repairs: c[2],
+            fsync_failures: c[3],
+            snapshots_written: c[4],
+            segments_compacted: c[5],
+            snapshots_installed: c[6],
+            leader_changes: c[7],
+            lease_reads: c[8],
+            read_index_reads: c[9],
+            unknown_outcomes: c[10],
+        }
+    }
+}
+
 impl fmt::Display for Coverage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let parts: Vec<String> = self.named().iter().map(|(n, v)| format!("{n}={v}")).collect();
         f.write_str(&parts.join(" "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_round_trip_in_order() {
+        let counts: [u64; 11] = std::array::from_fn(|i| i as u64 * 3 + 1);
+        let c = Coverage::from_counts(counts);
+        assert_eq!(c.named().map(|(_, v)| v), counts);
+        assert_eq!(c.named()[7], ("leader_changes", 22));
     }
 }

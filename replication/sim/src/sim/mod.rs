@@ -56,8 +56,8 @@ impl Report {
 pub fn run(seed: u64, options: &Options) -> Report {
     let scenario = Scenario::generate(seed, options);
     let summary = summary(&scenario);
+    let mut world = world::World::new(scenario);
     let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
-        let mut world = world::World::new(scenario);
         world.run();
         let layout = world.nodes[0].layout.clone();
         if world.failures.is_empty() {
@@ -67,19 +67,18 @@ pub fn run(seed: u64, options: &Options) -> Report {
         let leader_changes: u64 =
             world.nodes.iter().map(|n| n.leader_changes_before_restarts + n.leader_changes()).sum();
         world.coverage.leader_changes = leader_changes;
-        (world.failures, world.history.ops.len(), world.history.text(), world.coverage)
     }));
-    let (failures, ops, history, coverage) = match outcome {
-        Ok(done) => done,
-        Err(payload) => {
-            let what = payload
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "a panic".to_string());
-            (vec![format!("panicked: {what}")], 0, String::new(), Coverage::default())
-        }
-    };
+    if let Err(payload) = outcome {
+        // (Release builds abort instead; see the kvsim binary's workers.)
+        let what = payload
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "a panic".to_string());
+        world.failures.push(format!("panicked: {what}"));
+    }
+    let (failures, ops, history, coverage) =
+        (world.failures, world.history.ops.len(), world.history.text(), world.coverage);
     Report { seed, failures, ops, history, scenario: summary, coverage }
 }
 

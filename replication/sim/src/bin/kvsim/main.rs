@@ -11,6 +11,8 @@
 //! The last line of a `--seeds` run is `kvsim: seeds=N failures=F ops=O
 //! seconds=T`; the exit status is 0 exactly when F = 0.
 
+mod pool;
+
 use std::process::ExitCode;
 use std::sync::Mutex;
 use std::time::Instant;
@@ -43,9 +45,13 @@ struct Args {
     /// Prints the names of the seeded bugs.
     #[arg(long)]
     list_bugs: bool,
-    /// Worker threads for `--seeds` (default: the machine's CPUs).
+    /// Worker processes for `--seeds` (default: the machine's CPUs).
     #[arg(long)]
     threads: Option<usize>,
+    /// Internal: run `--seeds` from `--seed-start` here and report each
+    /// on a line (see pool.rs).
+    #[arg(long, hide = true)]
+    worker: bool,
 }
 
 fn main() -> ExitCode {
@@ -67,11 +73,14 @@ fn main() -> ExitCode {
             }
         }
     }
-    // Panics inside a run are reported as that seed's failure.
-    std::panic::set_hook(Box::new(|_| {}));
+    if args.worker {
+        let count = args.seeds.unwrap_or(0);
+        pool::work(args.seed_start..args.seed_start + count, &options);
+        return ExitCode::SUCCESS;
+    }
     match (args.seed, args.seeds) {
         (Some(seed), _) => one(seed, &options, &args),
-        (None, Some(n)) => many(n, &options, &args),
+        (None, Some(n)) => many(n, &args),
         (None, None) => {
             eprintln!("kvsim: give --seeds N, --seed S or --list-bugs (see --help)");
             ExitCode::from(2)
@@ -109,22 +118,32 @@ fn one(seed: u64, options: &Options, args: &Args) -> ExitCode {
     }
 }
 
-fn many(count: u64, options: &Options, args: &Args) -> ExitCode {
+fn many(count: u64, args: &Args) -> ExitCode {
     let started = Instant::now();
     let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let out = Mutex::new(());
-    let print = |report: &sim::Report| {
-        let _guard = out.lock().expect("stdout lock");
-        let first = report.failures[0].lines().next().unwrap_or_default();
-        println!("kvsim: seed {} FAILED: {first} — replay: {}", report.seed, replay(report.seed, args));
+    let mut worker_args = Vec::new();
+    if let Some(n) = &args.nodes {
+        worker_args.extend(["--nodes".to_string(), n.clone()]);
+    }
+    if let Some(b) = &args.bug {
+        worker_args.extend(["--bug".to_string(), b.clone()]);
+    }
+    let totals = Mutex::new((0usize, 0usize, sim::Coverage::default()));
+    let report = |o: pool::Outcome| {
+        let mut t = totals.lock().expect("totals lock");
+        t.1 += o.ops;
+        t.2.add(&o.coverage);
+        if let Some(why) = o.failure {
+            t.0 += 1;
+            println!("kvsim: seed {} FAILED: {why} — replay: {}", o.seed, replay(o.seed, args));
+        }
     };
-    let seeds = args.seed_start..args.seed_start + count;
-    let summary = sim::run_many(seeds, options, threads, &print);
+    pool::run(args.seed_start..args.seed_start + count, &worker_args, threads, &report);
     let seconds = started.elapsed().as_secs_f64();
-    let failures = summary.failed.len();
-    println!("kvsim: exercised {}", summary.coverage);
-    println!("kvsim: {:.1} seeds per second on {threads} threads", count as f64 / seconds.max(1e-9));
-    println!("kvsim: seeds={count} failures={failures} ops={} seconds={seconds:.1}", summary.ops);
+    let (failures, ops, coverage) = totals.into_inner().expect("totals lock");
+    println!("kvsim: exercised {coverage}");
+    println!("kvsim: {:.1} seeds per second on {threads} worker processes", count as f64 / seconds.max(1e-9));
+    println!("kvsim: seeds={count} failures={failures} ops={ops} seconds={seconds:.1}");
     if failures == 0 {
         ExitCode::SUCCESS
     } else {
