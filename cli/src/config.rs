@@ -137,6 +137,16 @@ pub struct Options {
     /// File holding the secret every node of the cluster shares (at least 16 bytes).
     #[arg(long, env = "KVD_CLUSTER_SECRET_FILE")]
     pub cluster_secret_file: Option<PathBuf>,
+    /// Memory the node may hold, in bytes or with a unit (`4gb`, `512mb`); 0: no limit [default: 0].
+    #[arg(long, env = "KVD_MAX_MEMORY")]
+    pub max_memory: Option<String>,
+    /// What to do past --max-memory: noeviction | allkeys-lru | allkeys-lfu | volatile-lru |
+    /// volatile-lfu | volatile-ttl | allkeys-random | volatile-random [default: noeviction].
+    #[arg(long, env = "KVD_EVICTION_POLICY")]
+    pub eviction_policy: Option<String>,
+    /// Values at least this long are stored zstd-compressed when that saves space; 0: never [default: 1024].
+    #[arg(long, env = "KVD_COMPRESS_MIN_BYTES")]
+    pub compress_min_bytes: Option<usize>,
 }
 
 /// Fills every `None` of `a` from `b`.
@@ -190,6 +200,9 @@ impl Options {
             peer_listen,
             replication_factor,
             cluster_secret_file,
+            max_memory,
+            eviction_policy,
+            compress_min_bytes,
         );
     }
 
@@ -218,6 +231,9 @@ impl Options {
             snapshot_wal_bytes: Some(SNAPSHOT_WAL_BYTES_DEFAULT),
             io_memory_bytes: Some(IO_MEMORY_BYTES_DEFAULT),
             raft_log_retain_entries: Some(kv_replication::LOG_RETAIN_ENTRIES_DEFAULT),
+            max_memory: Some("0".to_string()),
+            eviction_policy: Some("noeviction".to_string()),
+            compress_min_bytes: Some(kv_engine::compress::COMPRESS_MIN_BYTES_DEFAULT),
             ..Options::default()
         }
     }
@@ -248,6 +264,11 @@ pub struct Settings {
     pub raft_log_retain_entries: u64,
     /// `None` for a single node.
     pub cluster: Option<ClusterSettings>,
+    /// Bytes the node may hold (`None`: no limit), and what happens past it.
+    pub max_memory: Option<u64>,
+    pub eviction_policy: kv_engine::evict::Policy,
+    /// Values at least this long are proposed compressed (0: never).
+    pub compress_min_bytes: usize,
     /// The resolved options, defaults filled in (for `--print-config`).
     pub effective: Options,
 }
@@ -321,6 +342,14 @@ impl Settings {
             return Err(format!("shards_per_core: {shards_per_core} is not between 1 and 1024"));
         }
         let cpus = parse_cores(&get(&o.cores))?;
+        let max_memory_text = get(&o.max_memory);
+        let max_memory = kv_net::memory::parse_size(&max_memory_text).ok_or_else(|| {
+            format!("max_memory: {max_memory_text:?} is not a size in bytes or with a unit (e.g. 4gb, 512mb)")
+        })?;
+        let policy_text = get(&o.eviction_policy);
+        let eviction_policy = kv_engine::evict::Policy::parse(&policy_text).ok_or_else(|| {
+            format!("eviction_policy: {policy_text:?} is not one of {}", kv_engine::evict::Policy::NAMES.join(", "))
+        })?;
         let cluster = parse_cluster(&o, node_id, cpus.len())?;
         if cluster.is_some() && !persistent {
             return Err("persistence: none cannot be used in a cluster: a node that forgets its Raft votes \
@@ -347,6 +376,9 @@ impl Settings {
             snapshot_wal_bytes: o.snapshot_wal_bytes.expect("default").max(1),
             io_memory_bytes: o.io_memory_bytes.expect("default"),
             raft_log_retain_entries: o.raft_log_retain_entries.expect("default").max(1),
+            max_memory: (max_memory > 0).then_some(max_memory),
+            eviction_policy,
+            compress_min_bytes: o.compress_min_bytes.expect("default"),
             effective: o,
         })
     }
@@ -583,7 +615,8 @@ mod tests {
                     max_pipeline_depth = 7\nmax_connections = 8\nwal_segment_bytes = 1048576\n\
                     snapshot_wal_bytes = 5\nio_memory_bytes = 6\nraft_log_retain_entries = 9\n\
                     peers = \"2=127.0.0.1:7480\"\npeer_listen = \"127.0.0.1:7480\"\nreplication_factor = 1\n\
-                    cluster_secret_file = \"/s\"\n";
+                    cluster_secret_file = \"/s\"\nmax_memory = \"1gb\"\neviction_policy = \"allkeys-lru\"\n\
+                    compress_min_bytes = 4096\n";
         let path = dir.path().join("all.toml");
         std::fs::write(&path, text).unwrap();
         let file: toml::Value = toml::from_str(text).unwrap();
@@ -603,6 +636,8 @@ mod tests {
             (vec!["--log-format", "xml"], "log_format"),
             (vec!["--node-id", "0"], "node_id"),
             (vec!["--wal-segment-bytes", "10"], "wal_segment_bytes"),
+            (vec!["--max-memory", "lots"], "max_memory"),
+            (vec!["--eviction-policy", "lru"], "eviction_policy"),
         ];
         for (args, needle) in bad {
             let cli = Options::try_parse_from(std::iter::once("kvd").chain(args.iter().copied())).unwrap();

@@ -11,7 +11,8 @@
 //! 0  u8  format version (2)
 //! 1  u8  op (see the OP_* constants)
 //! 2  u8  condition: 0 = always, 1 = if absent, 2 = if exists, 3 = if version
-//! 3  u8  flags: bit 0 = return the old value, bit 1 = only if absent (rename, multi-put)
+//! 3  u8  flags: bit 0 = return the old value, bit 1 = only if absent (rename, multi-put),
+//!          bit 2 = the value (put, set) is a zstd frame (see `compress.rs`)
 //! 4  u64 expected version (0 unless condition = 3)
 //! 12 u64 now_ms: the proposer's clock, Unix milliseconds
 //! 20 u64 arg: expiry time / increment (i64 or f64 bits) / offset / length cap
@@ -44,9 +45,11 @@ const OP_RENAME: u8 = 9;
 const OP_MULTI_PUT: u8 = 10;
 const OP_CLEAR: u8 = 11;
 const OP_REAP: u8 = 12;
+const OP_EVICT: u8 = 13;
 
 const FLAG_GET: u8 = 1;
 const FLAG_IF_ABSENT: u8 = 2;
+const FLAG_COMPRESSED: u8 = 4;
 
 /// When a write takes effect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,6 +161,21 @@ pub enum Command {
     Reap {
         keys: Vec<Bytes>,
     },
+    /// Removes `keys` (those still present): the leader's choice of victims
+    /// when its node is over its memory limit.
+    Evict {
+        keys: Vec<Bytes>,
+    },
+}
+
+/// A log entry decoded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decoded {
+    /// The proposer's clock, Unix milliseconds.
+    pub now_ms: u64,
+    pub command: Command,
+    /// The value of a put or set is a zstd frame, not the client's bytes.
+    pub compressed: bool,
 }
 
 /// Why a command was refused without changing anything.
@@ -248,9 +266,25 @@ impl Command {
             | Command::SetRange { key, .. } => key,
             Command::Rename { from, .. } => from,
             Command::MultiPut { pairs, .. } => pairs.first().map_or(&NONE, |(k, _)| k),
-            Command::Reap { keys } => keys.first().unwrap_or(&NONE),
+            Command::Reap { keys } | Command::Evict { keys } => keys.first().unwrap_or(&NONE),
             Command::Clear => &NONE,
         }
+    }
+
+    /// Whether the command may need more memory (Redis's `denyoom`): what a
+    /// node over its memory limit refuses under `noeviction`. Deletes,
+    /// expiry changes, reaps and evictions never do.
+    pub fn needs_memory(&self) -> bool {
+        matches!(
+            self,
+            Command::Put { .. }
+                | Command::Set { .. }
+                | Command::Incr { .. }
+                | Command::IncrFloat { .. }
+                | Command::Append { .. }
+                | Command::SetRange { .. }
+                | Command::MultiPut { .. }
+        )
     }
 
     pub fn encoded_len(&self) -> usize {
@@ -269,7 +303,7 @@ impl Command {
             | Command::IncrFloat { key, .. } => vec![key],
             Command::Rename { from, to, .. } => vec![from, to],
             Command::MultiPut { pairs, .. } => pairs.iter().flat_map(|(k, v)| [k, v]).collect(),
-            Command::Reap { keys } => keys.iter().collect(),
+            Command::Reap { keys } | Command::Evict { keys } => keys.iter().collect(),
             Command::Clear => Vec::new(),
         }
     }
@@ -304,18 +338,42 @@ impl Command {
             }
             Command::Clear => Header { op: OP_CLEAR, ..Header::default() },
             Command::Reap { .. } => Header { op: OP_REAP, ..Header::default() },
+            Command::Evict { .. } => Header { op: OP_EVICT, ..Header::default() },
         }
     }
 
     /// Encodes the command as proposed at `now_ms` (Unix milliseconds).
     pub fn encode(&self, now_ms: u64) -> Vec<u8> {
+        self.encode_with(now_ms, None)
+    }
+
+    /// Encodes the command, compressing the value of a put or set of at
+    /// least `compress_min_bytes` when that saves space (see `compress.rs`).
+    pub fn encode_compressing(&self, now_ms: u64, compress_min_bytes: usize) -> Vec<u8> {
+        let frame = match self {
+            Command::Put { value, .. } | Command::Set { value, .. } if value.len() >= compress_min_bytes.max(1) => {
+                crate::compress::compress(value)
+            }
+            _ => None,
+        };
+        self.encode_with(now_ms, frame.map(Bytes::from))
+    }
+
+    /// Encodes the command; `frame`, if given, replaces the value (and the
+    /// compressed flag says so).
+    fn encode_with(&self, now_ms: u64, frame: Option<Bytes>) -> Vec<u8> {
         let h = self.header();
-        let fields = self.fields();
-        let mut buf = BytesMut::with_capacity(self.encoded_len());
+        let mut fields = self.fields();
+        let flags = h.flags | if frame.is_some() { FLAG_COMPRESSED } else { 0 };
+        if let Some(f) = &frame {
+            fields[1] = f;
+        }
+        let len = HEADER_BYTES + fields.iter().map(|f| FIELD_HEADER_BYTES + f.len()).sum::<usize>();
+        let mut buf = BytesMut::with_capacity(len);
         buf.put_u8(FORMAT_VERSION);
         buf.put_u8(h.op);
         buf.put_u8(h.condition);
-        buf.put_u8(h.flags);
+        buf.put_u8(flags);
         buf.put_u64_le(h.version);
         buf.put_u64_le(now_ms);
         buf.put_u64_le(h.arg);
@@ -328,14 +386,13 @@ impl Command {
             buf.put_u32_le(u32::try_from(f.len()).expect("field length checked against limits"));
             buf.put_slice(f);
         }
-        assert_eq!(buf.len(), self.encoded_len());
+        assert_eq!(buf.len(), len);
         buf.to_vec()
     }
 
-    /// Decodes an entry into the time it was proposed at and the command.
-    /// Values are zero-copy slices of `data`; keys are copied so that a map
-    /// key never pins a whole entry buffer.
-    pub fn decode(data: &Bytes) -> Result<(u64, Command), DecodeError> {
+    /// Decodes an entry. Values are zero-copy slices of `data`; keys are
+    /// copied so that a map key never pins a whole entry buffer.
+    pub fn decode(data: &Bytes) -> Result<Decoded, DecodeError> {
         if data.len() < HEADER_BYTES {
             return Err(DecodeError("shorter than the header"));
         }
@@ -353,9 +410,12 @@ impl Command {
             expiry: data[36],
             when: data[37],
         };
-        let now_ms = u64_at(12);
+        let compressed = h.flags & FLAG_COMPRESSED != 0;
+        if compressed && !matches!(h.op, OP_PUT | OP_SET) {
+            return Err(DecodeError("a compressed value in a command that has none"));
+        }
         let fields = split_fields(data)?;
-        Ok((now_ms, build(&h, fields)?))
+        Ok(Decoded { now_ms: u64_at(12), command: build(&h, fields)?, compressed })
     }
 }
 
@@ -453,7 +513,8 @@ fn build(h: &Header, fields: Vec<Bytes>) -> Result<Command, DecodeError> {
         }
         (OP_CLEAR, []) => Command::Clear,
         (OP_REAP, keys) => Command::Reap { keys: keys.iter().map(key).collect() },
-        (OP_PUT..=OP_REAP, _) => return Err(DecodeError("wrong number of fields for the op")),
+        (OP_EVICT, keys) => Command::Evict { keys: keys.iter().map(key).collect() },
+        (OP_PUT..=OP_EVICT, _) => return Err(DecodeError("wrong number of fields for the op")),
         _ => return Err(DecodeError("unknown op")),
     };
     Ok(command)
@@ -493,6 +554,7 @@ mod tests {
             Command::MultiPut { pairs: vec![], if_absent: false },
             Command::Clear,
             Command::Reap { keys: vec![b("old1"), b("old2")] },
+            Command::Evict { keys: vec![b("cold1"), b("cold2"), b("cold3")] },
         ]);
         all
     }
@@ -502,8 +564,31 @@ mod tests {
         for (i, cmd) in every_shape().into_iter().enumerate() {
             let bytes = Bytes::from(cmd.encode(1_000 + i as u64));
             assert_eq!(bytes.len(), cmd.encoded_len());
-            assert_eq!(Command::decode(&bytes).unwrap(), (1_000 + i as u64, cmd));
+            let decoded = Decoded { now_ms: 1_000 + i as u64, command: cmd, compressed: false };
+            assert_eq!(Command::decode(&bytes).unwrap(), decoded);
         }
+    }
+
+    #[test]
+    fn large_compressible_values_are_encoded_as_frames() {
+        let text = Bytes::from("abc".repeat(1000));
+        let put = Command::Put { key: b("k"), value: text.clone(), condition: Condition::Always };
+        let bytes = Bytes::from(put.encode_compressing(5, 1024));
+        assert!(bytes.len() < 500, "{} bytes", bytes.len());
+        let d = Command::decode(&bytes).unwrap();
+        assert!(d.compressed);
+        let Command::Put { value: frame, .. } = &d.command else { panic!("a put") };
+        assert_eq!(crate::compress::decompress(frame), text);
+        // Below the threshold, incompressible, or not a put: as they are.
+        for (cmd, min) in [(put.clone(), 4096), (Command::Delete { key: b("k"), condition: Condition::Always }, 1)] {
+            let d = Command::decode(&Bytes::from(cmd.encode_compressing(5, min))).unwrap();
+            assert!(!d.compressed);
+            assert_eq!(d.command, cmd);
+        }
+        // A compressed flag on a command without a value is refused.
+        let mut bad = Command::Delete { key: b("k"), condition: Condition::Always }.encode(0);
+        bad[3] |= FLAG_COMPRESSED;
+        assert!(Command::decode(&bad.into()).is_err());
     }
 
     #[test]

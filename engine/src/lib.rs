@@ -5,7 +5,9 @@
 //! - [`command`]: the replicated commands and their byte encoding (the
 //!   payload of every Raft log entry).
 //! - [`shard`]: one shard's in-memory map — the deterministic state machine
-//!   that committed commands are applied to.
+//!   that committed commands are applied to; [`stored`]: a value as held;
+//!   [`compress`]: zstd frames of large values; [`evict`]: which keys to
+//!   evict under a memory limit.
 //! - [`wal`]: the per-core write-ahead log that is the Raft log store of every
 //!   group on the core: format, group-commit writer, recovery.
 //! - [`snapshot`]: per-shard point-in-time snapshot files.
@@ -14,12 +16,15 @@
 //! network code. The replication crate maps Raft's types onto [`wal::Record`]s.
 
 pub mod command;
+pub mod compress;
+pub mod evict;
 pub mod fsutil;
 pub mod limits;
 pub mod shard;
 pub mod slot;
 pub mod snapshot;
+pub mod stored;
 pub mod wal;
 
-pub use command::{Command, Condition, ExpireWhen, Expiry, Outcome, Refusal};
+pub use command::{Command, Condition, Decoded, ExpireWhen, Expiry, Outcome, Refusal};
 pub use shard::{ShardMap, Stored};

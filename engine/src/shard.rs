@@ -15,12 +15,16 @@
 //! Readers pass their own clock to [`ShardMap::live`]; a key whose expiry has
 //! passed is never returned, even before a reap command removes it.
 
-use std::collections::{BTreeSet, HashMap};
+use std::cell::Cell;
+use std::collections::BTreeSet;
 use std::mem::size_of;
 
 use bytes::{Bytes, BytesMut};
+use hashbrown::HashMap;
 
-use crate::command::{Command, Condition, ExpireWhen, Expiry, Outcome, Refusal};
+use crate::command::{Command, Condition, Decoded, ExpireWhen, Expiry, Outcome, Refusal};
+use crate::evict::{self, Policy, Tracking};
+pub use crate::stored::Stored;
 
 /// Never shrink a map below this many buckets: tiny maps are not worth the
 /// rehash, and it keeps shrink/grow from oscillating around small sizes.
@@ -33,27 +37,6 @@ const INTEGER_TEXT_BYTES_MAX: usize = 20;
 /// Longest text INCRBYFLOAT accepts as a number.
 const FLOAT_TEXT_BYTES_MAX: usize = 5 * 1024;
 
-/// A value as stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Stored {
-    pub value: Bytes,
-    /// Raft index of the write that stored this value.
-    pub version: u64,
-    /// When the key expires, Unix milliseconds; 0 = never.
-    pub expires_at_ms: u64,
-}
-
-impl Stored {
-    pub fn new(value: Bytes, version: u64) -> Stored {
-        Stored { value, version, expires_at_ms: 0 }
-    }
-
-    /// Whether the key still exists at `now_ms`.
-    pub fn is_live(&self, now_ms: u64) -> bool {
-        self.expires_at_ms == 0 || self.expires_at_ms > now_ms
-    }
-}
-
 /// The in-memory map of one shard.
 #[derive(Debug, Default)]
 pub struct ShardMap {
@@ -61,6 +44,17 @@ pub struct ShardMap {
     expiries: BTreeSet<(u64, Bytes)>,
     data_bytes: u64,
     applied_index: u64,
+    /// Of the compressed values: their plain bytes, and what they take.
+    compressed_plain_bytes: u64,
+    compressed_stored_bytes: u64,
+    /// What reads and writes record for eviction (this replica only).
+    tracking: Tracking,
+    /// Random numbers for LFU increments and eviction sampling (xorshift;
+    /// local bookkeeping, nothing replicated depends on it).
+    rng: Cell<u64>,
+    /// The clock of the command being applied: the access time writes
+    /// record.
+    clock_ms: u64,
 }
 
 impl ShardMap {
@@ -76,6 +70,90 @@ impl ShardMap {
     /// The entry if it has not expired by `now_ms`.
     pub fn live(&self, key: &[u8], now_ms: u64) -> Option<&Stored> {
         self.entries.get(key).filter(|s| s.is_live(now_ms))
+    }
+
+    /// A live entry as a client reads it (value decompressed), recording
+    /// the access for eviction.
+    pub fn read(&self, key: &[u8], now_ms: u64) -> Option<Stored> {
+        let stored = self.live(key, now_ms)?;
+        self.touch(stored, now_ms);
+        Some(stored.to_plain())
+    }
+
+    /// What accesses record from now on (the eviction policy's need).
+    pub fn set_tracking(&mut self, tracking: Tracking) {
+        self.tracking = tracking;
+    }
+
+    fn touch(&self, stored: &Stored, now_ms: u64) {
+        match self.tracking {
+            Tracking::None => {}
+            Tracking::Lru => stored.set_clock(evict::lru_clock(now_ms)),
+            Tracking::Lfu => stored.set_clock(evict::lfu_touch(stored.clock(), now_ms, self.next_random())),
+        }
+    }
+
+    fn next_random(&self) -> u64 {
+        // xorshift64*; seeded lazily (0 is its one fixed point).
+        let mut x = self.rng.get();
+        if x == 0 {
+            x = 0x9E37_79B9_7F4A_7C15;
+        }
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng.set(x);
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Up to `pick` keys to evict under `policy`: for each, the best victim
+    /// among `EVICTION_SAMPLES` sampled entries (see `evict.rs`).
+    pub fn eviction_victims(&self, policy: Policy, now_ms: u64, pick: usize) -> Vec<Bytes> {
+        if policy == Policy::VolatileTtl {
+            return self.expiries.iter().take(pick).map(|(_, k)| k.clone()).collect();
+        }
+        let mut victims: Vec<Bytes> = Vec::with_capacity(pick);
+        for _ in 0..pick {
+            let sampled = self.sample(evict::EVICTION_SAMPLES);
+            let fresh = sampled.into_iter().filter(|(k, _)| !victims.contains(k)).collect();
+            match evict::best_victims(policy, fresh, now_ms, 1, &mut || self.next_random()).pop() {
+                Some(v) => victims.push(v),
+                None if policy.volatile_only() => break,
+                None => {}
+            }
+        }
+        victims
+    }
+
+    /// About `n` entries drawn at random (repeats possible): a random
+    /// bucket of the table, then the first full one from there, as Redis
+    /// samples its dictionary.
+    fn sample(&self, n: usize) -> Vec<(&Bytes, &Stored)> {
+        let table = self.entries.raw_table();
+        let buckets = table.buckets();
+        if self.entries.is_empty() {
+            return Vec::new();
+        }
+        (0..n)
+            .map(|_| {
+                let mut i = self.next_random() as usize & (buckets - 1);
+                // SAFETY: `i` stays below `buckets` (a power of two), the
+                // table is not empty so a full bucket exists within one
+                // turn, and the map is borrowed for the entries' lifetime.
+                unsafe {
+                    while !table.is_bucket_full(i) {
+                        i = (i + 1) & (buckets - 1);
+                    }
+                    let (k, v) = table.bucket(i).as_ref();
+                    (k, v)
+                }
+            })
+            .collect()
+    }
+
+    /// Plain and stored bytes of the compressed values.
+    pub fn compression_bytes(&self) -> (u64, u64) {
+        (self.compressed_plain_bytes, self.compressed_stored_bytes)
     }
 
     /// Entries, expired ones not yet reaped included.
@@ -130,9 +208,33 @@ impl ShardMap {
         self.applied_index = index;
     }
 
+    /// Applies a decoded log entry at Raft index `index` (its values may be
+    /// compressed frames, see [`Decoded`]).
+    pub fn apply_entry(&mut self, index: u64, entry: Decoded) -> Outcome {
+        let Decoded { now_ms, command, compressed } = entry;
+        self.clock_ms = now_ms;
+        match command {
+            Command::Put { key, value, condition } if compressed => {
+                self.apply_noop(index);
+                self.drop_if_expired(&key, now_ms);
+                self.set(index, key, Value::Frame(value), condition, Expiry::Clear, false)
+            }
+            Command::Set { key, value, condition, expiry, get } if compressed => {
+                self.apply_noop(index);
+                self.drop_if_expired(&key, now_ms);
+                self.set(index, key, Value::Frame(value), condition, expiry, get)
+            }
+            command => {
+                assert!(!compressed, "only puts carry compressed values");
+                self.apply(index, now_ms, command)
+            }
+        }
+    }
+
     /// Applies a committed command at Raft index `index`, proposed at `now_ms`.
     pub fn apply(&mut self, index: u64, now_ms: u64, command: Command) -> Outcome {
         self.apply_noop(index);
+        self.clock_ms = now_ms;
         if let Command::Rename { to, .. } = &command {
             self.drop_if_expired(to, now_ms);
         }
@@ -142,23 +244,27 @@ impl ShardMap {
             }
         }
         match &command {
-            Command::Clear | Command::Reap { .. } | Command::MultiPut { .. } => {}
+            Command::Clear | Command::Reap { .. } | Command::Evict { .. } | Command::MultiPut { .. } => {}
             other => self.drop_if_expired(other.key(), now_ms),
         }
         match command {
-            Command::Put { key, value, condition } => self.set(index, key, value, condition, Expiry::Clear, false),
-            Command::Set { key, value, condition, expiry, get } => self.set(index, key, value, condition, expiry, get),
+            Command::Put { key, value, condition } => {
+                self.set(index, key, Value::Plain(value), condition, Expiry::Clear, false)
+            }
+            Command::Set { key, value, condition, expiry, get } => {
+                self.set(index, key, Value::Plain(value), condition, expiry, get)
+            }
             Command::Delete { key, condition } => self.delete(&key, condition),
             Command::Expire { key, expiry, when, get } => self.expire(now_ms, &key, expiry, when, get),
             Command::Incr { key, by } => self.incr(index, key, by),
             Command::IncrFloat { key, by } => self.incr_float(index, key, by),
             Command::Append { key, value, length_max } => {
-                let old = self.entries.get(&key[..]).map_or(0, |s| s.value.len()) as u64;
+                let old = self.entries.get(&key[..]).map_or(0, |s| s.plain_len()) as u64;
                 self.splice(index, key, old, value, length_max)
             }
             Command::SetRange { key, offset, value, length_max } => {
                 if value.is_empty() {
-                    return Outcome::Integer(self.entries.get(&key[..]).map_or(0, |s| s.value.len()) as i64);
+                    return Outcome::Integer(self.entries.get(&key[..]).map_or(0, |s| s.plain_len()) as i64);
                 }
                 self.splice(index, key, offset, value, length_max)
             }
@@ -166,13 +272,14 @@ impl ShardMap {
             Command::MultiPut { pairs, if_absent } => self.multi_put(index, pairs, if_absent),
             Command::Clear => self.clear(),
             Command::Reap { keys } => self.reap(now_ms, &keys),
+            Command::Evict { keys } => self.evict(&keys),
         }
     }
 
-    fn set(&mut self, index: u64, key: Bytes, value: Bytes, cond: Condition, expiry: Expiry, get: bool) -> Outcome {
+    fn set(&mut self, index: u64, key: Bytes, value: Value, cond: Condition, expiry: Expiry, get: bool) -> Outcome {
         let current = self.entries.get(&key[..]);
         let (version, old_expiry) = (current.map(|s| s.version), current.map_or(0, |s| s.expires_at_ms));
-        let old_value = if get { current.map(|s| s.value.clone()) } else { None };
+        let old_value = if get { current.map(|s| s.plain()) } else { None };
         if !holds(cond, version) {
             return match get {
                 true => Outcome::Previous { value: old_value, version: None },
@@ -184,7 +291,11 @@ impl ShardMap {
             Expiry::Keep => old_expiry,
             Expiry::At(ms) => ms,
         };
-        self.store(key, Stored { value, version: index, expires_at_ms });
+        let stored = match value {
+            Value::Plain(v) => Stored::with_expiry(v, index, expires_at_ms),
+            Value::Frame(f) => Stored::compressed(f, index, expires_at_ms),
+        };
+        self.store(key, stored);
         match get {
             true => Outcome::Previous { value: old_value, version: Some(index) },
             false => Outcome::Written { version: index },
@@ -214,7 +325,7 @@ impl ShardMap {
         let Some(stored) = self.entries.get(&key[..]) else {
             return answer(false, None);
         };
-        let (current, value) = (stored.expires_at_ms, get.then(|| stored.value.clone()));
+        let (current, value) = (stored.expires_at_ms, get.then(|| stored.plain()));
         let new = match expiry {
             Expiry::Keep => return answer(false, value),
             Expiry::Clear if current == 0 => return answer(false, value),
@@ -234,9 +345,8 @@ impl ShardMap {
         if new != 0 && new <= now_ms {
             self.remove(key);
         } else {
-            let mut stored = self.remove(key).expect("present: checked above");
-            stored.expires_at_ms = new;
-            self.store(key.clone(), stored);
+            let stored = self.remove(key).expect("present: checked above");
+            self.store(key.clone(), stored.rewritten(stored.version, new));
         }
         answer(true, value)
     }
@@ -244,7 +354,7 @@ impl ShardMap {
     fn incr(&mut self, index: u64, key: Bytes, by: i64) -> Outcome {
         let current = match self.entries.get(&key[..]) {
             None => 0,
-            Some(s) => match parse_integer(&s.value) {
+            Some(s) => match parse_integer(&s.plain()) {
                 Some(n) => n,
                 None => return Outcome::Refused(Refusal::NotInteger),
             },
@@ -259,7 +369,7 @@ impl ShardMap {
     fn incr_float(&mut self, index: u64, key: Bytes, by: f64) -> Outcome {
         let current = match self.entries.get(&key[..]) {
             None => 0.0,
-            Some(s) => match parse_float(&s.value) {
+            Some(s) => match parse_float(&s.plain()) {
                 Some(n) => n,
                 None => return Outcome::Refused(Refusal::NotFloat),
             },
@@ -276,7 +386,7 @@ impl ShardMap {
     /// Writes `value` at `offset` of the key's value (zero-padded), keeping its TTL.
     fn splice(&mut self, index: u64, key: Bytes, offset: u64, value: Bytes, length_max: u64) -> Outcome {
         let end = offset.saturating_add(value.len() as u64);
-        let old = self.entries.get(&key[..]).map(|s| s.value.clone()).unwrap_or_default();
+        let old = self.entries.get(&key[..]).map(|s| s.plain()).unwrap_or_default();
         let new_len = end.max(old.len() as u64);
         if new_len > length_max {
             return Outcome::Refused(Refusal::TooLarge);
@@ -301,7 +411,7 @@ impl ShardMap {
         }
         let stored = self.remove(&from).expect("present: checked above");
         self.remove(&to);
-        self.store(to, Stored { version: index, ..stored });
+        self.store(to, stored.rewritten(index, stored.expires_at_ms));
         Outcome::Integer(1)
     }
 
@@ -334,6 +444,11 @@ impl ShardMap {
         Outcome::Integer(removed)
     }
 
+    fn evict(&mut self, keys: &[Bytes]) -> Outcome {
+        let removed = keys.iter().filter(|k| self.remove(k).is_some()).count();
+        Outcome::Integer(removed as i64)
+    }
+
     /// Removes `key` if it has expired by `now_ms`, so that the command
     /// applied next sees it absent, on every replica alike.
     fn drop_if_expired(&mut self, key: &[u8], now_ms: u64) {
@@ -345,7 +460,7 @@ impl ShardMap {
     /// A new value for the key at this version, keeping its TTL.
     fn replace_value(&mut self, index: u64, key: Bytes, value: Bytes) {
         let expires_at_ms = self.entries.get(&key[..]).map_or(0, |s| s.expires_at_ms);
-        self.store(key, Stored { value, version: index, expires_at_ms });
+        self.store(key, Stored::with_expiry(value, index, expires_at_ms));
     }
 
     /// Inserts or replaces an entry, keeping the byte count and the expiry
@@ -357,13 +472,35 @@ impl ShardMap {
             }
             self.data_bytes -= old.value.len() as u64;
             self.data_bytes += stored.value.len() as u64;
+            if old.is_compressed() {
+                let counts = compressed_counts(old);
+                self.count_compressed(counts, false);
+            }
         } else {
             self.data_bytes += (key.len() + stored.value.len()) as u64;
         }
         if stored.expires_at_ms != 0 {
             self.expiries.insert((stored.expires_at_ms, key.clone()));
         }
+        if stored.is_compressed() {
+            self.count_compressed(compressed_counts(&stored), true);
+        }
+        match self.tracking {
+            Tracking::None => {}
+            Tracking::Lru => stored.set_clock(evict::lru_clock(self.clock_ms)),
+            Tracking::Lfu => stored.set_clock(evict::lfu_new(self.clock_ms)),
+        }
         self.entries.insert(key, stored);
+    }
+
+    fn count_compressed(&mut self, (plain, held): (u64, u64), added: bool) {
+        if added {
+            self.compressed_plain_bytes += plain;
+            self.compressed_stored_bytes += held;
+        } else {
+            self.compressed_plain_bytes -= plain;
+            self.compressed_stored_bytes -= held;
+        }
     }
 
     fn remove(&mut self, key: &[u8]) -> Option<Stored> {
@@ -371,6 +508,9 @@ impl ShardMap {
         self.data_bytes -= (key.len() + stored.value.len()) as u64;
         if stored.expires_at_ms != 0 {
             self.expiries.remove(&(stored.expires_at_ms, key));
+        }
+        if stored.is_compressed() {
+            self.count_compressed(compressed_counts(&stored), false);
         }
         self.maybe_shrink();
         Some(stored)
@@ -386,7 +526,9 @@ impl ShardMap {
 
     /// Replaces the whole state with a snapshot's content.
     pub fn restore(&mut self, applied_index: u64, entries: Vec<(Bytes, Stored)>) {
+        let tracking = self.tracking;
         *self = ShardMap::new();
+        self.tracking = tracking;
         self.entries.reserve(entries.len());
         for (key, stored) in entries {
             assert!(stored.version <= applied_index, "snapshot entry newer than the snapshot");
@@ -419,6 +561,17 @@ pub fn parse_float(text: &[u8]) -> Option<f64> {
     value.is_finite().then_some(value)
 }
 
+/// Plain and held bytes of a compressed value.
+fn compressed_counts(stored: &Stored) -> (u64, u64) {
+    (stored.plain_len() as u64, stored.value.len() as u64)
+}
+
+/// A value to store: as the client gave it, or as a zstd frame.
+enum Value {
+    Plain(Bytes),
+    Frame(Bytes),
+}
+
 fn holds(condition: Condition, current: Option<u64>) -> bool {
     match condition {
         Condition::Always => true,
@@ -429,250 +582,4 @@ fn holds(condition: Condition, current: Option<u64>) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn put(key: &str, value: &str, condition: Condition) -> Command {
-        Command::Put {
-            key: Bytes::copy_from_slice(key.as_bytes()),
-            value: Bytes::copy_from_slice(value.as_bytes()),
-            condition,
-        }
-    }
-
-    fn del(key: &str, condition: Condition) -> Command {
-        Command::Delete { key: Bytes::copy_from_slice(key.as_bytes()), condition }
-    }
-
-    #[test]
-    fn conditional_writes() {
-        let mut m = ShardMap::new();
-        // (command, expected outcome) applied at indexes 1, 2, ...
-        let steps = [
-            (put("a", "1", Condition::IfExists), Outcome::ConditionFailed { current_version: None }),
-            (put("a", "1", Condition::IfAbsent), Outcome::Written { version: 2 }),
-            (put("a", "2", Condition::IfAbsent), Outcome::ConditionFailed { current_version: Some(2) }),
-            (put("a", "3", Condition::IfExists), Outcome::Written { version: 4 }),
-            (put("a", "4", Condition::IfVersion(2)), Outcome::ConditionFailed { current_version: Some(4) }),
-            (put("a", "5", Condition::IfVersion(4)), Outcome::Written { version: 6 }),
-            (del("a", Condition::IfVersion(4)), Outcome::ConditionFailed { current_version: Some(6) }),
-            (del("a", Condition::IfVersion(6)), Outcome::Deleted { version: 6 }),
-            (del("a", Condition::Always), Outcome::NotFound),
-            (put("b", "x", Condition::IfVersion(1)), Outcome::ConditionFailed { current_version: None }),
-            (put("b", "x", Condition::Always), Outcome::Written { version: 11 }),
-        ];
-        for (i, (cmd, want)) in steps.into_iter().enumerate() {
-            assert_eq!(m.apply(i as u64 + 1, 0, cmd), want, "step {}", i + 1);
-        }
-        assert_eq!(m.get(b"b").unwrap(), &Stored::new(Bytes::from_static(b"x"), 11));
-        assert!(m.get(b"a").is_none());
-        assert_eq!(m.applied_index(), 11);
-        assert_eq!(m.data_bytes(), 2);
-    }
-
-    #[test]
-    #[should_panic(expected = "apply out of order")]
-    fn refuses_out_of_order_apply() {
-        let mut m = ShardMap::new();
-        m.apply(5, 0, put("a", "1", Condition::Always));
-        m.apply(5, 0, put("a", "1", Condition::Always));
-    }
-
-    #[test]
-    fn memory_is_reclaimed_after_deletes() {
-        let mut m = ShardMap::new();
-        let n = 100_000u64;
-        for i in 0..n {
-            m.apply(i + 1, 0, put(&format!("key-{i}"), "0123456789", Condition::Always));
-        }
-        let full_memory = m.memory_bytes();
-        let full_capacity = m.capacity();
-        for i in 0..n - 10 {
-            m.apply(n + i + 1, 0, del(&format!("key-{i}"), Condition::Always));
-        }
-        assert_eq!(m.len(), 10);
-        assert!(m.capacity() <= SHRINK_CAPACITY_MIN * 2, "capacity {} of {full_capacity}", m.capacity());
-        assert!(m.memory_bytes() * 20 < full_memory, "{} vs {full_memory}", m.memory_bytes());
-    }
-
-    #[test]
-    fn overwrite_keeps_accounting_exact() {
-        let mut m = ShardMap::new();
-        m.apply(1, 0, put("k", "12345", Condition::Always));
-        m.apply(2, 0, put("k", "1", Condition::Always));
-        assert_eq!(m.data_bytes(), 2);
-        m.apply(3, 0, del("k", Condition::Always));
-        assert_eq!(m.data_bytes(), 0);
-    }
-
-    fn b(s: &str) -> Bytes {
-        Bytes::copy_from_slice(s.as_bytes())
-    }
-
-    /// Applies `steps` of (now_ms, command, expected outcome) at indexes 1, 2, ...
-    fn run(m: &mut ShardMap, steps: Vec<(u64, Command, Outcome)>) {
-        let base = m.applied_index();
-        for (i, (now, cmd, want)) in steps.into_iter().enumerate() {
-            assert_eq!(m.apply(base + i as u64 + 1, now, cmd.clone()), want, "step {}: {cmd:?}", i + 1);
-        }
-    }
-
-    fn set(key: &str, value: &str, condition: Condition, expiry: Expiry, get: bool) -> Command {
-        Command::Set { key: b(key), value: b(value), condition, expiry, get }
-    }
-
-    fn expire(key: &str, expiry: Expiry, when: ExpireWhen) -> Command {
-        Command::Expire { key: b(key), expiry, when, get: false }
-    }
-
-    #[test]
-    fn expiry_is_decided_by_the_command_clock() {
-        let mut m = ShardMap::new();
-        run(
-            &mut m,
-            vec![
-                (100, set("k", "v", Condition::Always, Expiry::At(200), false), Outcome::Written { version: 1 }),
-                // Before the expiry, NX fails; at it, the key counts as gone.
-                (199, put("k", "w", Condition::IfAbsent), Outcome::ConditionFailed { current_version: Some(1) }),
-                (200, put("k", "w", Condition::IfAbsent), Outcome::Written { version: 3 }),
-            ],
-        );
-        assert_eq!(m.get(b"k").unwrap().expires_at_ms, 0, "put clears the TTL");
-        assert_eq!(m.expires_len(), 0);
-        assert!(m.live(b"k", u64::MAX - 1).is_some());
-    }
-
-    #[test]
-    fn expire_options_follow_redis() {
-        let mut m = ShardMap::new();
-        let (one, zero) = (Outcome::Integer(1), Outcome::Integer(0));
-        run(
-            &mut m,
-            vec![
-                (0, put("k", "v", Condition::Always), Outcome::Written { version: 1 }),
-                (0, expire("k", Expiry::At(500), ExpireWhen::IfSome), zero.clone()),
-                (0, expire("k", Expiry::At(500), ExpireWhen::IfLater), zero.clone()),
-                (0, expire("k", Expiry::At(500), ExpireWhen::IfNone), one.clone()),
-                (0, expire("k", Expiry::At(400), ExpireWhen::IfLater), zero.clone()),
-                (0, expire("k", Expiry::At(600), ExpireWhen::IfLater), one.clone()),
-                (0, expire("k", Expiry::At(700), ExpireWhen::IfEarlier), zero.clone()),
-                (0, expire("k", Expiry::At(300), ExpireWhen::IfEarlier), one.clone()),
-                (0, expire("missing", Expiry::At(300), ExpireWhen::Always), zero.clone()),
-                (0, expire("k", Expiry::Clear, ExpireWhen::Always), one.clone()),
-                (0, expire("k", Expiry::Clear, ExpireWhen::Always), zero.clone()),
-                (0, expire("k", Expiry::At(300), ExpireWhen::Always), one.clone()),
-                // An expiry in the past (of the command's clock) deletes the key.
-                (250, expire("k", Expiry::At(200), ExpireWhen::Always), one),
-                (0, expire("k", Expiry::At(900), ExpireWhen::Always), zero.clone()),
-                (0, put("k", "v", Condition::Always), Outcome::Written { version: 15 }),
-                (0, expire("k", Expiry::At(300), ExpireWhen::Always), Outcome::Integer(1)),
-                // At 400 the key has expired: it counts as absent.
-                (400, expire("k", Expiry::At(900), ExpireWhen::Always), zero),
-            ],
-        );
-        assert!(m.get(b"k").is_none());
-        assert_eq!((m.len(), m.expires_len(), m.data_bytes()), (0, 0, 0));
-    }
-
-    #[test]
-    fn set_options_and_get() {
-        let mut m = ShardMap::new();
-        let prev = |v: Option<&str>, version: Option<u64>| Outcome::Previous { value: v.map(b), version };
-        run(
-            &mut m,
-            vec![
-                (0, set("k", "1", Condition::Always, Expiry::At(900), true), prev(None, Some(1))),
-                (0, set("k", "2", Condition::IfAbsent, Expiry::Clear, true), prev(Some("1"), None)),
-                (0, set("k", "3", Condition::IfExists, Expiry::Keep, true), prev(Some("1"), Some(3))),
-                (0, Command::Incr { key: b("k"), by: 4 }, Outcome::Integer(7)),
-                (0, Command::Delete { key: b("k"), condition: Condition::Always }, Outcome::Deleted { version: 4 }),
-            ],
-        );
-        assert!(m.is_empty());
-    }
-
-    #[test]
-    fn counters_keep_the_ttl_and_refuse_non_numbers() {
-        let mut m = ShardMap::new();
-        run(
-            &mut m,
-            vec![
-                (0, Command::Incr { key: b("n"), by: -3 }, Outcome::Integer(-3)),
-                (0, expire("n", Expiry::At(1_000), ExpireWhen::Always), Outcome::Integer(1)),
-                (0, Command::Incr { key: b("n"), by: 10 }, Outcome::Integer(7)),
-                (0, Command::Incr { key: b("n"), by: i64::MAX }, Outcome::Refused(Refusal::Overflow)),
-                (0, put("s", "05", Condition::Always), Outcome::Written { version: 5 }),
-                (0, Command::Incr { key: b("s"), by: 1 }, Outcome::Refused(Refusal::NotInteger)),
-                (0, Command::IncrFloat { key: b("f"), by: 10.5 }, Outcome::Bulk(b("10.5"))),
-                (0, Command::IncrFloat { key: b("f"), by: 0.1 }, Outcome::Bulk(b("10.6"))),
-                (0, Command::IncrFloat { key: b("s"), by: f64::MAX }, Outcome::Bulk(b(&format!("{}", f64::MAX)))),
-                (0, Command::IncrFloat { key: b("s"), by: f64::MAX }, Outcome::Refused(Refusal::NotFloat)),
-            ],
-        );
-        assert_eq!(m.get(b"n").unwrap().expires_at_ms, 1_000);
-        assert_eq!(m.get(b"n").unwrap().value, b("7"));
-        for (text, want) in [("0", Some(0)), ("-0", None), ("+1", None), (" 1", None), ("-12", Some(-12))] {
-            assert_eq!(parse_integer(text.as_bytes()), want, "{text:?}");
-        }
-        assert_eq!(parse_integer(i64::MIN.to_string().as_bytes()), Some(i64::MIN));
-        assert_eq!(parse_integer(b"9223372036854775808"), None);
-    }
-
-    #[test]
-    fn append_setrange_rename_multiput_clear() {
-        let mut m = ShardMap::new();
-        let len = |n| Outcome::Integer(n);
-        run(
-            &mut m,
-            vec![
-                (0, Command::Append { key: b("a"), value: b("xy"), length_max: 10 }, len(2)),
-                (0, Command::Append { key: b("a"), value: b("z"), length_max: 10 }, len(3)),
-                (
-                    0,
-                    Command::Append { key: b("a"), value: b("12345678"), length_max: 10 },
-                    Outcome::Refused(Refusal::TooLarge),
-                ),
-                (0, Command::SetRange { key: b("r"), offset: 3, value: b("ab"), length_max: 10 }, len(5)),
-                (0, Command::SetRange { key: b("r"), offset: 0, value: b("Z"), length_max: 10 }, len(5)),
-                (0, Command::SetRange { key: b("e"), offset: 3, value: b(""), length_max: 10 }, len(0)),
-                (0, Command::Rename { from: b("a"), to: b("r"), if_absent: true }, len(0)),
-                (0, Command::Rename { from: b("a"), to: b("b"), if_absent: false }, len(1)),
-                (
-                    0,
-                    Command::Rename { from: b("a"), to: b("c"), if_absent: false },
-                    Outcome::Refused(Refusal::NoSuchKey),
-                ),
-                (0, Command::MultiPut { pairs: vec![(b("m1"), b("1")), (b("b"), b("2"))], if_absent: true }, len(0)),
-                (0, Command::MultiPut { pairs: vec![(b("m1"), b("1")), (b("m2"), b("2"))], if_absent: true }, len(1)),
-            ],
-        );
-        assert_eq!(m.get(b"r").unwrap().value, Bytes::from_static(b"Z\0\0ab"));
-        assert_eq!(m.get(b"b").unwrap().value, b("xyz"));
-        assert!(m.get(b"e").is_none(), "an empty SETRANGE creates nothing");
-        assert_eq!(m.len(), 4);
-        run(&mut m, vec![(0, Command::Clear, len(4))]);
-        assert_eq!((m.len(), m.data_bytes()), (0, 0));
-    }
-
-    #[test]
-    fn reap_removes_only_what_has_expired() {
-        let mut m = ShardMap::new();
-        for i in 0..10u64 {
-            m.apply(i + 1, 0, set(&format!("k{i}"), "v", Condition::Always, Expiry::At(100 + i * 10), false));
-        }
-        let due = m.expired(135, 100);
-        assert_eq!(due, vec![b("k0"), b("k1"), b("k2"), b("k3")]);
-        assert_eq!(m.expired(135, 2).len(), 2);
-        // k1 gets a new TTL before the reap is applied: it survives.
-        m.apply(11, 0, expire("k1", Expiry::At(1_000), ExpireWhen::Always));
-        assert_eq!(m.apply(12, 135, Command::Reap { keys: due }), Outcome::Integer(3));
-        assert_eq!((m.len(), m.expires_len()), (7, 7));
-        assert!(m.live(b"k4", 139).is_some() && m.live(b"k4", 140).is_none());
-        let restored = {
-            let mut r = ShardMap::new();
-            r.restore(12, m.iter().map(|(k, s)| (k.clone(), s.clone())).collect());
-            r
-        };
-        assert_eq!((restored.len(), restored.expires_len(), restored.data_bytes()), (7, 7, m.data_bytes()));
-    }
-}
+mod tests;

@@ -8,7 +8,7 @@
 //!
 //! ```text
 //! 0  8  magic "KVDSNAP\x01"
-//! 8  4  format version (2)
+//! 8  4  format version (3; 2 is read too)
 //! 12 4  group
 //! 16 8  index (last Raft index the snapshot includes)
 //! 24 8  term of that index
@@ -16,8 +16,9 @@
 //! 40 8  total file length in bytes, trailer included
 //! 48 4  conf state length C
 //! 52 C  conf state (opaque, encoded by the replication layer)
-//! then N × { u32 key length K, u32 value length V, u64 version,
-//!             u64 expires-at (Unix ms, 0 = never), K bytes, V bytes }
+//! then N × { u32 key length K, u32 value length V (bit 31: the value is
+//!             a zstd frame, format 3), u64 version, u64 expires-at (Unix
+//!             ms, 0 = never), K bytes, V bytes }
 //! then trailer: u32 crc32 of every byte before it, 8 bytes "KVDSEND\x01"
 //! ```
 //!
@@ -36,7 +37,12 @@ use crate::shard::Stored;
 
 const MAGIC: &[u8; 8] = b"KVDSNAP\x01";
 const TRAILER_MAGIC: &[u8; 8] = b"KVDSEND\x01";
-const FORMAT_VERSION: u32 = 2;
+const FORMAT_VERSION: u32 = 3;
+/// The format before compressed values; read the same way.
+const FORMAT_VERSION_PLAIN: u32 = 2;
+/// Bit of an entry's value length set when the value is a zstd frame.
+const VALUE_COMPRESSED_BIT: u32 = 1 << 31;
+const _: () = assert!(crate::limits::VALUE_BYTES_LIMIT < VALUE_COMPRESSED_BIT as usize);
 const HEADER_BYTES: usize = 52;
 const ENTRY_HEADER_BYTES: usize = 24;
 const TRAILER_BYTES: usize = 12;
@@ -121,7 +127,8 @@ fn header_bytes(meta: &SnapshotMeta, entries: &[(Bytes, Stored)]) -> Vec<u8> {
 fn entry_head(key: &Bytes, stored: &Stored) -> [u8; ENTRY_HEADER_BYTES] {
     let mut head = [0u8; ENTRY_HEADER_BYTES];
     head[0..4].copy_from_slice(&(key.len() as u32).to_le_bytes());
-    head[4..8].copy_from_slice(&(stored.value.len() as u32).to_le_bytes());
+    let compressed = if stored.is_compressed() { VALUE_COMPRESSED_BIT } else { 0 };
+    head[4..8].copy_from_slice(&(stored.value.len() as u32 | compressed).to_le_bytes());
     head[8..16].copy_from_slice(&stored.version.to_le_bytes());
     head[16..24].copy_from_slice(&stored.expires_at_ms.to_le_bytes());
     head
@@ -254,7 +261,7 @@ pub fn decode(data: &[u8], path: &Path) -> Result<(SnapshotMeta, Vec<(Bytes, Sto
     }
     let u32_at = |at: usize| u32::from_le_bytes(data[at..at + 4].try_into().expect("4 bytes"));
     let u64_at = |at: usize| u64::from_le_bytes(data[at..at + 8].try_into().expect("8 bytes"));
-    if u32_at(8) != FORMAT_VERSION {
+    if u32_at(8) != FORMAT_VERSION && u32_at(8) != FORMAT_VERSION_PLAIN {
         return Err(corrupt(&format!("format version {} is not supported", u32_at(8))));
     }
     let total = u64_at(40) as usize;
@@ -281,12 +288,20 @@ pub fn decode(data: &[u8], path: &Path) -> Result<(SnapshotMeta, Vec<(Bytes, Sto
     for _ in 0..count {
         let head = body.get(at..at + ENTRY_HEADER_BYTES).ok_or_else(|| corrupt("entry overruns"))?;
         let k = u32::from_le_bytes(head[0..4].try_into().expect("4 bytes")) as usize;
-        let v = u32::from_le_bytes(head[4..8].try_into().expect("4 bytes")) as usize;
+        let v = u32::from_le_bytes(head[4..8].try_into().expect("4 bytes"));
+        let (compressed, v) = (v & VALUE_COMPRESSED_BIT != 0, (v & !VALUE_COMPRESSED_BIT) as usize);
         let version = u64::from_le_bytes(head[8..16].try_into().expect("8 bytes"));
         let expires_at_ms = u64::from_le_bytes(head[16..24].try_into().expect("8 bytes"));
         at += ENTRY_HEADER_BYTES;
         let kv = body.get(at..at + k + v).ok_or_else(|| corrupt("entry overruns"))?;
-        let stored = Stored { value: Bytes::copy_from_slice(&kv[k..]), version, expires_at_ms };
+        let value = Bytes::copy_from_slice(&kv[k..]);
+        let stored = match compressed {
+            true if zstd::zstd_safe::get_frame_content_size(&value).ok().flatten().is_none() => {
+                return Err(corrupt("a compressed value is not a zstd frame"));
+            }
+            true => Stored::compressed(value, version, expires_at_ms),
+            false => Stored::with_expiry(value, version, expires_at_ms),
+        };
         entries.push((Bytes::copy_from_slice(&kv[..k]), stored));
         at += k + v;
     }
@@ -317,7 +332,7 @@ mod tests {
         (0..n)
             .map(|i| {
                 let value = Bytes::from(vec![i as u8; i % 300]);
-                (Bytes::from(format!("key-{i}")), Stored { value, version: i as u64 + 1, expires_at_ms: i as u64 * 7 })
+                (Bytes::from(format!("key-{i}")), Stored::with_expiry(value, i as u64 + 1, i as u64 * 7))
             })
             .collect()
     }

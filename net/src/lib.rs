@@ -14,7 +14,8 @@
 //! - [`peer`]: the authenticated node-to-node transport (Raft messages,
 //!   forwarded requests); [`route`]: serving or forwarding to the leader.
 //! - [`client`]: the blocking Rust client `kvctl` uses.
-//! - [`limits`]: request limits enforced at the edge.
+//! - [`limits`]: request limits enforced at the edge; [`memory`]: the
+//!   node's memory limit, measured from the allocator, and eviction.
 //!
 //! Architecture Invariant: connections are served on the core that accepted
 //! them; only requests and replies cross cores, over bounded channels.
@@ -25,6 +26,7 @@ pub mod http;
 pub mod keyspace;
 pub mod limits;
 pub mod listener;
+pub mod memory;
 pub mod mesh;
 pub mod metrics;
 pub mod native;

@@ -13,7 +13,7 @@
 use std::net::TcpListener;
 use std::os::fd::{FromRawFd, IntoRawFd};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -54,10 +54,44 @@ pub struct NodeSignals {
     pub stop: AtomicBool,
     /// Cores ready to serve.
     pub ready: AtomicUsize,
+    /// Cores that finished step 1 of the stop protocol (leaderships handed
+    /// over, or given up on).
+    pub handed_over: AtomicUsize,
     /// Cores that finished step 2 of the stop protocol.
     pub drained: AtomicUsize,
     /// Set when any core failed.
     pub failed: AtomicBool,
+    /// One entry per core, by core index (none with `Default`).
+    pub cores: Vec<CoreSignals>,
+}
+
+impl NodeSignals {
+    pub fn new(cores: usize) -> NodeSignals {
+        NodeSignals { cores: (0..cores).map(|_| CoreSignals::default()).collect(), ..NodeSignals::default() }
+    }
+
+    /// Cores that, at their last poll, knew a leader for each of their shards.
+    pub fn cores_knowing_leaders(&self) -> usize {
+        self.cores.iter().filter(|c| c.leaders_known.load(Ordering::SeqCst)).count()
+    }
+
+    /// Every core's heartbeat counter, by core index.
+    pub fn heartbeats(&self) -> Vec<u64> {
+        self.cores.iter().map(|c| c.heartbeat.load(Ordering::Relaxed)).collect()
+    }
+}
+
+/// What one serving core publishes, every [`FLAG_POLL_INTERVAL`], for the
+/// main thread (systemd readiness and watchdog). Its own cache lines: one
+/// writer each.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub struct CoreSignals {
+    /// Bumped by the core's main loop at every poll: a core whose executor
+    /// is stuck stops bumping it.
+    pub heartbeat: AtomicU64,
+    /// Whether every shard this node holds on the core knows its leader.
+    pub leaders_known: AtomicBool,
 }
 
 /// Everything one core needs, built on the main thread.
@@ -75,6 +109,8 @@ pub struct CoreSetup {
     pub signals: Arc<NodeSignals>,
     /// Peers and this core's peer listener; `None` on a single node.
     pub peer: Option<(PeerConfig, TcpListener)>,
+    /// The node's memory limit (shared by every core).
+    pub memory: Arc<crate::memory::Memory>,
 }
 
 /// Runs one core. Returns an error message if it could not start or stop
@@ -102,6 +138,7 @@ async fn run(setup: CoreSetup) -> Result<(), String> {
         mesh,
         signals,
         peer,
+        memory,
     } = setup;
     let core_index = config.core;
     metrics::bind_thread_to_slot(core_index as usize);
@@ -134,6 +171,7 @@ async fn run(setup: CoreSetup) -> Result<(), String> {
         endpoints,
         frontend,
         metrics,
+        memory,
     });
     let refresher = glommio::spawn_local(metrics::core::refresh_loop(svc.clone(), core_metrics));
     let peer_acceptor = match (peer_listener, &peers) {
@@ -155,9 +193,27 @@ async fn run(setup: CoreSetup) -> Result<(), String> {
     // SAFETY: the fd comes from a listening socket this function owns.
     let http_listener = unsafe { glommio::net::TcpListener::from_raw_fd(http_listener.into_raw_fd()) };
     let http_acceptor = glommio::spawn_local(listener::accept_loop(http_listener, svc.clone(), http::serve));
+    let shards: Vec<u32> = layout.shards_of_core(core_index).collect();
+    let publish = || {
+        if let Some(mine) = signals.cores.get(core_index as usize) {
+            let known = shards.iter().all(|&s| core.leader_of(s).is_some());
+            mine.leaders_known.store(known, Ordering::SeqCst);
+            mine.heartbeat.fetch_add(1, Ordering::Relaxed);
+        }
+    };
+    // Before `ready`: the main thread then sees this core's leaders at once.
+    publish();
     signals.ready.fetch_add(1, Ordering::SeqCst);
     // Dropped (so cancelled) when the core stops.
     let _expiry = glommio::spawn_local(expiry_cycle(core.clone()));
+    let stop = signals.clone();
+    let stopped = move || stop.stop.load(Ordering::SeqCst);
+    let _memory = glommio::spawn_local(crate::memory::memory_cycle(
+        core.clone(),
+        core_index as usize,
+        svc.memory.clone(),
+        stopped,
+    ));
 
     let mut next_rebalance = Instant::now() + REBALANCE_INTERVAL;
     while !signals.stop.load(Ordering::SeqCst) {
@@ -166,6 +222,7 @@ async fn run(setup: CoreSetup) -> Result<(), String> {
             core.rebalance_leaders();
             next_rebalance = Instant::now() + REBALANCE_INTERVAL;
         }
+        publish();
     }
     if peers.is_some() && core.transfer_leadership() > 0 {
         // Still serving: requests for these shards are forwarded to the new
@@ -178,6 +235,7 @@ async fn run(setup: CoreSetup) -> Result<(), String> {
             }
         }
     }
+    signals.handed_over.fetch_add(1, Ordering::SeqCst);
     svc.shutdown.trigger();
     acceptor.await;
     resp_acceptor.await;

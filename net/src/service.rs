@@ -31,6 +31,8 @@ pub struct Service {
     pub frontend: Frontend,
     /// The process-wide metrics (shared by every core).
     pub metrics: Arc<Metrics>,
+    /// The node's memory limit and what the allocator says it holds.
+    pub memory: Arc<crate::memory::Memory>,
 }
 
 /// How RESP clients are routed to a shard's leader.

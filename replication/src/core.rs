@@ -248,6 +248,44 @@ impl Core {
         self.0.machine.borrow().shard_sizes()
     }
 
+    /// Bytes of keys and values, and keys, on this core.
+    pub fn data_size(&self) -> (u64, u64) {
+        let m = self.0.machine.borrow();
+        let keys = m.shard_sizes().iter().map(|(_, k, _)| *k as u64).sum();
+        (m.data_bytes(), keys)
+    }
+
+    /// Of the compressed values on this core: their plain bytes, and what
+    /// they take.
+    pub fn compression_bytes(&self) -> (u64, u64) {
+        self.0.machine.borrow().compression_bytes()
+    }
+
+    /// What reads and writes record for eviction (see `kv_engine::evict`).
+    pub fn set_tracking(&self, tracking: kv_engine::evict::Tracking) {
+        self.0.machine.borrow_mut().set_tracking(tracking);
+    }
+
+    /// While set, groups keep no applied entries in their in-memory logs.
+    pub fn set_memory_pressure(&self, pressure: bool) {
+        self.0.machine.borrow_mut().set_memory_pressure(pressure);
+    }
+
+    /// While set, writes that need memory are refused (`OutOfMemory`).
+    pub fn set_out_of_memory(&self, over: bool) {
+        self.0.machine.borrow_mut().set_out_of_memory(over);
+    }
+
+    /// Shards this core leads.
+    pub fn leading_shards(&self) -> usize {
+        self.0.machine.borrow().group_status().iter().filter(|g| g.is_leader).count()
+    }
+
+    /// For each shard this core leads, up to `per_shard` keys to evict.
+    pub fn eviction_victims(&self, policy: kv_engine::evict::Policy, per_shard: usize) -> Vec<(u32, Vec<Bytes>)> {
+        self.0.machine.borrow().eviction_victims(policy, per_shard, now())
+    }
+
     /// Stops taking writes, lets in-flight writes finish (bounded), makes the
     /// WAL durable regardless of the fsync policy, and stops the driver. An
     /// error means the WAL could not be made durable (it is poisoned).

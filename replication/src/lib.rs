@@ -87,6 +87,9 @@ pub struct CoreConfig {
     /// Applied entries each group keeps in memory for lagging followers
     /// (beyond them, a follower gets a snapshot).
     pub log_retain_entries: u64,
+    /// Values of puts at least this long are proposed zstd-compressed when
+    /// that saves space (0: never); see `kv_engine::compress`.
+    pub compress_min_bytes: usize,
 }
 
 /// Why a request could not be served by the core.
@@ -106,4 +109,7 @@ pub enum CoreError {
     WrongCore(u32),
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// The node is over its memory limit and this write needs memory.
+    #[error("command not allowed when used memory > 'maxmemory'")]
+    OutOfMemory,
 }

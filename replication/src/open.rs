@@ -40,7 +40,12 @@ impl Core {
         }
         let machine =
             MachineConfig { node_id: config.layout.node_id, core: config.core, durable: config.persistence.is_some() };
-        let restore = RestoreConfig { machine, tick: config.tick, log_retain_entries: config.log_retain_entries };
+        let restore = RestoreConfig {
+            machine,
+            tick: config.tick,
+            log_retain_entries: config.log_retain_entries,
+            compress_min_bytes: config.compress_min_bytes,
+        };
         let machine = restorer.finish(restore, |shard| config.layout.replicas_of(shard))?;
         Ok(Core::start(config, machine, wal, transport))
     }

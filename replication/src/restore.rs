@@ -17,7 +17,7 @@ use kv_engine::{ShardMap, Stored};
 use raft::eraftpb::{ConfState, HardState};
 use raft::RawNode;
 
-use crate::group::Group;
+use crate::group::{Group, GroupConfig};
 use crate::logger::raft_logger;
 use crate::machine::{Machine, MachineConfig};
 use crate::records;
@@ -51,6 +51,8 @@ pub struct RestoreConfig {
     pub tick: Duration,
     /// Applied entries each group keeps in memory for lagging followers.
     pub log_retain_entries: u64,
+    /// Values of puts at least this long are proposed compressed (0: never).
+    pub compress_min_bytes: usize,
 }
 
 /// What is known about a shard before its Raft node exists.
@@ -169,9 +171,12 @@ fn build_group<T>(
     let raft_err = |e: raft::Error| StartError::Raft { group: id, why: e.to_string() };
     raft_config.validate().map_err(raft_err)?;
     let node = RawNode::new(&raft_config, storage.clone(), &raft_logger(id)).map_err(raft_err)?;
-    let lease_ms = (config.tick * LEASE_TICKS as u32).as_millis() as u64;
-    let retain = config.log_retain_entries.max(1);
-    let mut group = Group::new(id, node, storage.clone(), map, retain, lease_ms);
+    let group_config = GroupConfig {
+        log_retain_entries: config.log_retain_entries,
+        lease_ms: (config.tick * LEASE_TICKS as u32).as_millis() as u64,
+        compress_min_bytes: config.compress_min_bytes,
+    };
+    let mut group = Group::new(id, node, storage.clone(), map, group_config);
     // The preferred leader (first replica) stands at once instead of waiting
     // an election timeout; pre-vote keeps this from disturbing a leader
     // that is already in office.

@@ -22,6 +22,8 @@ struct LogState {
     compacted_index: u64,
     compacted_term: u64,
     entries: VecDeque<Entry>,
+    /// Bytes of entry data in `entries`.
+    window_bytes: u64,
     /// A snapshot of the shard ready to send to a lagging follower.
     prepared: Option<Snapshot>,
     /// raft-rs asked for a snapshot that is not prepared yet.
@@ -59,6 +61,7 @@ impl GroupStorage {
             compacted_index,
             compacted_term,
             entries: VecDeque::new(),
+            window_bytes: 0,
             prepared: None,
             snapshot_wanted: false,
         };
@@ -73,7 +76,10 @@ impl GroupStorage {
         assert!(first.index > s.compacted_index, "append of compacted index {}", first.index);
         assert!(first.index <= s.last_index() + 1, "gap: append {} after {}", first.index, s.last_index());
         let keep = (first.index - s.first_index()) as usize;
+        let dropped: u64 = s.entries.range(keep..).map(|e| e.data.len() as u64).sum();
         s.entries.truncate(keep);
+        s.window_bytes -= dropped;
+        s.window_bytes += entries.iter().map(|e| e.data.len() as u64).sum::<u64>();
         s.entries.extend(entries.iter().cloned());
     }
 
@@ -125,6 +131,11 @@ impl GroupStorage {
         self.0.borrow().entries.len()
     }
 
+    /// Bytes of entry data the window holds.
+    pub fn window_bytes(&self) -> u64 {
+        self.0.borrow().window_bytes
+    }
+
     /// Term of `index` if it is in the window (or is the compaction point).
     pub fn term_of(&self, index: u64) -> Option<u64> {
         let s = self.0.borrow();
@@ -167,6 +178,7 @@ impl GroupStorage {
             s.compacted_index
         );
         s.entries.clear();
+        s.window_bytes = 0;
         s.compacted_index = meta.index;
         s.compacted_term = meta.term;
         s.conf_state = meta.get_conf_state().clone();
@@ -183,6 +195,8 @@ impl GroupStorage {
         }
         assert!(index <= s.last_index(), "compact {index} beyond last {}", s.last_index());
         let drop = (index - s.compacted_index) as usize;
+        let freed: u64 = s.entries.range(..drop).map(|e| e.data.len() as u64).sum();
+        s.window_bytes -= freed;
         let last_dropped = s.entries.drain(..drop).last().expect("drop ≥ 1 entry");
         s.compacted_index = last_dropped.index;
         s.compacted_term = last_dropped.term;

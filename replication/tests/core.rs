@@ -40,6 +40,7 @@ fn config(dir: Option<&Path>, snapshot_wal_bytes: u64) -> CoreConfig {
         }),
         tick: TICK_INTERVAL_DEFAULT,
         log_retain_entries: LOG_RETAIN_ENTRIES_DEFAULT,
+        compress_min_bytes: kv_engine::compress::COMPRESS_MIN_BYTES_DEFAULT,
     }
 }
 

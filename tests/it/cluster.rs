@@ -138,6 +138,17 @@ fn base_octets() -> (u8, u8) {
 impl Cluster {
     /// Starts `n` single-core nodes with `extra` flags each.
     pub fn start(n: u64, extra: &[&str]) -> Cluster {
+        let mut cluster = Cluster::configure(n, extra);
+        for id in 1..=n {
+            cluster.start_node(id, &[]);
+        }
+        cluster.wait_for_leaders();
+        cluster
+    }
+
+    /// Sets up `n` nodes (addresses, proxies, flags) without starting any:
+    /// the test starts them with [`Cluster::start_node`].
+    pub fn configure(n: u64, extra: &[&str]) -> Cluster {
         let dir = crate::harness::data_dir();
         let secret = dir.path().join("secret");
         std::fs::write(&secret, "a-cluster-secret-for-tests-0123456789").unwrap();
@@ -172,12 +183,7 @@ impl Cluster {
             args.extend(extra.iter().map(|s| s.to_string()));
             nodes.insert(id, Node { data: dir.path().join(format!("node-{id}")), args, peer_addr: real(id) });
         }
-        let mut cluster = Cluster { _dir: dir, nodes, running: BTreeMap::new(), proxies };
-        for id in 1..=n {
-            cluster.start_node(id, &[]);
-        }
-        cluster.wait_for_leaders();
-        cluster
+        Cluster { _dir: dir, nodes, running: BTreeMap::new(), proxies }
     }
 
     /// Starts (or restarts) node `id`, with `env` set for it.

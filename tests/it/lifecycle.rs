@@ -214,7 +214,8 @@ fn segments(data: &std::path::Path) -> Vec<std::path::PathBuf> {
 #[test]
 fn kvd_truncates_a_torn_tail_and_refuses_a_damaged_wal() {
     let dir = data_dir();
-    let flags = ["--cores", "0", "--wal-segment-bytes", "65536"];
+    // Values stored as they are (not compressed): they fill segments.
+    let flags = ["--cores", "0", "--wal-segment-bytes", "65536", "--compress-min-bytes", "0"];
     let kvd = Kvd::start(dir.path(), &flags);
     let mut c = connect(&kvd);
     let value = vec![b'v'; 3000];

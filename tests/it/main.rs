@@ -5,6 +5,7 @@
 
 mod bad_input;
 mod cluster;
+mod compression;
 mod crash;
 mod cross_core;
 mod cut_off_leader;
@@ -16,7 +17,9 @@ mod kvbench;
 mod kvctl;
 mod lifecycle;
 mod load;
+mod memory;
 mod metrics;
+mod notify;
 mod openmetrics;
 mod replication;
 mod resp;

@@ -1,7 +1,9 @@
 //! `kvd`: the daemon. Parses and validates its settings once, takes the data
 //! directory's lock, binds one listening socket per core, then runs one
 //! pinned glommio executor per core until SIGTERM/SIGINT, and exits 0 after
-//! a clean stop (see `kv_net::node` for the stop protocol).
+//! a clean stop (see `kv_net::node` for the stop protocol). Under systemd
+//! (`Type=notify`) the main thread reports start-up, readiness, the stop and
+//! a watchdog ping while every core polls (`kv_cli::notify`).
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -9,11 +11,12 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clap::Parser;
 use glommio::{LocalExecutorBuilder, Placement};
 use kv_cli::config::{Options, Settings};
+use kv_cli::notify::Notifier;
 use kv_net::node::{self, CoreSetup, NodeSignals};
 use kv_net::peer::PeerConfig;
 use kv_net::service::{Endpoints, Frontend};
@@ -41,17 +44,23 @@ fn main() -> ExitCode {
     kv_cli::logging::init(&settings.log_level, settings.log_json);
     abort_on_panic();
     let _failpoints = fail::FailScenario::setup();
-    match run(settings) {
-        Ok(()) => ExitCode::SUCCESS,
+    let notify = Arc::new(Notifier::from_env());
+    match run(settings, &notify) {
+        Ok(()) => {
+            notify.status("stopped");
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             tracing::error!("{e}");
             eprintln!("kvd: {e}");
+            notify.status(&format!("failed: {e}"));
             ExitCode::FAILURE
         }
     }
 }
 
-fn run(mut s: Settings) -> Result<(), String> {
+fn run(mut s: Settings, notify: &Arc<Notifier>) -> Result<(), String> {
+    notify.status("starting: opening the data directory and binding listeners");
     let cores = s.cpus.len() as u32;
     let wanted = match &s.cluster {
         Some(c) => Layout::cluster(
@@ -87,9 +96,15 @@ fn run(mut s: Settings) -> Result<(), String> {
         Some(c) => bind_peer_listeners(c.peer_listen, cores)?.into_iter().map(Some).collect(),
         None => (0..cores).map(|_| None).collect(),
     };
-    let signals = Arc::new(NodeSignals::default());
+    let signals = Arc::new(NodeSignals::new(cores as usize));
     let metrics = Arc::new(kv_net::metrics::Metrics::new(cores as usize));
-    watch_signals(signals.clone())?;
+    let memory = Arc::new(kv_net::memory::Memory::new(
+        s.max_memory,
+        s.eviction_policy,
+        cores as usize,
+        Box::new(allocated_bytes),
+    ));
+    watch_signals(signals.clone(), notify.clone())?;
 
     let mut handles = Vec::new();
     let meshes = kv_net::mesh::build(cores as usize);
@@ -106,6 +121,7 @@ fn run(mut s: Settings) -> Result<(), String> {
             persistence,
             tick: TICK_INTERVAL_DEFAULT,
             log_retain_entries: s.raft_log_retain_entries,
+            compress_min_bytes: s.compress_min_bytes,
         };
         let peer = s.cluster.as_ref().map(|c| {
             let peer_config = PeerConfig {
@@ -133,6 +149,7 @@ fn run(mut s: Settings) -> Result<(), String> {
             mesh,
             signals: signals.clone(),
             peer,
+            memory: memory.clone(),
         };
         let handle = LocalExecutorBuilder::new(Placement::Fixed(*cpu))
             .name(&format!("kvd-core-{i}"))
@@ -141,7 +158,15 @@ fn run(mut s: Settings) -> Result<(), String> {
             .map_err(|e| format!("cannot start the executor for CPU {cpu}: {e}"))?;
         handles.push(handle);
     }
-    while signals.ready.load(Ordering::SeqCst) < cores as usize && !signals.stop.load(Ordering::SeqCst) {
+    let mut status = Status::new(notify);
+    // Ends when every core has replayed, or one failed (each core bounds its
+    // replay) or a signal came.
+    loop {
+        let ready = signals.ready.load(Ordering::SeqCst);
+        status.set(format!("starting: replaying the write-ahead log ({ready} of {cores} cores done)"));
+        if ready >= cores as usize || signals.stop.load(Ordering::SeqCst) {
+            break;
+        }
         std::thread::sleep(Duration::from_millis(5));
     }
     if !signals.stop.load(Ordering::SeqCst) {
@@ -164,7 +189,17 @@ fn run(mut s: Settings) -> Result<(), String> {
             layout.shards,
             if s.persistent { s.data_dir.display().to_string() } else { "none".into() },
         );
+        let serving = format!(
+            "serving: native protocol on {listen}, RESP on {}, HTTP on {}, {cores} cores, {} shards",
+            endpoints.resp, endpoints.http, layout.shards
+        );
+        if wait_for_leaders(&signals, &mut status) {
+            tracing::debug!("every shard on this node knows its leader; READY=1");
+            notify.ready(&serving);
+            watchdog(&signals, notify);
+        }
     }
+    report_stop(&signals, &mut status);
     let mut errors = Vec::new();
     for h in handles {
         match h.join() {
@@ -181,6 +216,109 @@ fn run(mut s: Settings) -> Result<(), String> {
     }
 }
 
+/// How often the main thread looks at the cores' flags once they serve.
+const SUPERVISE_POLL_INTERVAL: Duration = Duration::from_millis(20);
+/// Longest the main thread reports the stop's progress before it waits for
+/// the cores to exit (they bound every step themselves).
+const STOP_REPORT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The `STATUS=` last sent, so an unchanged status is not sent again.
+struct Status<'a> {
+    notify: &'a Notifier,
+    last: String,
+}
+
+impl<'a> Status<'a> {
+    fn new(notify: &'a Notifier) -> Status<'a> {
+        Status { notify, last: String::new() }
+    }
+
+    fn set(&mut self, text: String) {
+        if text != self.last {
+            self.notify.status(&text);
+            self.last = text;
+        }
+    }
+}
+
+/// Waits until every core knows a leader for each of its shards: true then,
+/// false if a stop came first. A node that cannot reach a quorum waits until
+/// it is stopped (systemd bounds the start with `TimeoutStartSec=`).
+fn wait_for_leaders(signals: &NodeSignals, status: &mut Status) -> bool {
+    let cores = signals.cores.len();
+    loop {
+        if signals.stop.load(Ordering::SeqCst) {
+            return false;
+        }
+        let known = signals.cores_knowing_leaders();
+        if known >= cores {
+            return true;
+        }
+        status.set(format!("starting: waiting for every shard to know its leader ({known} of {cores} cores)"));
+        std::thread::sleep(SUPERVISE_POLL_INTERVAL);
+    }
+}
+
+/// Until a stop: every half `WATCHDOG_USEC`, `WATCHDOG=1` if every core's
+/// heartbeat moved since the last ping. A core that stops polling stops the
+/// pings, so systemd's watchdog restarts kvd.
+fn watchdog(signals: &NodeSignals, notify: &Notifier) {
+    let interval = notify.watchdog_interval();
+    let mut pinged = signals.heartbeats();
+    let mut next = interval.map(|i| Instant::now() + i);
+    let mut stalled = false;
+    while !signals.stop.load(Ordering::SeqCst) {
+        let now = Instant::now();
+        let (Some(interval), Some(due)) = (interval, next) else {
+            std::thread::sleep(SUPERVISE_POLL_INTERVAL);
+            continue;
+        };
+        if now < due {
+            std::thread::sleep((due - now).min(SUPERVISE_POLL_INTERVAL));
+            continue;
+        }
+        let beats = signals.heartbeats();
+        let stuck: Vec<usize> = (0..beats.len()).filter(|&c| beats[c] == pinged[c]).collect();
+        if stuck.is_empty() {
+            notify.watchdog();
+            pinged = beats;
+            next = Some(now + interval);
+            if stalled {
+                tracing::info!("every core polls again; watchdog pings resumed");
+                stalled = false;
+            }
+        } else {
+            // Looked at again at the next poll, not a whole interval later.
+            if !stalled {
+                tracing::warn!("cores {stuck:?} have not polled for {interval:?}; holding back the watchdog ping");
+                stalled = true;
+            }
+            std::thread::sleep(SUPERVISE_POLL_INTERVAL);
+        }
+    }
+}
+
+/// Reports the steps of the stop protocol (see `kv_net::node`) as the cores
+/// get through them, until every core has drained or one failed (bounded).
+fn report_stop(signals: &NodeSignals, status: &mut Status) {
+    let cores = signals.cores.len();
+    status.notify.stopping("stopping: handing leaderships over");
+    let deadline = Instant::now() + STOP_REPORT_TIMEOUT;
+    while Instant::now() < deadline && !signals.failed.load(Ordering::SeqCst) {
+        let (handed, drained) = (signals.handed_over.load(Ordering::SeqCst), signals.drained.load(Ordering::SeqCst));
+        if drained >= cores {
+            break;
+        }
+        status.set(if handed < cores {
+            format!("stopping: handing leaderships over ({handed} of {cores} cores done)")
+        } else {
+            format!("stopping: draining connections ({drained} of {cores} cores drained)")
+        });
+        std::thread::sleep(SUPERVISE_POLL_INTERVAL);
+    }
+    status.set("stopping: making the write-ahead log durable".into());
+}
+
 /// Room in a peer frame beside the largest client request (Raft and
 /// forwarding headers).
 const PEER_FRAME_SLACK_BYTES: usize = 1024 * 1024;
@@ -195,6 +333,13 @@ fn bind_peer_listeners(base: std::net::SocketAddr, cores: u32) -> Result<Vec<std
                 .map_err(|e| format!("peer listener: {e}"))
         })
         .collect()
+}
+
+/// Bytes the process holds, by jemalloc's statistics (refreshed first:
+/// jemalloc caches them per epoch).
+fn allocated_bytes() -> Option<u64> {
+    tikv_jemalloc_ctl::epoch::advance().ok()?;
+    tikv_jemalloc_ctl::stats::allocated::read().ok().map(|b| b as u64)
 }
 
 /// A panic is a broken invariant. One core dying while the others serve
@@ -223,8 +368,9 @@ fn prepare_data_dir(dir: &Path) -> Result<File, String> {
     Ok(lock)
 }
 
-/// The first SIGTERM/SIGINT starts a clean stop; a second one exits at once.
-fn watch_signals(signals: Arc<NodeSignals>) -> Result<(), String> {
+/// The first SIGTERM/SIGINT starts a clean stop (and tells systemd at once);
+/// a second one exits at once.
+fn watch_signals(signals: Arc<NodeSignals>, notify: Arc<Notifier>) -> Result<(), String> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let mut incoming = signal_hook::iterator::Signals::new([SIGTERM, SIGINT]).map_err(|e| e.to_string())?;
     std::thread::Builder::new()
@@ -236,6 +382,7 @@ fn watch_signals(signals: Arc<NodeSignals>) -> Result<(), String> {
                     std::process::exit(130);
                 }
                 tracing::info!("signal {sig} received, stopping");
+                notify.stopping("stopping: handing leaderships over");
             }
         })
         .map_err(|e| e.to_string())?;

@@ -102,6 +102,7 @@ impl From<CoreError> for ApiError {
             CoreError::Dropped => (StatusCode::SERVICE_UNAVAILABLE, "outcome_unknown"),
             CoreError::Poisoned(_) => (StatusCode::INTERNAL_SERVER_ERROR, "wal_poisoned"),
             CoreError::WrongCore(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            CoreError::OutOfMemory => (StatusCode::INSUFFICIENT_STORAGE, "out_of_memory"),
         };
         ApiError::new(status, code, e.to_string())
     }

@@ -34,8 +34,12 @@ pub struct CoreMetrics {
     applies: Counter,
     leader_changes: Counter,
     snapshots: Counter,
+    compressed_plain: Gauge,
+    compressed_stored: Gauge,
     /// The core's counters as of the last refresh, to add only the change.
     last: Cell<[u64; 5]>,
+    /// Keys evicted as of the last refresh (core 0 keeps the node's count).
+    evicted: Cell<u64>,
 }
 
 impl CoreMetrics {
@@ -60,6 +64,9 @@ impl CoreMetrics {
             applies: f.applies.get_or_create_owned(&labels),
             leader_changes: f.leader_changes.get_or_create_owned(&labels),
             snapshots: f.snapshots.get_or_create_owned(&labels),
+            compressed_plain: f.compressed_plain_bytes.get_or_create_owned(&labels),
+            compressed_stored: f.compressed_stored_bytes.get_or_create_owned(&labels),
+            evicted: Cell::new(0),
             last: Cell::new([0; 5]),
         }
     }
@@ -74,6 +81,9 @@ impl CoreMetrics {
         self.keys.set(keys);
         self.memory_bytes.set(bytes);
         self.connections.set(connections as i64);
+        let (plain, stored) = core.compression_bytes();
+        self.compressed_plain.set(plain as i64);
+        self.compressed_stored.set(stored as i64);
         let groups = core.group_status();
         self.expiring_keys.set(groups.iter().map(|g| g.expires as i64).sum());
         self.leaders.set(groups.iter().filter(|g| g.is_leader).count() as i64);
@@ -88,6 +98,17 @@ impl CoreMetrics {
             // The core's cells only grow.
             counter.inc_by(now - last);
         }
+    }
+}
+
+impl CoreMetrics {
+    /// The node's memory series (one core does it).
+    pub fn refresh_node(&self, metrics: &Metrics, memory: &crate::memory::Memory) {
+        let m = &metrics.memory;
+        m.allocated_bytes.set(memory.used() as i64);
+        m.max_bytes.set(memory.limit.unwrap_or(0) as i64);
+        let evicted = memory.evicted();
+        m.evicted_keys.inc_by(evicted - self.evicted.replace(evicted));
     }
 }
 
@@ -106,6 +127,9 @@ fn observe_flush(s: &FlushStats, wal_bytes: &Counter, append: &DurationHistogram
 pub async fn refresh_loop(svc: Rc<Service>, metrics: CoreMetrics) {
     loop {
         metrics.refresh(&svc.owner.core, svc.connections.get());
+        if svc.core_index == 0 {
+            metrics.refresh_node(&svc.metrics, &svc.memory);
+        }
         let stopped = futures_lite::future::or(
             async {
                 glommio::timer::sleep(REFRESH_INTERVAL).await;

@@ -79,6 +79,16 @@ pub(crate) struct CoreFamilies {
     pub wal_written_bytes: Family<CoreLabels, Counter>,
     pub wal_append: Family<CoreLabels, DurationHistogram, Latency>,
     pub wal_fsync: Family<CoreLabels, DurationHistogram, Latency>,
+    pub compressed_plain_bytes: Family<CoreLabels, Gauge>,
+    pub compressed_stored_bytes: Family<CoreLabels, Gauge>,
+}
+
+/// Node-wide memory series (refreshed by core 0).
+#[derive(Debug, Default)]
+pub(crate) struct NodeMemory {
+    pub allocated_bytes: Gauge,
+    pub max_bytes: Gauge,
+    pub evicted_keys: Counter,
 }
 
 const REQUEST_SLOTS: usize = Protocol::ALL.len() * OpLabel::ALL.len() * StatusLabel::ALL.len();
@@ -92,6 +102,7 @@ pub struct Metrics {
     request_handles: Box<[OnceLock<ShardedCounter>]>,
     latency_handles: Box<[OnceLock<DurationHistogram>]>,
     pub(crate) cores: CoreFamilies,
+    pub(crate) memory: NodeMemory,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -131,8 +142,28 @@ impl Metrics {
             // Written by their own core only.
             wal_append: Family::new_with_constructor(Latency(1)),
             wal_fsync: Family::new_with_constructor(Latency(1)),
+            compressed_plain_bytes: Family::default(),
+            compressed_stored_bytes: Family::default(),
         };
         register_core_families(&mut registry, &cores);
+        let memory = NodeMemory::default();
+        registry.register_with_unit(
+            "memory_allocated",
+            "Bytes the process holds by its allocator's statistics (what --max-memory limits; 0 without a limit)",
+            Unit::Bytes,
+            memory.allocated_bytes.clone(),
+        );
+        registry.register_with_unit(
+            "memory_max",
+            "The node's memory limit (--max-memory; 0: none)",
+            Unit::Bytes,
+            memory.max_bytes.clone(),
+        );
+        registry.register(
+            "evicted_keys",
+            "Keys evicted by this node's leaders to stay under --max-memory",
+            memory.evicted_keys.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -140,6 +171,7 @@ impl Metrics {
             request_handles: (0..REQUEST_SLOTS).map(|_| OnceLock::new()).collect(),
             latency_handles: (0..LATENCY_SLOTS).map(|_| OnceLock::new()).collect(),
             cores,
+            memory,
         }
     }
 
@@ -204,6 +236,18 @@ fn register_core_families(r: &mut Registry, c: &CoreFamilies) {
         "Bytes written to the write-ahead log (block-padded)",
         Unit::Bytes,
         c.wal_written_bytes.clone(),
+    );
+    r.register_with_unit(
+        "compressed_values_plain",
+        "Bytes the compressed values on a core's shards stand for",
+        Unit::Bytes,
+        c.compressed_plain_bytes.clone(),
+    );
+    r.register_with_unit(
+        "compressed_values_stored",
+        "Bytes the compressed values on a core's shards take",
+        Unit::Bytes,
+        c.compressed_stored_bytes.clone(),
     );
     r.register_with_unit("wal_append_duration", "Time of one WAL batch write", Unit::Seconds, c.wal_append.clone());
     r.register_with_unit(

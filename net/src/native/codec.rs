@@ -76,6 +76,8 @@ pub enum Status {
     ShuttingDown = 33,
     NotLeader = 34,
     Retry = 35,
+    /// The node is over its memory limit and the write needs memory.
+    OutOfMemory = 36,
     Internal = 48,
 }
 
@@ -96,6 +98,7 @@ impl Status {
             33 => ShuttingDown,
             34 => NotLeader,
             35 => Retry,
+            36 => OutOfMemory,
             48 => Internal,
             _ => return None,
         })
@@ -117,6 +120,7 @@ impl Status {
             ShuttingDown => "SHUTTING_DOWN",
             NotLeader => "NOT_LEADER",
             Retry => "RETRY",
+            OutOfMemory => "OUT_OF_MEMORY",
             Internal => "INTERNAL",
         }
     }

@@ -273,7 +273,9 @@ fn status_label(resp: &Response) -> StatusLabel {
             Status::ConditionFailed => StatusLabel::Conflict,
             Status::BadRequest | Status::UnknownOpcode => StatusLabel::BadRequest,
             Status::KeyTooLarge | Status::ValueTooLarge | Status::FrameTooLarge => StatusLabel::TooLarge,
-            Status::Unavailable | Status::ShuttingDown | Status::NotLeader | Status::Retry => StatusLabel::Unavailable,
+            Status::Unavailable | Status::ShuttingDown | Status::NotLeader | Status::Retry | Status::OutOfMemory => {
+                StatusLabel::Unavailable
+            }
             Status::Unauthenticated => StatusLabel::Unauthorized,
             Status::Internal => StatusLabel::Error,
         },
@@ -341,6 +343,7 @@ fn to_response(result: Result<Reply, CoreError>) -> Response {
                 CoreError::ShuttingDown => Status::ShuttingDown,
                 CoreError::Dropped | CoreError::Busy => Status::Retry,
                 CoreError::WrongCore(_) => Status::Internal,
+                CoreError::OutOfMemory => Status::OutOfMemory,
             };
             Response::Error { status, message: e.to_string() }
         }

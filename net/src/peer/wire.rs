@@ -386,7 +386,11 @@ pub fn decode_forward(payload: &[u8]) -> Result<Forward, String> {
     let body = Bytes::copy_from_slice(&payload[15..]);
     let op = match payload[13] {
         1 => Op::Get { key: body, consistency: consistency_from(payload[14]).ok_or("unknown consistency")? },
-        2 => Op::Write(Command::decode(&body).map_err(|e| e.to_string())?.1),
+        2 => match Command::decode(&body).map_err(|e| e.to_string())? {
+            // Compression happens on the leader, after forwarding.
+            d if d.compressed => return Err("a forwarded write with a compressed value".into()),
+            d => Op::Write(d.command),
+        },
         3 => Op::Status,
         4 if body.len() == 12 => Op::Scan {
             cursor: u64::from_le_bytes(body[0..8].try_into().expect("8 bytes")),
@@ -470,6 +474,7 @@ pub fn encode_reply(id: u64, result: &Result<Reply, CoreError>) -> Vec<u8> {
             p.extend_from_slice(&shard.to_le_bytes());
         }
         Err(CoreError::Unavailable(why)) => put_text(&mut p, 22, why),
+        Err(CoreError::OutOfMemory) => p.push(23),
     }
     p
 }
@@ -490,11 +495,8 @@ pub fn decode_reply(payload: &[u8]) -> Result<(u64, Result<Reply, CoreError>), S
         1 => Ok(Reply::Value(None)),
         2 => {
             let expires_at_ms = u64_at(rest.get(8..).ok_or("short reply")?)?;
-            Ok(Reply::Value(Some(Stored {
-                version: u64_at(rest)?,
-                expires_at_ms,
-                value: Bytes::copy_from_slice(&rest[16..]),
-            })))
+            let value = Bytes::copy_from_slice(&rest[16..]);
+            Ok(Reply::Value(Some(Stored::with_expiry(value, u64_at(rest)?, expires_at_ms))))
         }
         3 => Ok(Reply::Outcome(Outcome::Written { version: u64_at(rest)? })),
         4 => Ok(Reply::Outcome(Outcome::Deleted { version: u64_at(rest)? })),
@@ -521,6 +523,7 @@ pub fn decode_reply(payload: &[u8]) -> Result<(u64, Result<Reply, CoreError>), S
         20 => Err(CoreError::Busy),
         21 => Err(CoreError::WrongCore(u32::from_le_bytes(rest.get(..4).ok_or("short reply")?.try_into().expect("4")))),
         22 => Err(CoreError::Unavailable(text())),
+        23 => Err(CoreError::OutOfMemory),
         t => return Err(format!("unknown reply tag {t}")),
     };
     Ok((id, result))
@@ -652,7 +655,7 @@ mod tests {
             assert_eq!((f.id, f.shard, f.hops, format!("{:?}", f.op)), (9, 4, 1, format!("{op:?}")));
         }
         let results: Vec<Result<Reply, CoreError>> = vec![
-            Ok(Reply::Value(Some(Stored { value: "v".into(), version: 5, expires_at_ms: 77 }))),
+            Ok(Reply::Value(Some(Stored::with_expiry("v".into(), 5, 77)))),
             Ok(Reply::Outcome(Outcome::Previous { value: Some("old".into()), version: None })),
             Ok(Reply::Outcome(Outcome::Previous { value: None, version: Some(8) })),
             Ok(Reply::Outcome(Outcome::Previous { value: Some("".into()), version: Some(8) })),
@@ -671,6 +674,7 @@ mod tests {
             Ok(Reply::Status("{}".into())),
             Err(CoreError::NotLeader { leader: Some(3) }),
             Err(CoreError::Unavailable("no leader".into())),
+            Err(CoreError::OutOfMemory),
         ];
         for r in results {
             let (id, back) = decode_reply(&encode_reply(7, &r)).unwrap();

@@ -94,6 +94,7 @@ pub fn core_error(e: CoreError, write: bool) -> Frame {
         CoreError::Unavailable(_) => Frame::error(format!("CLUSTERDOWN {e}")),
         CoreError::Poisoned(_) => Frame::error(format!("MISCONF {e}")),
         CoreError::ShuttingDown | CoreError::WrongCore(_) => Frame::error(format!("ERR {e}")),
+        CoreError::OutOfMemory => Frame::error(format!("OOM {e}.")),
     }
 }
 
@@ -113,5 +114,6 @@ mod tests {
         assert_eq!(code(core_error(CoreError::Unavailable("x".into()), false)), "CLUSTERDOWN");
         assert_eq!(code(core_error(CoreError::Poisoned("disk".into()), true)), "MISCONF");
         assert_eq!(code(core_error(CoreError::ShuttingDown, false)), "ERR");
+        assert_eq!(code(core_error(CoreError::OutOfMemory, true)), "OOM");
     }
 }

@@ -42,6 +42,18 @@ struct Pending<T> {
     waiter: T,
 }
 
+/// How a group runs (the same for every group of a core).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct GroupConfig {
+    /// Applied entries kept in memory for lagging followers.
+    pub log_retain_entries: u64,
+    /// How long after a quorum confirmed its leadership this replica may
+    /// answer lease reads alone (see `reads.rs`).
+    pub lease_ms: u64,
+    /// Values of puts at least this long are proposed compressed (0: never).
+    pub compress_min_bytes: usize,
+}
+
 pub(crate) struct Group<T> {
     pub id: u32,
     node: RawNode<GroupStorage>,
@@ -50,24 +62,24 @@ pub(crate) struct Group<T> {
     /// Index of the newest durable snapshot of `map` (0 if none).
     pub snapshot_index: u64,
     log_retain_entries: u64,
+    compress_min_bytes: usize,
     /// Writes proposed here, by log index, waiting to be applied.
     pending: BTreeMap<u64, Pending<T>>,
     reads: Reads<T>,
     bugs: Bugs,
     /// Whether this replica led when `take_role_change` last looked.
     led: bool,
+    /// The node is over its memory limit: keep no applied entries.
+    pub memory_pressure: bool,
 }
 
 impl<T> Group<T> {
-    /// `lease_ms`: how long after a quorum confirmed its leadership this
-    /// replica may answer lease reads alone (see `reads.rs`).
     pub fn new(
         id: u32,
         node: RawNode<GroupStorage>,
         storage: GroupStorage,
         map: ShardMap,
-        log_retain_entries: u64,
-        lease_ms: u64,
+        config: GroupConfig,
     ) -> Group<T> {
         let snapshot_index = map.applied_index();
         Group {
@@ -76,11 +88,13 @@ impl<T> Group<T> {
             storage,
             map,
             snapshot_index,
-            log_retain_entries,
+            log_retain_entries: config.log_retain_entries.max(1),
+            compress_min_bytes: config.compress_min_bytes,
             pending: BTreeMap::new(),
-            reads: Reads::new(lease_ms),
+            reads: Reads::new(config.lease_ms),
             bugs: Bugs::default(),
             led: false,
+            memory_pressure: false,
         }
     }
 
@@ -190,13 +204,18 @@ impl<T> Group<T> {
         let before = self.last_index();
         // Refused before it was appended (e.g. a leadership transfer is under
         // way): nothing happened, so another node may take it.
-        self.node
-            .propose(Vec::new(), command.encode(now.wall_ms))
-            .map_err(|_| CoreError::NotLeader { leader: None })?;
+        self.node.propose(Vec::new(), self.encode(command, now)).map_err(|_| CoreError::NotLeader { leader: None })?;
         let index = self.last_index();
         assert_eq!(index, before + 1, "one proposal appends one entry");
         self.pending.insert(index, Pending { term: self.term(), waiter });
         Ok(index)
+    }
+
+    fn encode(&self, command: &Command, now: Now) -> Vec<u8> {
+        match self.compress_min_bytes {
+            0 => command.encode(now.wall_ms),
+            min => command.encode_compressing(now.wall_ms, min),
+        }
     }
 
     /// Hands leadership to the most caught-up voter. Returns whether a

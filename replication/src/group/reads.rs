@@ -216,9 +216,10 @@ impl<T> Group<T> {
         }
     }
 
-    /// The key as this replica's map holds it now, expired keys filtered by
-    /// the reader's clock.
+    /// The key as this replica's map holds it now (value decompressed),
+    /// expired keys filtered by the reader's clock; the access is recorded
+    /// for eviction.
     pub fn read_local(&self, key: &[u8], now: Now) -> Option<Stored> {
-        self.map.live(key, now.wall_ms).cloned()
+        self.map.read(key, now.wall_ms)
     }
 }

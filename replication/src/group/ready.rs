@@ -17,6 +17,10 @@ use crate::records::{conf_state_record, entry_record};
 use crate::types::{Answer, Now};
 use crate::CoreError;
 
+/// Most bytes of entry data a group's in-memory log window keeps for
+/// lagging followers.
+pub const LOG_RETAIN_BYTES_MAX: u64 = 16 << 20;
+
 /// Where handling a Ready puts what it produces.
 pub(crate) struct ReadyCtx<'a, T> {
     /// Records for the next WAL flush; `None` without persistence.
@@ -113,9 +117,8 @@ impl<T> Group<T> {
                     None
                 }
                 EntryType::EntryNormal => {
-                    let (now_ms, command) =
-                        Command::decode(&entry.data).expect("committed entries were encoded by kvd");
-                    Some(self.map.apply(entry.index, now_ms, command))
+                    let decoded = Command::decode(&entry.data).expect("committed entries were encoded by kvd");
+                    Some(self.map.apply_entry(entry.index, decoded))
                 }
                 EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
                     self.apply_conf_change(&entry, cx.records.as_deref_mut());
@@ -135,8 +138,23 @@ impl<T> Group<T> {
             }
         }
         self.node.advance_apply_to(last);
-        if last > self.storage.first_index() + 2 * self.log_retain_entries {
-            self.storage.compact(last - self.log_retain_entries);
+        self.compact_log(last);
+    }
+
+    /// Drops applied entries from the in-memory log window. The window
+    /// serves followers that are a little behind (past it they get a
+    /// snapshot): a group without other voters keeps nothing; others keep
+    /// `log_retain_entries`, but at most `LOG_RETAIN_BYTES_MAX` of entry
+    /// data, and nothing applied under memory pressure (the values of
+    /// entries are what the map's values point into: a window of large
+    /// values would pin their memory after eviction).
+    fn compact_log(&mut self, applied: u64) {
+        let first = self.storage.first_index();
+        let keep_none = self.is_alone() || self.memory_pressure || self.storage.window_bytes() > LOG_RETAIN_BYTES_MAX;
+        if keep_none && applied >= first {
+            self.storage.compact(applied);
+        } else if applied > first + 2 * self.log_retain_entries {
+            self.storage.compact(applied - self.log_retain_entries);
         }
     }
 

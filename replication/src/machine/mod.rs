@@ -26,6 +26,7 @@
 //! persisted again.
 
 mod drive;
+mod memory;
 mod queries;
 mod snapshots;
 
@@ -130,6 +131,8 @@ pub struct Machine<T> {
     stats: CoreStats,
     bugs: Bugs,
     out: Outputs<T>,
+    /// The node is over its memory limit: writes that need memory fail.
+    out_of_memory: bool,
 }
 
 impl<T> Machine<T> {
@@ -151,6 +154,7 @@ impl<T> Machine<T> {
             stats: CoreStats::default(),
             bugs: Bugs::default(),
             out: Outputs::default(),
+            out_of_memory: false,
         }
     }
 
@@ -205,6 +209,9 @@ impl<T> Machine<T> {
         }
         if self.stopping {
             return Err(CoreError::ShuttingDown);
+        }
+        if self.out_of_memory && command.needs_memory() {
+            return Err(CoreError::OutOfMemory);
         }
         let group = self.group_mut(shard)?;
         if group.pending_count() >= PENDING_PER_GROUP_MAX {

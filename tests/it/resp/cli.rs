@@ -44,7 +44,10 @@ fn redis_cli_basic_commands() {
     assert_eq!(cli_ok(a, &["CONFIG", "SET", "save", ""]), "OK");
     assert!(cli_ok(a, &["CONFIG", "SET", "appendonly", "no"]).starts_with("ERR CONFIG SET 'appendonly' cannot change"));
     assert_eq!(cli_ok(a, &["CONFIG", "GET", "appendfsync"]), "appendfsync\nalways");
-    assert_eq!(cli_ok(a, &["CONFIG", "GET", "maxmemory*"]), "maxmemory\n0\nmaxmemory-policy\nnoeviction");
+    assert_eq!(
+        cli_ok(a, &["CONFIG", "GET", "maxmemory*"]),
+        "maxmemory\n0\nmaxmemory-policy\nnoeviction\nmaxmemory-samples\n5"
+    );
     assert_eq!(cli_ok(a, &["CONFIG", "GET", "requirepass"]), "requirepass");
     assert_eq!(cli_ok(a, &["CONFIG", "GET", "port"]), format!("port\n{}", a.port()));
     assert_eq!(cli_ok(a, &["CLUSTER", "KEYSLOT", "{user1000}.following"]), "3443");

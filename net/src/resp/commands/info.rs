@@ -7,9 +7,11 @@
 //!   (cluster mode: only the shards it leads, so that summing over the
 //!   masters counts every key once). A follower's count may trail its
 //!   leader's by a moment. `expires=` counts keys with a TTL alike.
-//! - `used_memory`: the stored keys and values with their per-entry
-//!   overhead, an estimate (kvd has no allocator statistics);
-//!   `used_memory_rss` is the process's resident memory.
+//! - `used_memory`: what the allocator says the process holds (jemalloc's
+//!   `stats.allocated`, what `--max-memory` compares with) where kvd runs
+//!   with a limit, else the stored keys and values with their per-entry
+//!   overhead; `used_memory_dataset` is always the latter, and
+//!   `used_memory_rss` the process's resident memory.
 
 use std::fmt::Write as _;
 use std::rc::Rc;
@@ -57,9 +59,9 @@ fn lines(conn: &Conn, section: &str, view: &NodeView) -> Vec<(&'static str, Stri
     match section {
         "server" => server(conn),
         "clients" => clients(conn),
-        "memory" => memory(view),
+        "memory" => memory(conn, view),
         "persistence" => persistence(conn, view),
-        "stats" => stats_lines(),
+        "stats" => stats_lines(conn),
         "replication" => replication(conn, view),
         "cpu" => cpu(),
         "cluster" => vec![("cluster_enabled", u8::from(conn.svc.frontend.resp_mode == RespMode::Cluster).to_string())],
@@ -124,18 +126,22 @@ fn clients(conn: &Conn) -> Vec<(&'static str, String)> {
     ]
 }
 
-fn memory(view: &NodeView) -> Vec<(&'static str, String)> {
-    let used = view.bytes();
+fn memory(conn: &Conn, view: &NodeView) -> Vec<(&'static str, String)> {
+    let dataset = view.bytes();
+    let memory = &conn.svc.memory;
+    let used = if memory.limit.is_some() { memory.used() } else { dataset };
     let rss = resident_bytes();
+    let max = memory.limit.unwrap_or(0);
     vec![
         ("used_memory", used.to_string()),
         ("used_memory_human", human(used)),
         ("used_memory_rss", rss.to_string()),
         ("used_memory_rss_human", human(rss)),
-        ("maxmemory", "0".into()),
-        ("maxmemory_human", "0B".into()),
-        ("maxmemory_policy", "noeviction".into()),
-        ("mem_allocator", "libc".into()),
+        ("used_memory_dataset", dataset.to_string()),
+        ("maxmemory", max.to_string()),
+        ("maxmemory_human", human(max)),
+        ("maxmemory_policy", memory.policy.name().into()),
+        ("mem_allocator", "jemalloc".into()),
     ]
 }
 
@@ -158,7 +164,7 @@ fn persistence(conn: &Conn, view: &NodeView) -> Vec<(&'static str, String)> {
     ]
 }
 
-fn stats_lines() -> Vec<(&'static str, String)> {
+fn stats_lines(conn: &Conn) -> Vec<(&'static str, String)> {
     let t = stats::totals();
     vec![
         ("total_connections_received", t.connections_total.to_string()),
@@ -168,7 +174,7 @@ fn stats_lines() -> Vec<(&'static str, String)> {
         ("total_net_output_bytes", t.net_output_bytes.to_string()),
         ("rejected_connections", t.rejected_connections.to_string()),
         ("expired_keys", "0".into()),
-        ("evicted_keys", "0".into()),
+        ("evicted_keys", conn.svc.memory.evicted().to_string()),
         ("keyspace_hits", t.keyspace_hits.to_string()),
         ("keyspace_misses", t.keyspace_misses.to_string()),
         ("total_error_replies", t.error_replies.to_string()),

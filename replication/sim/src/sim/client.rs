@@ -168,7 +168,15 @@ impl World {
     fn choose_op(&mut self, client: usize) -> (Bytes, OpKind) {
         let rng = &mut self.sched.rng;
         let n = self.history.ops.len();
-        let value = Bytes::from(format!("c{client}.{n}"));
+        let mut value = format!("c{client}.{n}");
+        if rng.chance(0.15) {
+            // A long, compressible value: stored as a zstd frame.
+            value.push('~');
+            while value.len() < 600 {
+                value.push_str("-pad");
+            }
+        }
+        let value = Bytes::from(value);
         if rng.chance(0.1) {
             let key = rng.pick(&self.clients.ttl_keys).clone();
             let kind = match rng.below(3) {

@@ -32,6 +32,9 @@ const SIM_SEGMENT_BYTES: u64 = segment::SEGMENT_BYTES_MIN;
 /// followers that fall behind need snapshots.
 const SIM_LOG_RETAIN_ENTRIES: u64 = 64;
 const _: () = assert!(SIM_LOG_RETAIN_ENTRIES < LOG_RETAIN_ENTRIES_DEFAULT);
+/// Values at least this long are proposed compressed: the workload's long
+/// values are, so compressed entries go through logs, snapshots and restarts.
+const SIM_COMPRESS_MIN_BYTES: usize = 128;
 /// The true-time origin of every node's wall clock (2026-01-01).
 const WALL_EPOCH_MS: u64 = 1_767_225_600_000;
 
@@ -186,6 +189,7 @@ fn recover_core(fs: &mut SimFs, layout: &Layout, core: u32, dir: &Path) -> Resul
         machine: machine_config,
         tick: TICK_INTERVAL_DEFAULT,
         log_retain_entries: SIM_LOG_RETAIN_ENTRIES,
+        compress_min_bytes: SIM_COMPRESS_MIN_BYTES,
     };
     let machine = restorer.finish(config, |shard| layout.replicas_of(shard)).map_err(|e| e.to_string())?;
     let core = SimCore { machine, wal, flushing: None, snapshotting: false, drive_scheduled: false };
