@@ -4,6 +4,9 @@
 
 use std::fmt;
 
+/// How many counters a coverage has.
+pub const COUNTERS: usize = 12;
+
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Coverage {
     /// Power losses, and starts from a disk that had been running.
@@ -25,6 +28,8 @@ pub struct Coverage {
     pub read_index_reads: u64,
     /// Operations whose outcome stayed unknown.
     pub unknown_outcomes: u64,
+    /// Keys leaders proposed to evict under memory pressure.
+    pub evictions: u64,
 }
 
 impl Coverage {
@@ -41,6 +46,7 @@ impl Coverage {
             lease_reads,
             read_index_reads,
             unknown_outcomes,
+            evictions,
         } = o;
         self.crashes += crashes;
         self.restarts += restarts;
@@ -53,10 +59,11 @@ impl Coverage {
         self.lease_reads += lease_reads;
         self.read_index_reads += read_index_reads;
         self.unknown_outcomes += unknown_outcomes;
+        self.evictions += evictions;
     }
 
     /// Every counter by name.
-    pub fn named(&self) -> [(&'static str, u64); 11] {
+    pub fn named(&self) -> [(&'static str, u64); COUNTERS] {
         [
             ("crashes", self.crashes),
             ("restarts", self.restarts),
@@ -69,13 +76,14 @@ impl Coverage {
             ("lease_reads", self.lease_reads),
             ("read_index_reads", self.read_index_reads),
             ("unknown_outcomes", self.unknown_outcomes),
+            ("evictions", self.evictions),
         ]
     }
 }
 
 impl Coverage {
     /// The counters in the order of [`Coverage::named`].
-    pub fn from_counts(c: [u64; 11]) -> Coverage {
+    pub fn from_counts(c: [u64; COUNTERS]) -> Coverage {
         Coverage {
             crashes: c[0],
             restarts: c[1],
@@ -88,6 +96,7 @@ impl Coverage {
             lease_reads: c[8],
             read_index_reads: c[9],
             unknown_outcomes: c[10],
+            evictions: c[11],
         }
     }
 }
@@ -105,7 +114,7 @@ mod tests {
 
     #[test]
     fn counts_round_trip_in_order() {
-        let counts: [u64; 11] = std::array::from_fn(|i| i as u64 * 3 + 1);
+        let counts: [u64; COUNTERS] = std::array::from_fn(|i| i as u64 * 3 + 1);
         let c = Coverage::from_counts(counts);
         assert_eq!(c.named().map(|(_, v)| v), counts);
         assert_eq!(c.named()[7], ("leader_changes", 22));

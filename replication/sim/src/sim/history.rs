@@ -74,7 +74,28 @@ pub struct History {
     pub ops: Vec<Op>,
 }
 
+/// The client id evictions are recorded under.
+pub const EVICTOR: usize = usize::MAX - 1;
+
 impl History {
+    /// An eviction proposed for `key` at `now_us`: a delete whose outcome
+    /// is unknown.
+    pub fn record_eviction(&mut self, key: bytes::Bytes, now_us: u64) {
+        let id = self.ops.len() as u64;
+        let result = Some(Result::Unknown { why: "evicted".into() });
+        let op = Op {
+            client: EVICTOR,
+            id,
+            key,
+            kind: OpKind::Delete,
+            invoked_us: now_us,
+            completed_us: None,
+            result,
+            nodes: Vec::new(),
+        };
+        self.ops.push(op);
+    }
+
     pub fn text(&self) -> String {
         let mut out = String::new();
         for op in &self.ops {
@@ -108,11 +129,12 @@ fn describe(op: &Op) -> String {
     };
     let done = op.completed_us.map_or("-".to_string(), |t| t.to_string());
     let nodes: Vec<String> = op.nodes.iter().map(|n| n.to_string()).collect();
+    let client = if op.client == EVICTOR { "evictor".to_string() } else { format!("c{}", op.client) };
     format!(
-        "{:>10} {:>10} c{} #{} {} {} => {} via [{}]",
+        "{:>10} {:>10} {} #{} {} {} => {} via [{}]",
         op.invoked_us,
         done,
-        op.client,
+        client,
         op.id,
         show(&op.key),
         kind,

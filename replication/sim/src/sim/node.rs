@@ -70,6 +70,8 @@ pub struct SimNode {
     pub leader_changes_before_restarts: u64,
     /// The node crashes while its next WAL flush is in flight.
     pub crash_armed: bool,
+    /// Over its memory limit: evicting under this policy.
+    pub evicting: Option<kv_engine::evict::Policy>,
 }
 
 impl SimNode {
@@ -85,6 +87,7 @@ impl SimNode {
             disk_faults: false,
             leader_changes_before_restarts: 0,
             crash_armed: false,
+            evicting: None,
         }
     }
 

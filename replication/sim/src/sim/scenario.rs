@@ -59,6 +59,15 @@ pub enum Fault {
         node: u64,
         on: bool,
     },
+    /// The node is over its memory limit: its leaders evict sampled keys
+    /// through the log (`policy`), its groups keep no applied entries in
+    /// memory, and, with `refuse`, writes that need memory are refused.
+    MemoryPressure {
+        node: u64,
+        policy: kv_engine::evict::Policy,
+        refuse: bool,
+        on: bool,
+    },
 }
 
 /// A kind of fault episode: its name, weight, and how it fills a window.
@@ -73,6 +82,7 @@ pub const EPISODES: &[Episode] = &[
     ("isolate-leader", 4, isolate_leader),
     ("lossy-network", 2, lossy_network),
     ("disk-faults", 1, disk_faults),
+    ("memory-pressure", 2, memory_pressure),
 ];
 
 /// The cluster's shape.
@@ -232,6 +242,17 @@ fn lossy_network(rng: &mut Rng, _shape: &Shape, start: u64, end: u64) -> Vec<(u6
         duplicate: rng.float(0.0, 0.1),
     };
     vec![(start, Fault::Network(lossy)), (end, Fault::Network(NetConditions::calm()))]
+}
+
+fn memory_pressure(rng: &mut Rng, shape: &Shape, start: u64, end: u64) -> Vec<(u64, Fault)> {
+    use kv_engine::evict::Policy;
+    let node = any_node(rng, shape);
+    let policy = *rng.pick(&[Policy::AllKeysLru, Policy::AllKeysLfu, Policy::AllKeysRandom, Policy::VolatileTtl]);
+    let refuse = rng.chance(0.3);
+    vec![
+        (start, Fault::MemoryPressure { node, policy, refuse, on: true }),
+        (end, Fault::MemoryPressure { node, policy, refuse, on: false }),
+    ]
 }
 
 fn disk_faults(rng: &mut Rng, shape: &Shape, start: u64, end: u64) -> Vec<(u64, Fault)> {

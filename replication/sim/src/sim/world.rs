@@ -233,6 +233,9 @@ impl World {
         if self.node(id).incarnation > 0 {
             self.coverage.restarts += 1;
         }
+        if let Some(policy) = self.node(id).evicting {
+            self.memory_pressure(id, policy, false, true);
+        }
         let inc = self.node(id).incarnation;
         let interval = self.node(id).tick_interval_us();
         let phase = self.sched.rng.below(interval);
@@ -416,6 +419,9 @@ impl World {
             }
             self.schedule_drive(node, core);
         }
+        if let Some(policy) = self.node(node).evicting {
+            self.evict(node, policy);
+        }
         self.sched.after(EXPIRY_CYCLE_US, Event::Background { node, inc, cycle: cycle + 1 });
     }
 
@@ -463,6 +469,40 @@ impl World {
             Fault::Heal => self.net.heal(),
             Fault::Network(conditions) => self.net.conditions = conditions,
             Fault::DiskFaults { node, on } => self.node(node).disk_faults = on,
+            Fault::MemoryPressure { node, policy, refuse, on } => self.memory_pressure(node, policy, refuse, on),
+        }
+    }
+
+    /// Memory pressure on `node` starts or ends (see `Fault::MemoryPressure`).
+    fn memory_pressure(&mut self, node: u64, policy: kv_engine::evict::Policy, refuse: bool, on: bool) {
+        let n = self.node(node);
+        n.evicting = on.then_some(policy);
+        let tracking = if on { policy.tracking() } else { kv_engine::evict::Tracking::None };
+        for core in &mut n.cores {
+            core.machine.set_tracking(tracking);
+            core.machine.set_memory_pressure(on);
+            core.machine.set_out_of_memory(on && refuse);
+        }
+    }
+
+    /// The node's leaders propose evictions, as `memory_cycle` does; each
+    /// evicted key is in the history as a delete whose outcome is unknown
+    /// (an eviction may apply, or be lost with its leader).
+    fn evict(&mut self, node: u64, policy: kv_engine::evict::Policy) {
+        let now = self.node_now(node);
+        for core in 0..self.node(node).cores.len() {
+            let victims = self.node(node).cores[core].machine.eviction_victims(policy, 2, now);
+            for (shard, keys) in victims {
+                let evict = kv_engine::Command::Evict { keys: keys.clone() };
+                let machine = &mut self.node(node).cores[core].machine;
+                if machine.propose(shard, &evict, (usize::MAX, 0), now).is_ok() {
+                    self.coverage.evictions += keys.len() as u64;
+                    for key in keys {
+                        self.history.record_eviction(key, self.sched.now);
+                    }
+                }
+            }
+            self.schedule_drive(node, core as u32);
         }
     }
 
@@ -509,6 +549,7 @@ impl World {
         self.net.conditions = NetConditions::calm();
         for id in 1..=self.nodes.len() as u64 {
             self.node(id).disk_faults = false;
+            self.memory_pressure(id, kv_engine::evict::Policy::NoEviction, false, false);
             self.resume(id);
             if self.node(id).state == NodeState::Down {
                 self.start_node(id);

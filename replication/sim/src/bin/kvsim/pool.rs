@@ -126,8 +126,8 @@ fn panic_of(stderr: &str) -> String {
 fn parse_done(seed: u64, rest: &str, why: Option<String>) -> Outcome {
     let fields: Vec<&str> = rest.split(' ').collect();
     let ops = fields.first().and_then(|f| f.parse().ok()).unwrap_or(0);
-    let mut counts = [0u64; 11];
-    for (i, v) in fields.get(1).unwrap_or(&"").split(',').enumerate().take(11) {
+    let mut counts = [0u64; sim::coverage::COUNTERS];
+    for (i, v) in fields.get(1).unwrap_or(&"").split(',').enumerate().take(sim::coverage::COUNTERS) {
         counts[i] = v.parse().unwrap_or(0);
     }
     let failed = fields.get(2) == Some(&"1");
