@@ -37,6 +37,12 @@ const INTEGER_TEXT_BYTES_MAX: usize = 20;
 /// Longest text INCRBYFLOAT accepts as a number.
 const FLOAT_TEXT_BYTES_MAX: usize = 5 * 1024;
 
+thread_local! {
+    /// Fixed hash keys for the maps a simulation creates (see
+    /// `ShardMap::set_thread_hash_seed`).
+    static HASH_SEED: Cell<Option<u64>> = const { Cell::new(None) };
+}
+
 /// The in-memory map of one shard.
 #[derive(Debug, Default)]
 pub struct ShardMap {
@@ -59,7 +65,20 @@ pub struct ShardMap {
 
 impl ShardMap {
     pub fn new() -> ShardMap {
-        ShardMap::default()
+        let hasher = match HASH_SEED.with(Cell::get) {
+            // A deterministic simulation: the same layout, so the same
+            // sampled eviction victims, in every run of a seed.
+            Some(seed) => ahash::RandomState::with_seeds(seed, seed ^ 1, seed ^ 2, seed ^ 3),
+            None => ahash::RandomState::new(),
+        };
+        ShardMap { entries: HashMap::with_hasher(hasher), ..ShardMap::default() }
+    }
+
+    /// Makes the maps this thread creates from now on hash with fixed keys
+    /// (`None`: random keys, as a server's must be against hash flooding).
+    /// For deterministic simulation only.
+    pub fn set_thread_hash_seed(seed: Option<u64>) {
+        HASH_SEED.with(|s| s.set(seed));
     }
 
     /// The entry as stored, expired or not.
@@ -427,7 +446,7 @@ impl ShardMap {
 
     fn clear(&mut self) -> Outcome {
         let removed = self.entries.len();
-        self.entries = HashMap::default();
+        self.entries = HashMap::with_hasher(self.entries.hasher().clone());
         self.expiries.clear();
         self.data_bytes = 0;
         Outcome::Integer(removed as i64)

@@ -111,6 +111,7 @@ impl World {
             .collect();
         let rng = Rng::new(scenario.seed ^ 0x005e_ed0f_5111);
         raft::election_rng::seed(scenario.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        kv_engine::ShardMap::set_thread_hash_seed(Some(scenario.seed));
         let clients = Clients::new(&scenario);
         World {
             sched: Sched { now: 0, queue: BTreeMap::new(), seq: 0, rng },
