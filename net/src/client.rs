@@ -48,6 +48,24 @@ pub enum WriteResult {
     },
 }
 
+/// A shard copy the server holds for this client (BACKUP_BEGIN's answer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackupBegun {
+    /// What BACKUP_READ and BACKUP_END name it by.
+    pub id: u64,
+    /// The Raft index and term the copy is as of.
+    pub index: u64,
+    pub term: u64,
+    /// Bytes of the copy (a snapshot file, `kv_engine::snapshot`).
+    pub total: u64,
+    /// Entries in it.
+    pub keys: u64,
+}
+
+/// Largest piece asked for in one BACKUP_READ (less when the server's frame
+/// limit is lower).
+pub const BACKUP_PIECE_BYTES_MAX: usize = 8 << 20;
+
 pub struct Client {
     stream: TcpStream,
     welcome: Welcome,
@@ -208,6 +226,66 @@ impl Client {
             Response::Status(json) => Ok(json),
             other => Err(unexpected(other)),
         }
+    }
+
+    /// Has the leader of `shard` (which must be the node this client is
+    /// connected to) copy it and hold the copy for [`Client::backup_read`].
+    /// NOT_LEADER comes back as a server error from any other node.
+    pub fn backup_begin(&mut self, shard: u32) -> Result<BackupBegun, ClientError> {
+        match self.call(&Request::BackupBegin { shard })? {
+            Response::BackupBegun { id, index, term, total, keys } => Ok(BackupBegun { id, index, term, total, keys }),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Up to `max_len` bytes of held copy `id` from `offset` on (clamped to
+    /// the server's frame limit); `None` if the server no longer holds it.
+    pub fn backup_read(&mut self, id: u64, offset: u64, max_len: u32) -> Result<Option<Bytes>, ClientError> {
+        match self.call(&Request::BackupRead { id, offset, max_len })? {
+            Response::BackupChunk(bytes) => Ok(Some(bytes)),
+            Response::NotFound => Ok(None),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Drops held copy `id`; whether the server still held it.
+    pub fn backup_end(&mut self, id: u64) -> Result<bool, ClientError> {
+        match self.call(&Request::BackupEnd { id })? {
+            Response::Pong => Ok(true),
+            Response::NotFound => Ok(false),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// A whole copy of `shard` from its leader (this client's node):
+    /// BACKUP_BEGIN, BACKUP_READ in pieces that fit the frame limit, then
+    /// BACKUP_END. The bytes are those of a snapshot file; the caller
+    /// verifies them (`kv_engine::snapshot::decode`).
+    pub fn backup_shard(&mut self, shard: u32) -> Result<(BackupBegun, Vec<u8>), ClientError> {
+        let begun = self.backup_begin(shard)?;
+        let piece = (self.welcome.frame_bytes_max as usize)
+            .saturating_sub(codec::FRAME_HEADER_BYTES)
+            .clamp(1, BACKUP_PIECE_BYTES_MAX) as u32;
+        let mut bytes = Vec::with_capacity(begun.total.min(1 << 30) as usize);
+        while (bytes.len() as u64) < begun.total {
+            match self.backup_read(begun.id, bytes.len() as u64, piece)? {
+                Some(got) if !got.is_empty() => bytes.extend_from_slice(&got),
+                Some(_) => {
+                    return Err(ClientError::Protocol(format!(
+                        "backup of shard {shard} ended at {} of {} bytes",
+                        bytes.len(),
+                        begun.total
+                    )))
+                }
+                None => {
+                    return Err(ClientError::Protocol(format!(
+                        "the server dropped the backup of shard {shard} while it was read"
+                    )))
+                }
+            }
+        }
+        self.backup_end(begun.id)?;
+        Ok((begun, bytes))
     }
 
     /// Writes under `condition`; returns the new version or why not.

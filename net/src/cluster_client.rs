@@ -160,7 +160,8 @@ impl ClusterClient {
     }
 }
 
-fn parse_topology(json: &str) -> Result<Topology, ClientError> {
+/// The topology in a STATUS document (docs/protocol.md §6).
+pub fn parse_topology(json: &str) -> Result<Topology, ClientError> {
     let bad = |what: &str| ClientError::Protocol(format!("malformed STATUS: {what}"));
     let v: serde_json::Value = serde_json::from_str(json).map_err(|_| bad("not JSON"))?;
     let shards = v["shards"].as_u64().ok_or_else(|| bad("no shards"))? as u32;

@@ -14,12 +14,14 @@
 //! - [`peer`]: the authenticated node-to-node transport (Raft messages,
 //!   forwarded requests); [`route`]: serving or forwarding to the leader.
 //! - [`client`]: the blocking Rust client `kvctl` uses.
+//! - [`backup`]: shard copies held for clients reading a backup.
 //! - [`limits`]: request limits enforced at the edge; [`memory`]: the
 //!   node's memory limit, measured from the allocator, and eviction.
 //!
 //! Architecture Invariant: connections are served on the core that accepted
 //! them; only requests and replies cross cores, over bounded channels.
 
+pub mod backup;
 pub mod client;
 pub mod cluster_client;
 pub mod http;

@@ -35,6 +35,17 @@ pub enum Op {
         count: u32,
         consistency: Consistency,
     },
+    /// A consistent copy of the shard for a backup, from its leader on this
+    /// node only: never forwarded to another node (see `route::execute`).
+    Backup,
+}
+
+impl Op {
+    /// Whether the op may be forwarded to another node (a backup's copy is
+    /// read from the node that made it; see `route::execute`).
+    pub fn forwardable(&self) -> bool {
+        !matches!(self, Op::Backup)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -43,6 +54,31 @@ pub enum Reply {
     Outcome(Outcome),
     Status(String),
     Keys(ScanPage),
+    Backup(BackupCopy),
+}
+
+/// A shard's copy for a backup (see `kv_replication::Core::backup`): the
+/// bytes of a snapshot file as of `index`.
+#[derive(Clone)]
+pub struct BackupCopy {
+    pub shard: u32,
+    pub index: u64,
+    pub term: u64,
+    /// Entries in the copy.
+    pub keys: u64,
+    pub bytes: Bytes,
+}
+
+impl std::fmt::Debug for BackupCopy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackupCopy")
+            .field("shard", &self.shard)
+            .field("index", &self.index)
+            .field("term", &self.term)
+            .field("keys", &self.keys)
+            .field("bytes", &self.bytes.len())
+            .finish()
+    }
 }
 
 pub struct CrossRequest {

@@ -44,6 +44,9 @@ const EXPIRY_CYCLE_INTERVAL: Duration = Duration::from_millis(100);
 const REAP_KEYS_PER_COMMAND_MAX: usize = 256;
 /// Longest wait for one reap command to commit; a later cycle tries again.
 const REAP_TIMEOUT: Duration = Duration::from_secs(5);
+/// What request handling asks of glommio's scheduler: a queue with work
+/// runs within this of becoming runnable.
+const REQUEST_LATENCY: Duration = Duration::from_millis(1);
 /// How long a stopping node tries to hand its leaderships over.
 const LEADERSHIP_TRANSFER_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -111,6 +114,8 @@ pub struct CoreSetup {
     pub peer: Option<(PeerConfig, TcpListener)>,
     /// The node's memory limit (shared by every core).
     pub memory: Arc<crate::memory::Memory>,
+    /// glommio shares of the request and the background task queues.
+    pub shares: (usize, usize),
 }
 
 /// Runs one core. Returns an error message if it could not start or stop
@@ -139,7 +144,22 @@ async fn run(setup: CoreSetup) -> Result<(), String> {
         signals,
         peer,
         memory,
+        shares,
     } = setup;
+    // Requests (connections, peers) and background work (snapshots,
+    // expiry, eviction, metrics) in task queues of their own: when both
+    // have work, the core divides its time by their shares.
+    let requests = glommio::executor().create_task_queue(
+        glommio::Shares::Static(shares.0),
+        glommio::Latency::Matters(REQUEST_LATENCY),
+        "requests",
+    );
+    let background = glommio::executor().create_task_queue(
+        glommio::Shares::Static(shares.1),
+        glommio::Latency::NotImportant,
+        "background",
+    );
+
     let core_index = config.core;
     metrics::bind_thread_to_slot(core_index as usize);
     let layout = config.layout.clone();
@@ -153,6 +173,7 @@ async fn run(setup: CoreSetup) -> Result<(), String> {
         None => Box::new(NoPeers),
     };
     let core = Core::open(config, transport).await.map_err(|e| format!("core {core_index}: {e}"))?;
+    core.set_background_queue(background);
     if let Some(p) = &peers {
         let core = core.clone();
         p.on_snapshot_sent(Box::new(move |group, to, sent| core.report_snapshot(group, to, sent)));
@@ -173,26 +194,26 @@ async fn run(setup: CoreSetup) -> Result<(), String> {
         metrics,
         memory,
     });
-    let refresher = glommio::spawn_local(metrics::core::refresh_loop(svc.clone(), core_metrics));
+    let refresher = into(background, metrics::core::refresh_loop(svc.clone(), core_metrics));
     let peer_acceptor = match (peer_listener, &peers) {
         (Some(l), Some(p)) => {
             // SAFETY: the fd comes from a listening socket this function owns.
             let l = unsafe { glommio::net::TcpListener::from_raw_fd(l.into_raw_fd()) };
-            Some(glommio::spawn_local(peer::accept_loop(l, p.clone(), svc.clone())))
+            Some(into(requests, peer::accept_loop(l, p.clone(), svc.clone())))
         }
         _ => None,
     };
     core.wait_ready(READY_TIMEOUT).await.map_err(|e| format!("core {core_index}: {e}"))?;
     // SAFETY: the fd comes from a listening socket this function owns.
     let native = unsafe { glommio::net::TcpListener::from_raw_fd(native_listener.into_raw_fd()) };
-    let acceptor = glommio::spawn_local(listener::accept_loop(native, svc.clone(), native::server::serve));
+    let acceptor = into(requests, listener::accept_loop(native, svc.clone(), native::server::serve));
     resp::stats::started();
     // SAFETY: as above.
     let resp_listener = unsafe { glommio::net::TcpListener::from_raw_fd(resp_listener.into_raw_fd()) };
-    let resp_acceptor = glommio::spawn_local(listener::accept_loop(resp_listener, svc.clone(), resp::server::serve));
+    let resp_acceptor = into(requests, listener::accept_loop(resp_listener, svc.clone(), resp::server::serve));
     // SAFETY: the fd comes from a listening socket this function owns.
     let http_listener = unsafe { glommio::net::TcpListener::from_raw_fd(http_listener.into_raw_fd()) };
-    let http_acceptor = glommio::spawn_local(listener::accept_loop(http_listener, svc.clone(), http::serve));
+    let http_acceptor = into(requests, listener::accept_loop(http_listener, svc.clone(), http::serve));
     let shards: Vec<u32> = layout.shards_of_core(core_index).collect();
     let publish = || {
         if let Some(mine) = signals.cores.get(core_index as usize) {
@@ -205,15 +226,11 @@ async fn run(setup: CoreSetup) -> Result<(), String> {
     publish();
     signals.ready.fetch_add(1, Ordering::SeqCst);
     // Dropped (so cancelled) when the core stops.
-    let _expiry = glommio::spawn_local(expiry_cycle(core.clone()));
+    let _expiry = into(background, expiry_cycle(core.clone()));
     let stop = signals.clone();
     let stopped = move || stop.stop.load(Ordering::SeqCst);
-    let _memory = glommio::spawn_local(crate::memory::memory_cycle(
-        core.clone(),
-        core_index as usize,
-        svc.memory.clone(),
-        stopped,
-    ));
+    let _memory =
+        into(background, crate::memory::memory_cycle(core.clone(), core_index as usize, svc.memory.clone(), stopped));
 
     let mut next_rebalance = Instant::now() + REBALANCE_INTERVAL;
     while !signals.stop.load(Ordering::SeqCst) {
@@ -273,6 +290,14 @@ async fn expiry_cycle(core: Core) {
             }
         }
     }
+}
+
+/// Spawns `work` into one of the core's task queues.
+fn into<T: 'static>(
+    queue: glommio::TaskQueueHandle,
+    work: impl std::future::Future<Output = T> + 'static,
+) -> glommio::Task<T> {
+    glommio::spawn_local_into(work, queue).expect("the core's task queues exist")
 }
 
 /// Polls `done` until it holds or [`STOP_STEP_TIMEOUT`] passes.

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use kv_replication::{Core, CoreError, Layout};
 
-use crate::mesh::{Op, Reply};
+use crate::mesh::{BackupCopy, Op, Reply};
 use crate::peer::Peers;
 
 /// Forwards a request may take (a node without the shard → a replica →
@@ -96,6 +96,9 @@ pub async fn execute(owner: &Owner, shard: u32, op: Op, hops: u8) -> Result<Repl
     if let Op::Status = op {
         return Ok(Reply::Status(owner.status().to_string()));
     }
+    if let Op::Backup = op {
+        return backup(owner, shard).await;
+    }
     if !owner.layout.hosts(shard) {
         return forward_to_replicas(owner, shard, op, hops).await;
     }
@@ -107,7 +110,7 @@ pub async fn execute(owner: &Owner, shard: u32, op: Op, hops: u8) -> Result<Repl
             Op::Scan { cursor, count, consistency } => {
                 owner.core.scan(shard, *cursor, *count as usize, *consistency).map(Reply::Keys)
             }
-            Op::Status => unreachable!("answered above"),
+            Op::Status | Op::Backup => unreachable!("answered above"),
         };
         let leader = match local {
             Err(CoreError::NotLeader { leader }) => leader,
@@ -146,6 +149,21 @@ pub async fn execute(owner: &Owner, shard: u32, op: Op, hops: u8) -> Result<Repl
             _ => return Err(CoreError::Unavailable(format!("shard {shard} has no leader"))),
         }
     }
+}
+
+/// A backup's copy of `shard`, made here if this node leads it (confirmed
+/// with a quorum: see `Core::backup`), else `NotLeader` naming the leader
+/// this node knows of. Never forwarded: the copy may be far larger than a
+/// peer frame, and the client reads it in pieces from the node that made
+/// it, so a client asks the leader itself (from STATUS; docs/protocol.md,
+/// BACKUP_BEGIN).
+async fn backup(owner: &Owner, shard: u32) -> Result<Reply, CoreError> {
+    if !owner.layout.hosts(shard) {
+        return Err(CoreError::NotLeader { leader: None });
+    }
+    let b = owner.core.backup(shard).await?;
+    let copy = BackupCopy { shard, index: b.index, term: b.term, keys: b.keys, bytes: b.bytes.into() };
+    Ok(Reply::Backup(copy))
 }
 
 async fn forward_to_replicas(owner: &Owner, shard: u32, op: Op, hops: u8) -> Result<Reply, CoreError> {

@@ -36,7 +36,7 @@ use std::time::Duration;
 
 use kv_engine::wal::FsyncPolicy;
 
-pub use crate::core::{now, Core, FlushObserver};
+pub use crate::core::{now, Core, FlushObserver, ShardBackup};
 pub use crate::group::LOG_RETAIN_ENTRIES_DEFAULT;
 pub use crate::layout::Layout;
 pub use crate::restore::StartError;
@@ -65,6 +65,18 @@ pub const LEASE_TICKS: usize = ELECTION_TICKS - 2;
 const _: () = assert!(ELECTION_TICKS > 2 * HEARTBEAT_TICKS);
 // A lease outlives the renewal interval, or it would lapse between rounds.
 const _: () = assert!(LEASE_TICKS > HEARTBEAT_TICKS);
+
+/// The encoded membership (`raft::eraftpb::ConfState`, protobuf) of a
+/// group whose voters are `voters`, as snapshots carry it: what a restore
+/// writes into the snapshots of a new data directory.
+pub fn conf_state_of_voters(voters: &[u64]) -> bytes::Bytes {
+    records::conf_state_bytes(&raft::eraftpb::ConfState { voters: voters.to_vec(), ..Default::default() })
+}
+
+/// The voters of an encoded membership (see [`conf_state_of_voters`]).
+pub fn voters_of_conf_state(data: &[u8]) -> Result<Vec<u64>, String> {
+    records::conf_state_from_bytes(data).map(|cs| cs.voters)
+}
 
 /// How a core keeps its data.
 #[derive(Debug, Clone)]

@@ -179,3 +179,61 @@ fn in_memory_mode_keeps_no_files() {
         core.shutdown().await.unwrap();
     });
 }
+
+#[test]
+fn a_backup_copy_holds_every_acknowledged_write_and_seeds_a_new_node() {
+    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (s, d) = (src.path().to_path_buf(), dst.path().to_path_buf());
+    // Each shard's copy, with the versions its keys were written at.
+    let copies = run(move || async move {
+        let core = open(Some(&s), u64::MAX).await;
+        let mut versions = std::collections::BTreeMap::new();
+        for i in 0..60 {
+            let key = format!("key-{i}");
+            match core.write(shard(&core, &key), put(&key, &format!("v{i}"))).await.unwrap() {
+                Outcome::Written { version } => versions.insert(key, version),
+                other => panic!("{other:?}"),
+            };
+        }
+        let shards = core.config().layout.shards;
+        assert!(matches!(core.backup(shards).await, Err(kv_replication::CoreError::WrongCore(_))));
+        let mut copies = Vec::new();
+        for s in 0..shards {
+            let b = core.backup(s).await.expect("the sole voter leads");
+            let status = core.group_status().into_iter().find(|g| g.shard == s).unwrap();
+            assert!(b.index <= status.applied && b.index > 0, "as of an applied index");
+            copies.push(b);
+        }
+        core.shutdown().await.unwrap();
+        (copies, versions)
+    });
+    let (copies, versions) = copies;
+    let layout = Layout::new(1, 1, 4);
+    let mut keys = 0;
+    for b in &copies {
+        let (mut meta, entries) = kv_engine::snapshot::decode(&b.bytes, Path::new("backup")).expect("a valid snapshot");
+        assert_eq!((meta.group, meta.index, meta.term, entries.len() as u64), (b.shard, b.index, b.term, b.keys));
+        assert_eq!(kv_replication::voters_of_conf_state(&meta.conf_state).unwrap(), vec![1]);
+        for (key, stored) in &entries {
+            assert_eq!(Some(&stored.version), versions.get(std::str::from_utf8(key).unwrap()));
+        }
+        keys += entries.len();
+        // What `kvd restore` writes: the snapshot, members of the new layout.
+        meta.conf_state = kv_replication::conf_state_of_voters(&layout.replicas_of(b.shard));
+        let snap_dir = dst.path().join("core-0/snap");
+        std::fs::create_dir_all(&snap_dir).unwrap();
+        let bytes = kv_engine::snapshot::encode_blocking(&meta, &entries);
+        std::fs::write(snap_dir.join(kv_engine::snapshot::file_name(meta.group, meta.index)), bytes).unwrap();
+    }
+    assert_eq!(keys, versions.len());
+    run(move || async move {
+        let core = open(Some(&d), u64::MAX).await;
+        for (key, version) in &versions {
+            let stored = core.read(shard(&core, key), key.as_bytes(), Consistency::Strict).await.unwrap();
+            assert_eq!(stored.map(|s| s.version), Some(*version), "{key}");
+        }
+        let out = core.write(shard(&core, "new"), put("new", "1")).await.unwrap();
+        assert!(matches!(out, Outcome::Written { .. }));
+        core.shutdown().await.unwrap();
+    });
+}

@@ -199,6 +199,17 @@ impl Cluster {
         self.running.insert(id, kvd);
     }
 
+    /// Node `id`'s data directory.
+    pub fn data_dir(&self, id: u64) -> PathBuf {
+        self.nodes[&id].data.clone()
+    }
+
+    /// The value of flag `name` in node `id`'s command line, if given.
+    pub fn flag(&self, id: u64, name: &str) -> Option<String> {
+        let args = &self.nodes[&id].args;
+        args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned()
+    }
+
     /// Node `id`'s own peer listener (not through a proxy).
     pub fn peer_addr(&self, id: u64) -> SocketAddr {
         self.nodes[&id].peer_addr

@@ -136,6 +136,47 @@ fn config_precedence_is_flags_then_env_then_file_then_defaults() {
     // The config file can also come from the environment.
     let via_env = harness::run_kvd(&["--print-config"], &[("KVD_CONFIG", cfg)]);
     assert_eq!(listen_of(&via_env), "127.0.0.3:1003");
+    // A profile lies under the file; every line says where it came from.
+    let profile = dir.path().join("p.toml");
+    std::fs::write(&profile, "fsync = \"interval:5\"\nio_ring_depth = 64\n").unwrap();
+    let out = harness::run_kvd(&["--config", cfg, "--profile", path_str(&profile), "--print-config"], &env);
+    let text = stdout(&out);
+    let line = |key: &str| text.lines().find(|l| l.starts_with(&format!("{key} = "))).unwrap_or_default().to_string();
+    assert!(line("io_ring_depth").ends_with(&format!("# profile {}", path_str(&profile))), "{text}");
+    assert!(line("fsync").contains("\"never\"") && line("fsync").ends_with(&format!("# config file {cfg}")), "{text}");
+    assert!(line("listen").ends_with("# environment") && line("data_dir").ends_with("# default"), "{text}");
+}
+
+#[test]
+fn a_bad_profile_stops_kvd_naming_the_file_and_the_key() {
+    let dir = data_dir();
+    let profile = dir.path().join("bad.toml");
+    for (text, needle) in [
+        ("listen = \"0.0.0.0:1\"\n", "`listen` is not a tuning setting"),
+        ("io_ring_deep = 64\n", "unknown key `io_ring_deep`"),
+        ("preempt_timer_us = 5\n", "preempt_timer_us: 5 is not between"),
+    ] {
+        std::fs::write(&profile, text).unwrap();
+        let out = harness::run_kvd(&["--profile", path_str(&profile), "--print-config"], &[]);
+        assert_eq!(out.status.code(), Some(2), "{text}");
+        let err = stderr(&out);
+        assert!(err.contains(path_str(&profile)) && err.contains(needle), "{text}: {err}");
+    }
+}
+
+#[test]
+fn kvd_serves_under_every_shipped_profile() {
+    let tuning = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tuning");
+    for name in ["small-vm", "latency", "throughput"] {
+        let dir = data_dir();
+        let profile = tuning.join(format!("{name}.toml"));
+        // One core, and an unpinned run too: the profile's other keys hold.
+        let kvd = Kvd::start(dir.path(), &["--profile", path_str(&profile), "--cores", "0", "--placement", "unpinned"]);
+        let out = harness::kvctl(&kvd.endpoint(), &["put", "k", name], b"");
+        assert!(out.status.success(), "{name}: {}", stderr(&out));
+        assert_eq!(stdout(&harness::kvctl(&kvd.endpoint(), &["get", "k"], b"")).trim(), name);
+        assert!(kvd.stop().success(), "{name}: a clean stop");
+    }
 }
 
 /// With `--requirepass-file`, native clients must AUTH first; a wrong

@@ -3,6 +3,7 @@
 //! Every process a test starts is stopped by PID (see `harness::Kvd`), every
 //! wait is bounded, and randomised tests print their seed.
 
+mod backup;
 mod bad_input;
 mod cluster;
 mod compression;

@@ -1,17 +1,22 @@
 //! `kvctl`: the command-line client. One command per invocation, errors on
 //! stderr, and an exit code per kind of outcome (see `EXIT_CODES`).
 
+use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::io::{IsTerminal, Read, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use clap::{Parser, Subcommand, ValueEnum};
+use kv_cli::backup;
+use kv_engine::snapshot;
 use kv_engine::Condition;
-use kv_net::client::{Client, ClientError, WriteResult};
+use kv_net::client::{BackupBegun, Client, ClientError, WriteResult};
+use kv_net::cluster_client::{parse_topology, Topology};
+use kv_net::native::codec::Status;
 use kv_replication::Consistency;
 use serde_json::json;
 
@@ -21,7 +26,8 @@ const EXIT_CODES: &str = "Exit codes:
   2  usage error (bad flags or arguments)
   3  server error (the server refused or failed the request)
   4  connection failure (no endpoint reachable, or the connection broke)
-  5  condition failed (key exists for put --if-absent; version mismatch for cas/delete --version)";
+  5  condition failed (key exists for put --if-absent; version mismatch for cas/delete --version)
+snapshot save: 2 also when FILE cannot be written; 3 when a shard's leader was not found within 30 s";
 
 const EXIT_NOT_FOUND: u8 = 1;
 const EXIT_USAGE: u8 = 2;
@@ -112,6 +118,18 @@ enum Command {
         #[command(subcommand)]
         command: ClusterCommand,
     },
+    /// Backups (restore one with `kvd restore FILE --data-dir DIR`).
+    Snapshot {
+        #[command(subcommand)]
+        command: SnapshotCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum SnapshotCommand {
+    /// Save a consistent point-in-time copy of every shard, each taken on
+    /// its leader, into one file (written to FILE.tmp, fsynced, renamed).
+    Save { file: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -185,15 +203,14 @@ fn run(cli: Cli) -> Result<(), Failure> {
         }
         _ => None,
     };
+    let password = read_password(&cli)?;
+    if let Command::Snapshot { command: SnapshotCommand::Save { file } } = &cli.command {
+        return snapshot_save(&cli.endpoints, timeout, password, file, cli.output);
+    }
     let started = Instant::now();
     let mut client = Client::connect(&cli.endpoints, timeout)?;
-    if let Some(path) = &cli.password_file {
-        let mut password = std::fs::read(path)
-            .map_err(|e| fail(EXIT_USAGE, format!("cannot read the password file {}: {e}", path.display())))?;
-        if password.ends_with(b"\n") {
-            password.pop();
-        }
-        client.authenticate(&password)?;
+    if let Some(password) = &password {
+        client.authenticate(password)?;
     }
     let out = cli.output;
     match cli.command {
@@ -212,6 +229,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             }
             Ok(())
         }
+        Command::Snapshot { .. } => unreachable!("handled above"),
         Command::Get { key, consistency } => {
             let key = key.as_bytes();
             match client.get_with(key, consistency.into())? {
@@ -255,6 +273,189 @@ fn run(cli: Cli) -> Result<(), Failure> {
             }
         }
     }
+}
+
+/// The password from `--password-file`, without a final newline.
+fn read_password(cli: &Cli) -> Result<Option<Vec<u8>>, Failure> {
+    let Some(path) = &cli.password_file else { return Ok(None) };
+    let mut password = std::fs::read(path)
+        .map_err(|e| fail(EXIT_USAGE, format!("cannot read the password file {}: {e}", path.display())))?;
+    if password.ends_with(b"\n") {
+        password.pop();
+    }
+    Ok(Some(password))
+}
+
+/// How long `snapshot save` keeps looking for a shard's leader (through
+/// elections and unreachable nodes) before it gives up.
+const BACKUP_LEADER_WAIT: Duration = Duration::from_secs(30);
+/// The least time `snapshot save` waits for an answer: a leader copies and
+/// encodes a whole shard before it answers BACKUP_BEGIN.
+const BACKUP_ANSWER_TIMEOUT_MIN: Duration = Duration::from_secs(60);
+
+/// Connections to the nodes, and the topology (who leads which shard) as
+/// the last STATUS told it.
+struct Fetcher {
+    seeds: Vec<String>,
+    timeout: Duration,
+    password: Option<Vec<u8>>,
+    clients: BTreeMap<String, Client>,
+    topology: Topology,
+}
+
+impl Fetcher {
+    fn client(&mut self, endpoint: &str) -> Result<&mut Client, ClientError> {
+        if !self.clients.contains_key(endpoint) {
+            let mut c = Client::connect(&[endpoint.to_string()], self.timeout)?;
+            if let Some(p) = &self.password {
+                c.authenticate(p)?;
+            }
+            c.set_timeout(Some(self.timeout.max(BACKUP_ANSWER_TIMEOUT_MIN)))?;
+            self.clients.insert(endpoint.to_string(), c);
+        }
+        Ok(self.clients.get_mut(endpoint).expect("inserted above"))
+    }
+
+    /// Every endpoint known: the seeds, then the nodes STATUS named.
+    fn endpoints(&self) -> Vec<String> {
+        let mut all = self.seeds.clone();
+        for e in self.topology.endpoints.values() {
+            if !all.contains(e) {
+                all.push(e.clone());
+            }
+        }
+        all
+    }
+
+    /// STATUS from the first node that answers; the topology is kept.
+    fn refresh(&mut self) -> Result<(serde_json::Value, u32), ClientError> {
+        let mut last = None;
+        for endpoint in self.endpoints() {
+            let answered = self.client(&endpoint).and_then(|c| Ok((c.status()?, c.welcome().cores)));
+            match answered {
+                Ok((json, cores)) => {
+                    self.topology = parse_topology(&json)?;
+                    let status = serde_json::from_str(&json)
+                        .map_err(|e| ClientError::Protocol(format!("malformed STATUS: {e}")))?;
+                    return Ok((status, cores));
+                }
+                Err(e) => {
+                    self.clients.remove(&endpoint);
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| ClientError::Protocol("no endpoints".into())))
+    }
+
+    /// A whole copy of `shard` from its leader, and the endpoint that sent
+    /// it. Asks the leader STATUS names; when that is not (or no longer)
+    /// the leader, or cannot be reached, re-reads STATUS and asks again,
+    /// trying the other nodes in turn, for up to [`BACKUP_LEADER_WAIT`].
+    fn shard(&mut self, shard: u32) -> Result<(BackupBegun, Vec<u8>, String), ClientError> {
+        let deadline = Instant::now() + BACKUP_LEADER_WAIT;
+        let mut attempt = 0usize;
+        loop {
+            let leader = self.topology.leaders.get(shard as usize).copied().flatten();
+            let leader_endpoint = leader.and_then(|l| self.topology.endpoints.get(&l).cloned());
+            let others = self.endpoints();
+            let endpoint = match leader_endpoint {
+                Some(e) if attempt & 1 == 0 => e,
+                _ => others[(attempt / 2) % others.len()].clone(),
+            };
+            attempt += 1;
+            let result = self.client(&endpoint).and_then(|c| c.backup_shard(shard));
+            let retry = match &result {
+                Ok(_) => false,
+                Err(ClientError::Server { status, .. }) => {
+                    matches!(status, Status::NotLeader | Status::Unavailable | Status::Retry | Status::ShuttingDown)
+                }
+                Err(ClientError::Connect { .. } | ClientError::Io(_) | ClientError::Protocol(_)) => {
+                    self.clients.remove(&endpoint);
+                    true
+                }
+            };
+            match result {
+                Ok((begun, bytes)) => return Ok((begun, bytes, endpoint)),
+                Err(e) if !retry || Instant::now() >= deadline => {
+                    return Err(match e {
+                        ClientError::Server { status, message } => ClientError::Server {
+                            status,
+                            message: format!("shard {shard} (asked {endpoint}): {message}"),
+                        },
+                        other => other,
+                    })
+                }
+                Err(_) => {
+                    std::thread::sleep(Duration::from_millis(100));
+                    let _ = self.refresh();
+                }
+            }
+        }
+    }
+}
+
+/// `kvctl snapshot save FILE`: every shard's copy from its leader, checked
+/// (`snapshot::decode`) and written to one backup file
+/// (`kv_cli::backup`). Each shard is a point in time of its own; the
+/// shards are not copied at one instant.
+fn snapshot_save(
+    seeds: &[String],
+    timeout: Duration,
+    password: Option<Vec<u8>>,
+    file: &Path,
+    out: Output,
+) -> Result<(), Failure> {
+    let mut fetcher =
+        Fetcher { seeds: seeds.to_vec(), timeout, password, clients: BTreeMap::new(), topology: Topology::default() };
+    let (status, cores) = fetcher.refresh()?;
+    let number = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
+    let header = backup::Header {
+        shards: fetcher.topology.shards,
+        slots: kv_engine::slot::SLOT_COUNT as u32,
+        nodes: status["nodes"].as_array().map_or(1, |n| n.len() as u32),
+        replicas: number(&status["replicas"]) as u32,
+        cores,
+        node_id: number(&status["node"]),
+        created_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
+    };
+    if header.shards == 0 {
+        return Err(fail(EXIT_SERVER, "the server's STATUS names no shards"));
+    }
+    let cannot_write = |e: std::io::Error| fail(EXIT_USAGE, format!("cannot write {}: {e}", file.display()));
+    let mut writer = backup::Writer::create(file, &header).map_err(cannot_write)?;
+    let mut keys = 0u64;
+    for shard in 0..header.shards {
+        let (begun, bytes, endpoint) = fetcher.shard(shard)?;
+        let origin = PathBuf::from(format!("shard {shard} from {endpoint}"));
+        let (meta, entries) = snapshot::decode(&bytes, &origin).map_err(|e| fail(EXIT_SERVER, e.to_string()))?;
+        if (meta.group, meta.index, meta.term) != (shard, begun.index, begun.term) {
+            return Err(fail(
+                EXIT_SERVER,
+                format!(
+                    "{endpoint} sent shard {} at index {} for shard {shard} at index {}",
+                    meta.group, meta.index, begun.index
+                ),
+            ));
+        }
+        keys += entries.len() as u64;
+        writer.shard(shard, begun.index, begun.term, &bytes).map_err(cannot_write)?;
+    }
+    let bytes = writer.finish().map_err(cannot_write)?;
+    let shards = header.shards;
+    match out {
+        Output::Raw => println!("saved {}: {shards} shards, {keys} keys, {bytes} bytes", file.display()),
+        Output::Json => {
+            println!("{}", json!({"file": file.display().to_string(), "shards": shards, "keys": keys, "bytes": bytes}))
+        }
+        Output::Table => print_table(
+            &["FILE", "SHARDS", "KEYS", "BYTES"],
+            &[file.display().to_string(), shards.to_string(), keys.to_string(), bytes.to_string()],
+        ),
+    }
+    Ok(())
 }
 
 /// `10` (seconds), `1500ms`, `10s`, `5m`, `2h`, `1d`; at least 1 ms.

@@ -13,9 +13,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use clap::Parser;
 use glommio::{LocalExecutorBuilder, Placement};
-use kv_cli::config::{Options, Settings};
+use kv_cli::config::{layers, Settings};
 use kv_cli::notify::Notifier;
 use kv_net::node::{self, CoreSetup, NodeSignals};
 use kv_net::peer::PeerConfig;
@@ -28,17 +27,28 @@ use kv_replication::{CoreConfig, Layout, Persistence, TICK_INTERVAL_DEFAULT};
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> ExitCode {
-    let options = Options::parse();
-    let print = options.print_config;
-    let settings = match options.resolve().and_then(Settings::from_options) {
-        Ok(s) => s,
+    // `kvd restore FILE --data-dir DIR ...`: a new data directory from a
+    // backup (kv_cli::restore), not a server start.
+    if std::env::args().nth(1).as_deref() == Some("restore") {
+        return kv_cli::restore::main(std::env::args().skip(2));
+    }
+    let layered = match layers::load(std::env::args_os()) {
+        Ok(l) => l,
         Err(e) => {
             eprintln!("kvd: {e}");
             return ExitCode::from(2);
         }
     };
+    let print = layered.options.print_config;
+    let settings = match Settings::from_options(layered.options) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("kvd: {}", layers::annotate(e, &layered.sources));
+            return ExitCode::from(2);
+        }
+    };
     if print {
-        print!("{}", settings.to_toml());
+        print!("{}", settings.describe(&layered.sources));
         return ExitCode::SUCCESS;
     }
     kv_cli::logging::init(&settings.log_level, settings.log_json);
@@ -150,10 +160,19 @@ fn run(mut s: Settings, notify: &Arc<Notifier>) -> Result<(), String> {
             signals: signals.clone(),
             peer,
             memory: memory.clone(),
+            shares: (s.executor.request_shares, s.executor.background_shares),
         };
-        let handle = LocalExecutorBuilder::new(Placement::Fixed(*cpu))
+        let x = s.executor;
+        let placement = if x.pinned { Placement::Fixed(*cpu) } else { Placement::Unbound };
+        let mut builder = LocalExecutorBuilder::new(placement)
             .name(&format!("kvd-core-{i}"))
             .io_memory(s.io_memory_bytes)
+            .ring_depth(x.io_ring_depth)
+            .preempt_timer(x.preempt_timer);
+        if let Some(spin) = x.spin_before_park {
+            builder = builder.spin_before_park(spin);
+        }
+        let handle = builder
             .spawn(move || node::run_core(setup))
             .map_err(|e| format!("cannot start the executor for CPU {cpu}: {e}"))?;
         handles.push(handle);

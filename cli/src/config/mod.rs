@@ -1,5 +1,6 @@
 //! kvd configuration: every setting can come from a flag, an environment
-//! variable or the TOML file, in that order of precedence, else a default.
+//! variable, the TOML file or a tuning profile, in that order of
+//! precedence, else a default (see `layers.rs`).
 //!
 //! | flag | environment | file key |
 //! |---|---|---|
@@ -16,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use kv_engine::wal::segment::{SEGMENT_BYTES_DEFAULT, SEGMENT_BYTES_MIN};
 use kv_engine::wal::FsyncPolicy;
 use kv_net::limits::Limits;
@@ -35,6 +36,14 @@ pub const DATA_DIR_DEFAULT: &str = "./data";
 /// glommio's registered io memory per core. Small, because `ulimit -l` is
 /// often 8 MiB; larger writes fall back to ordinary allocations.
 pub const IO_MEMORY_BYTES_DEFAULT: usize = 1024 * 1024;
+/// glommio's defaults for ring depth and preemption.
+pub const IO_RING_DEPTH_DEFAULT: usize = 128;
+pub const PREEMPT_TIMER_US_DEFAULT: u64 = 100_000;
+/// Requests get glommio's full default shares; background work a quarter.
+pub const REQUEST_SHARES_DEFAULT: usize = 1000;
+pub const BACKGROUND_SHARES_DEFAULT: usize = 250;
+/// glommio's bounds on a task queue's shares.
+const SHARES_RANGE: std::ops::RangeInclusive<usize> = 1..=1000;
 const FSYNC_INTERVAL_MS_MAX: u64 = 60_000;
 
 /// Flags (and their environment variables); the same fields, by the same
@@ -44,8 +53,9 @@ const FSYNC_INTERVAL_MS_MAX: u64 = 60_000;
     name = "kvd",
     version,
     about = "kvd: a thread-per-core, Raft-replicated key-value store",
-    after_help = "Precedence: flags > environment (KVD_*) > config file (--config) > defaults.\n\
-                  `kvd --print-config` shows the settings a start would use."
+    after_help = "Precedence: flags > environment (KVD_*) > config file (--config) > tuning profile \
+                  (--profile) > defaults.\n`kvd --print-config` shows the settings a start would use and \
+                  where each came from."
 )]
 #[serde(deny_unknown_fields)]
 pub struct Options {
@@ -53,10 +63,13 @@ pub struct Options {
     #[arg(long, env = "KVD_CONFIG")]
     #[serde(skip)]
     pub config: Option<PathBuf>,
-    /// Print the effective settings as TOML and exit.
+    /// Print the effective settings as TOML, with where each came from, and exit.
     #[arg(long)]
     #[serde(skip)]
     pub print_config: bool,
+    /// Tuning profile (TOML, e.g. tuning/latency.toml), under the config file and flags.
+    #[arg(long, env = "KVD_PROFILE")]
+    pub profile: Option<PathBuf>,
 
     /// Directory for WALs, snapshots and the layout file [default: ./data].
     #[arg(long, env = "KVD_DATA_DIR")]
@@ -147,22 +160,31 @@ pub struct Options {
     /// Values at least this long are stored zstd-compressed when that saves space; 0: never [default: 1024].
     #[arg(long, env = "KVD_COMPRESS_MIN_BYTES")]
     pub compress_min_bytes: Option<usize>,
-}
-
-/// Fills every `None` of `a` from `b`.
-macro_rules! fill {
-    ($a:ident, $b:ident, $($field:ident),* $(,)?) => { $( if $a.$field.is_none() { $a.$field = $b.$field.clone(); } )* };
+    /// pinned: each core's executor runs on its CPU only | unpinned: the kernel places it [default: pinned].
+    #[arg(long, env = "KVD_PLACEMENT")]
+    pub placement: Option<String>,
+    /// io_uring submission queue entries per ring [default: 128].
+    #[arg(long, env = "KVD_IO_RING_DEPTH")]
+    pub io_ring_depth: Option<usize>,
+    /// Microseconds an idle core polls before it sleeps (trades CPU for latency); 0: sleep at once [default: 0].
+    #[arg(long, env = "KVD_SPIN_BEFORE_PARK_US")]
+    pub spin_before_park_us: Option<u64>,
+    /// Microseconds a task queue runs before it yields to another that waits [default: 100000].
+    #[arg(long, env = "KVD_PREEMPT_TIMER_US")]
+    pub preempt_timer_us: Option<u64>,
+    /// CPU shares of request handling on a busy core, 1..=1000 [default: 1000].
+    #[arg(long, env = "KVD_REQUEST_SHARES")]
+    pub request_shares: Option<usize>,
+    /// CPU shares of snapshots, expiry and eviction on a busy core, 1..=1000 [default: 250].
+    #[arg(long, env = "KVD_BACKGROUND_SHARES")]
+    pub background_shares: Option<usize>,
 }
 
 impl Options {
     /// Options from the command line and environment, with the config
-    /// file's values filling what those left unset.
-    pub fn resolve(mut self) -> Result<Options, String> {
-        if let Some(path) = self.config.clone() {
-            let file = Options::from_file(&path)?;
-            self.fill_from(&file);
-        }
-        Ok(self)
+    /// file's, then the profile's values filling what those left unset.
+    pub fn resolve(self) -> Result<Options, String> {
+        layers::merge(self, BTreeMap::new()).map(|l| l.options)
     }
 
     pub fn from_file(path: &Path) -> Result<Options, String> {
@@ -170,44 +192,25 @@ impl Options {
         toml::from_str(&text).map_err(|e| format!("config file {}: {e}", path.display()))
     }
 
+    /// Fills every setting `self` leaves unset from `o`.
     fn fill_from(&mut self, o: &Options) {
-        fill!(
-            self,
-            o,
-            data_dir,
-            listen,
-            resp_listen,
-            http_listen,
-            resp_mode,
-            requirepass_file,
-            cores,
-            fsync,
-            persistence,
-            node_id,
-            log_level,
-            log_format,
-            shards_per_core,
-            max_key_bytes,
-            max_value_bytes,
-            max_frame_bytes,
-            max_pipeline_depth,
-            max_connections,
-            wal_segment_bytes,
-            snapshot_wal_bytes,
-            io_memory_bytes,
-            raft_log_retain_entries,
-            peers,
-            peer_listen,
-            replication_factor,
-            cluster_secret_file,
-            max_memory,
-            eviction_policy,
-            compress_min_bytes,
-        );
+        let mut merged = toml::Value::try_from(o).expect("options serialise");
+        let mine = toml::Value::try_from(&*self).expect("options serialise");
+        if let (toml::Value::Table(m), toml::Value::Table(t)) = (&mut merged, mine) {
+            m.extend(t);
+        }
+        let (config, print) = (self.config.take(), self.print_config);
+        *self = merged.try_into().expect("merged options deserialise");
+        (self.config, self.print_config) = (config, print);
+    }
+
+    /// Whether `key` names a setting.
+    pub fn known_key(key: &str) -> bool {
+        Options::command().get_arguments().any(|a| a.get_id() == key)
     }
 
     /// The defaults, as options (so `--print-config` can show them).
-    fn defaults() -> Options {
+    pub(crate) fn defaults() -> Options {
         let limits = Limits::default();
         Options {
             data_dir: Some(PathBuf::from(DATA_DIR_DEFAULT)),
@@ -234,9 +237,29 @@ impl Options {
             max_memory: Some("0".to_string()),
             eviction_policy: Some("noeviction".to_string()),
             compress_min_bytes: Some(kv_engine::compress::COMPRESS_MIN_BYTES_DEFAULT),
+            placement: Some("pinned".to_string()),
+            io_ring_depth: Some(IO_RING_DEPTH_DEFAULT),
+            spin_before_park_us: Some(0),
+            preempt_timer_us: Some(PREEMPT_TIMER_US_DEFAULT),
+            request_shares: Some(REQUEST_SHARES_DEFAULT),
+            background_shares: Some(BACKGROUND_SHARES_DEFAULT),
             ..Options::default()
         }
     }
+}
+
+/// How each core's executor runs (a tuning profile's business).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExecutorTuning {
+    /// Each executor on its own CPU (`true`), or placed by the kernel.
+    pub pinned: bool,
+    pub io_ring_depth: usize,
+    /// Busy polling before an idle executor sleeps.
+    pub spin_before_park: Option<Duration>,
+    pub preempt_timer: Duration,
+    /// glommio shares of the request and the background task queues.
+    pub request_shares: usize,
+    pub background_shares: usize,
 }
 
 /// Validated settings.
@@ -269,6 +292,7 @@ pub struct Settings {
     pub eviction_policy: kv_engine::evict::Policy,
     /// Values at least this long are proposed compressed (0: never).
     pub compress_min_bytes: usize,
+    pub executor: ExecutorTuning,
     /// The resolved options, defaults filled in (for `--print-config`).
     pub effective: Options,
 }
@@ -379,6 +403,7 @@ impl Settings {
             max_memory: (max_memory > 0).then_some(max_memory),
             eviction_policy,
             compress_min_bytes: o.compress_min_bytes.expect("default"),
+            executor: parse_executor(&o)?,
             effective: o,
         })
     }
@@ -386,6 +411,47 @@ impl Settings {
     pub fn to_toml(&self) -> String {
         toml::to_string(&self.effective).expect("options serialise")
     }
+
+    /// The settings with where each came from (`kvd --print-config`).
+    pub fn describe(&self, sources: &BTreeMap<String, layers::Source>) -> String {
+        layers::describe(&self.effective, sources)
+    }
+}
+
+fn parse_executor(o: &Options) -> Result<ExecutorTuning, String> {
+    let pinned = match o.placement.as_deref().expect("default") {
+        "pinned" => true,
+        "unpinned" => false,
+        other => return Err(format!("placement: {other:?} is not one of pinned, unpinned")),
+    };
+    let io_ring_depth = o.io_ring_depth.expect("default");
+    if !(8..=32_768).contains(&io_ring_depth) {
+        return Err(format!("io_ring_depth: {io_ring_depth} is not between 8 and 32768"));
+    }
+    let spin = o.spin_before_park_us.expect("default");
+    if spin > 1_000_000 {
+        return Err(format!("spin_before_park_us: {spin} is over a second (1000000)"));
+    }
+    let preempt = o.preempt_timer_us.expect("default");
+    if !(100..=1_000_000).contains(&preempt) {
+        return Err(format!("preempt_timer_us: {preempt} is not between 100 and 1000000"));
+    }
+    let shares = |name: &str, v: Option<usize>| {
+        let v = v.expect("default");
+        if SHARES_RANGE.contains(&v) {
+            Ok(v)
+        } else {
+            Err(format!("{name}: {v} is not between 1 and 1000"))
+        }
+    };
+    Ok(ExecutorTuning {
+        pinned,
+        io_ring_depth,
+        spin_before_park: (spin > 0).then(|| Duration::from_micros(spin)),
+        preempt_timer: Duration::from_micros(preempt),
+        request_shares: shares("request_shares", o.request_shares)?,
+        background_shares: shares("background_shares", o.background_shares)?,
+    })
 }
 
 fn parse_addr(name: &str, text: &str) -> Result<SocketAddr, String> {
@@ -507,142 +573,6 @@ pub fn parse_cores(s: &str) -> Result<Vec<usize>, String> {
     Ok(cpus)
 }
 
+pub mod layers;
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn fsync_policies() {
-        assert_eq!(parse_fsync("always"), Ok(FsyncPolicy::Always));
-        assert_eq!(parse_fsync("never"), Ok(FsyncPolicy::Never));
-        assert_eq!(parse_fsync("interval:5"), Ok(FsyncPolicy::Interval(Duration::from_millis(5))));
-        for bad in ["sometimes", "interval:", "interval:0", "interval:x", "interval:600000"] {
-            assert!(parse_fsync(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn core_lists() {
-        assert_eq!(parse_cores("0").unwrap(), vec![0]);
-        assert!(!parse_cores("all").unwrap().is_empty());
-        assert!(parse_cores("0-0,0").unwrap() == vec![0]);
-        for bad in ["", "x", "3-1", "99999", "0,,1"] {
-            assert!(parse_cores(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn file_values_fill_only_what_flags_left_unset() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("kvd.toml");
-        std::fs::write(&path, "listen = \"127.0.0.2:1\"\nfsync = \"never\"\n").unwrap();
-        let cli = Options::try_parse_from(["kvd", "--config", path.to_str().unwrap(), "--fsync", "always"]).unwrap();
-        let s = Settings::from_options(cli.resolve().unwrap()).unwrap();
-        assert_eq!(s.listen, "127.0.0.2:1".parse().unwrap());
-        assert_eq!(s.fsync, FsyncPolicy::Always);
-        std::fs::write(&path, "listen_typo = 1\n").unwrap();
-        let cli = Options::try_parse_from(["kvd", "--config", path.to_str().unwrap()]).unwrap();
-        assert!(cli.resolve().unwrap_err().contains("listen_typo"));
-    }
-
-    #[test]
-    fn the_example_file_lists_the_defaults() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tuning/kvd.toml");
-        let from_file = Settings::from_options(Options::from_file(&path).unwrap()).unwrap();
-        let defaults = Settings::from_options(Options::default()).unwrap();
-        assert_eq!(from_file.to_toml(), defaults.to_toml());
-    }
-
-    #[test]
-    fn cluster_settings() {
-        let dir = tempfile::tempdir().unwrap();
-        let secret = dir.path().join("secret");
-        std::fs::write(&secret, "0123456789abcdef0123\n").unwrap();
-        let peers = "1=127.0.0.1:7480,2=127.0.0.1:7490,3=127.0.0.1:7500";
-        let ok = Options::try_parse_from([
-            "kvd",
-            "--cores",
-            "0",
-            "--peers",
-            peers,
-            "--cluster-secret-file",
-            secret.to_str().unwrap(),
-        ])
-        .unwrap();
-        let c = Settings::from_options(ok).unwrap().cluster.expect("a cluster");
-        assert_eq!((c.peers.len(), c.replication_factor, c.peer_listen.port()), (3, 3, 7480));
-        assert_eq!(c.secret.len(), 20, "trailing newline trimmed");
-        let bad = [
-            (vec!["--peers", peers], "secret"),
-            (vec!["--peers", "2=127.0.0.1:7490"], "not in the list"),
-            (vec!["--peers", "1=nowhere"], "ID=IP:PORT"),
-            (
-                vec!["--peers", peers, "--cluster-secret-file", secret.to_str().unwrap(), "--replication-factor", "4"],
-                "replication_factor",
-            ),
-            (
-                vec!["--peers", peers, "--cluster-secret-file", secret.to_str().unwrap(), "--persistence", "none"],
-                "persistence",
-            ),
-        ];
-        for (args, needle) in bad {
-            let cli = Options::try_parse_from(["kvd", "--cores", "0"].into_iter().chain(args.iter().copied())).unwrap();
-            let err = Settings::from_options(cli).unwrap_err();
-            assert!(err.contains(needle), "{args:?}: {err}");
-        }
-        std::fs::write(&secret, "short").unwrap();
-        let cli = Options::try_parse_from([
-            "kvd",
-            "--cores",
-            "0",
-            "--peers",
-            peers,
-            "--cluster-secret-file",
-            secret.to_str().unwrap(),
-        ])
-        .unwrap();
-        assert!(Settings::from_options(cli).unwrap_err().contains("at least 16"));
-    }
-
-    #[test]
-    fn every_setting_can_come_from_the_file() {
-        // Each key the file accepts must survive the merge: a key missing
-        // from `fill!` would be parsed and then silently ignored.
-        let dir = tempfile::tempdir().unwrap();
-        let text = "data_dir = \"/d\"\nlisten = \"127.0.0.9:1\"\ncores = \"0\"\nfsync = \"never\"\n\
-                    persistence = \"wal\"\nnode_id = 2\nlog_level = \"warn\"\nlog_format = \"json\"\n\
-                    shards_per_core = 3\nmax_key_bytes = 10\nmax_value_bytes = 20\nmax_frame_bytes = 999\n\
-                    max_pipeline_depth = 7\nmax_connections = 8\nwal_segment_bytes = 1048576\n\
-                    snapshot_wal_bytes = 5\nio_memory_bytes = 6\nraft_log_retain_entries = 9\n\
-                    peers = \"2=127.0.0.1:7480\"\npeer_listen = \"127.0.0.1:7480\"\nreplication_factor = 1\n\
-                    cluster_secret_file = \"/s\"\nmax_memory = \"1gb\"\neviction_policy = \"allkeys-lru\"\n\
-                    compress_min_bytes = 4096\n";
-        let path = dir.path().join("all.toml");
-        std::fs::write(&path, text).unwrap();
-        let file: toml::Value = toml::from_str(text).unwrap();
-        let merged = Options { config: Some(path), ..Options::default() }.resolve().unwrap();
-        let merged: toml::Value = toml::from_str(&toml::to_string(&merged).unwrap()).unwrap();
-        for (key, value) in file.as_table().unwrap() {
-            assert_eq!(merged.get(key), Some(value), "{key} was dropped by the merge");
-        }
-    }
-
-    #[test]
-    fn errors_name_the_setting() {
-        let bad = [
-            (vec!["--listen", "nowhere"], "listen"),
-            (vec!["--persistence", "disk"], "persistence"),
-            (vec!["--max-value-bytes", "999999999999"], "hard limit"),
-            (vec!["--log-format", "xml"], "log_format"),
-            (vec!["--node-id", "0"], "node_id"),
-            (vec!["--wal-segment-bytes", "10"], "wal_segment_bytes"),
-            (vec!["--max-memory", "lots"], "max_memory"),
-            (vec!["--eviction-policy", "lru"], "eviction_policy"),
-        ];
-        for (args, needle) in bad {
-            let cli = Options::try_parse_from(std::iter::once("kvd").chain(args.iter().copied())).unwrap();
-            let err = Settings::from_options(cli).unwrap_err();
-            assert!(err.contains(needle), "{args:?}: {err}");
-        }
-    }
-}
+mod tests;

@@ -22,6 +22,14 @@ const DELETE_FIXED_BYTES: usize = 16;
 const GET_FIXED_BYTES: usize = 4;
 /// The TTL in front of a PUT_TTL body.
 const TTL_BYTES: usize = 8;
+/// BACKUP_BEGIN's body: u32 shard.
+const BACKUP_BEGIN_BYTES: usize = 4;
+/// BACKUP_READ's body: u64 backup id, u64 offset, u32 most bytes wanted.
+const BACKUP_READ_BYTES: usize = 20;
+/// BACKUP_END's body: u64 backup id.
+const BACKUP_END_BYTES: usize = 8;
+/// BACKUP_BEGIN's answer: u64 id, index, term, total length, keys.
+const BACKUP_BEGUN_BYTES: usize = 40;
 
 /// Request opcodes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +47,13 @@ pub enum Opcode {
     Auth = 7,
     /// A key's version and expiry: a GET body; answered with 16 bytes.
     GetTtl = 8,
+    /// A consistent copy of one shard from its leader, held on the
+    /// answering core for reading in pieces: u32 shard.
+    BackupBegin = 9,
+    /// A piece of a held backup: u64 id, u64 offset, u32 most bytes.
+    BackupRead = 10,
+    /// Drops a held backup: u64 id.
+    BackupEnd = 11,
 }
 
 impl Opcode {
@@ -52,6 +67,9 @@ impl Opcode {
             6 => Opcode::PutTtl,
             7 => Opcode::Auth,
             8 => Opcode::GetTtl,
+            9 => Opcode::BackupBegin,
+            10 => Opcode::BackupRead,
+            11 => Opcode::BackupEnd,
             _ => return None,
         })
     }
@@ -293,6 +311,20 @@ pub enum Request {
     Auth {
         password: Bytes,
     },
+    /// Copy `shard` on its leader and hold the copy for BACKUP_READ.
+    BackupBegin {
+        shard: u32,
+    },
+    /// Up to `max_len` bytes of held backup `id` from `offset` on.
+    BackupRead {
+        id: u64,
+        offset: u64,
+        max_len: u32,
+    },
+    /// Drop held backup `id`.
+    BackupEnd {
+        id: u64,
+    },
 }
 
 impl Request {
@@ -306,12 +338,20 @@ impl Request {
             Request::Delete { .. } => Opcode::Delete,
             Request::Auth { .. } => Opcode::Auth,
             Request::Status => Opcode::Status,
+            Request::BackupBegin { .. } => Opcode::BackupBegin,
+            Request::BackupRead { .. } => Opcode::BackupRead,
+            Request::BackupEnd { .. } => Opcode::BackupEnd,
         }
     }
 
     pub fn key(&self) -> Option<&Bytes> {
         match self {
-            Request::Ping | Request::Status | Request::Auth { .. } => None,
+            Request::Ping
+            | Request::Status
+            | Request::Auth { .. }
+            | Request::BackupBegin { .. }
+            | Request::BackupRead { .. }
+            | Request::BackupEnd { .. } => None,
             Request::Get { key, .. }
             | Request::GetTtl { key, .. }
             | Request::Put { key, .. }
@@ -353,6 +393,20 @@ pub fn encode_request(id: u64, req: &Request, out: &mut Vec<u8>) {
             put_header(out, len, Opcode::PutTtl as u8, 0, id);
             out.extend_from_slice(&ttl_ms.to_le_bytes());
             put_body(out, key, value, *condition);
+        }
+        Request::BackupBegin { shard } => {
+            put_header(out, BACKUP_BEGIN_BYTES, Opcode::BackupBegin as u8, 0, id);
+            out.extend_from_slice(&shard.to_le_bytes());
+        }
+        Request::BackupRead { id: backup, offset, max_len } => {
+            put_header(out, BACKUP_READ_BYTES, Opcode::BackupRead as u8, 0, id);
+            out.extend_from_slice(&backup.to_le_bytes());
+            out.extend_from_slice(&offset.to_le_bytes());
+            out.extend_from_slice(&max_len.to_le_bytes());
+        }
+        Request::BackupEnd { id: backup } => {
+            put_header(out, BACKUP_END_BYTES, Opcode::BackupEnd as u8, 0, id);
+            out.extend_from_slice(&backup.to_le_bytes());
         }
         Request::Delete { key, condition } => {
             put_header(out, DELETE_FIXED_BYTES + key.len(), Opcode::Delete as u8, 0, id);
@@ -418,6 +472,16 @@ pub fn decode_request(opcode: u8, mut body: Bytes) -> Result<Request, Refusal> {
         Opcode::Status if body.is_empty() => Ok(Request::Status),
         Opcode::Status => Err(bad("STATUS takes no body")),
         Opcode::Auth => Ok(Request::Auth { password: body }),
+        Opcode::BackupBegin if body.len() == BACKUP_BEGIN_BYTES => {
+            Ok(Request::BackupBegin { shard: body.get_u32_le() })
+        }
+        Opcode::BackupBegin => Err(bad("BACKUP_BEGIN body is not 4 bytes")),
+        Opcode::BackupRead if body.len() == BACKUP_READ_BYTES => {
+            Ok(Request::BackupRead { id: body.get_u64_le(), offset: body.get_u64_le(), max_len: body.get_u32_le() })
+        }
+        Opcode::BackupRead => Err(bad("BACKUP_READ body is not 20 bytes")),
+        Opcode::BackupEnd if body.len() == BACKUP_END_BYTES => Ok(Request::BackupEnd { id: body.get_u64_le() }),
+        Opcode::BackupEnd => Err(bad("BACKUP_END body is not 8 bytes")),
         Opcode::Get | Opcode::GetTtl => {
             if body.len() < GET_FIXED_BYTES {
                 return Err(bad("GET body shorter than its fixed part"));
@@ -515,6 +579,16 @@ pub enum Response {
     Deleted {
         version: u64,
     },
+    /// BACKUP_BEGIN: the held copy's id, what it is as of, and its size.
+    BackupBegun {
+        id: u64,
+        index: u64,
+        term: u64,
+        total: u64,
+        keys: u64,
+    },
+    /// BACKUP_READ: a piece of the copy (empty at its end).
+    BackupChunk(Bytes),
     ConditionFailed {
         current_version: Option<u64>,
     },
@@ -538,6 +612,16 @@ pub fn encode_response(id: u64, echo: u8, resp: &Response, out: &mut Vec<u8>) {
             out.extend_from_slice(value);
         }
         Response::NotFound => put_header(out, 0, Status::NotFound as u8, echo, id),
+        Response::BackupBegun { id: backup, index, term, total, keys } => {
+            put_header(out, BACKUP_BEGUN_BYTES, Status::Ok as u8, echo, id);
+            for v in [backup, index, term, total, keys] {
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+        }
+        Response::BackupChunk(bytes) => {
+            put_header(out, bytes.len(), Status::Ok as u8, echo, id);
+            out.extend_from_slice(bytes);
+        }
         Response::Expiry { version, expires_at_ms } => {
             put_header(out, 16, Status::Ok as u8, echo, id);
             out.extend_from_slice(&version.to_le_bytes());
@@ -565,7 +649,16 @@ pub fn decode_response(status: u8, opcode: u8, mut body: Bytes) -> Result<Respon
     let op = Opcode::from_u8(opcode);
     let version = |b: &mut Bytes| if b.len() >= 8 { Ok(b.get_u64_le()) } else { Err("short body".to_string()) };
     match (status, op) {
-        (Status::Ok, Some(Opcode::Ping | Opcode::Auth)) => Ok(Response::Pong),
+        (Status::Ok, Some(Opcode::Ping | Opcode::Auth | Opcode::BackupEnd)) => Ok(Response::Pong),
+        (Status::Ok, Some(Opcode::BackupBegin)) if body.len() == BACKUP_BEGUN_BYTES => Ok(Response::BackupBegun {
+            id: body.get_u64_le(),
+            index: body.get_u64_le(),
+            term: body.get_u64_le(),
+            total: body.get_u64_le(),
+            keys: body.get_u64_le(),
+        }),
+        (Status::Ok, Some(Opcode::BackupBegin)) => Err("BACKUP_BEGIN answer is not 40 bytes".to_string()),
+        (Status::Ok, Some(Opcode::BackupRead)) => Ok(Response::BackupChunk(body)),
         (Status::Ok, Some(Opcode::Get)) => Ok(Response::Value { version: version(&mut body)?, value: body }),
         (Status::Ok, Some(Opcode::GetTtl)) if body.len() == 16 => {
             Ok(Response::Expiry { version: body.get_u64_le(), expires_at_ms: body.get_u64_le() })
@@ -610,6 +703,9 @@ mod tests {
             },
             Request::Delete { key: Bytes::from_static(b"k"), condition: Condition::Always },
             Request::Auth { password: Bytes::from_static(b"secret") },
+            Request::BackupBegin { shard: 7 },
+            Request::BackupRead { id: u64::MAX - 1, offset: 1 << 33, max_len: 4 << 20 },
+            Request::BackupEnd { id: 3 },
         ]
     }
 
@@ -639,6 +735,11 @@ mod tests {
             (Opcode::Put, Response::ConditionFailed { current_version: None }),
             (Opcode::Put, Response::ConditionFailed { current_version: Some(4) }),
             (Opcode::Get, Response::Error { status: Status::KeyTooLarge, message: "too big".into() }),
+            (Opcode::BackupBegin, Response::BackupBegun { id: 1 << 48, index: 9, term: 2, total: 1234, keys: 5 }),
+            (Opcode::BackupRead, Response::BackupChunk(Bytes::from_static(b"\x00snapshot bytes"))),
+            (Opcode::BackupRead, Response::BackupChunk(Bytes::new())),
+            (Opcode::BackupEnd, Response::Pong),
+            (Opcode::BackupRead, Response::NotFound),
         ];
         for (op, resp) in cases {
             let mut buf = Vec::new();
@@ -651,7 +752,9 @@ mod tests {
 
     #[test]
     fn every_truncated_body_is_refused_not_panicking() {
-        for req in requests().into_iter().filter(|r| r.key().is_some()) {
+        let fixed_size =
+            |r: &Request| matches!(r.opcode(), Opcode::BackupBegin | Opcode::BackupRead | Opcode::BackupEnd);
+        for req in requests().into_iter().filter(|r| r.key().is_some() || fixed_size(r)) {
             let mut buf = Vec::new();
             encode_request(1, &req, &mut buf);
             for cut in FRAME_HEADER_BYTES..buf.len() {
@@ -670,8 +773,8 @@ mod tests {
         for _ in 0..20_000 {
             let len = rng.gen_range(0..64);
             let body: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
-            let _ = decode_request(rng.gen_range(0..6), Bytes::from(body.clone()));
-            let _ = decode_response(rng.gen_range(0..50), rng.gen_range(0..6), Bytes::from(body));
+            let _ = decode_request(rng.gen_range(0..12), Bytes::from(body.clone()));
+            let _ = decode_response(rng.gen_range(0..50), rng.gen_range(0..12), Bytes::from(body));
         }
     }
 

@@ -199,6 +199,24 @@ fn dispatch(svc: &Rc<Service>, outbox: &Rc<Outbox>, id: u64, opcode: u8, frame: 
     }
     let (key, op) = match req {
         Request::Ping => return answer.send(svc, outbox, &Response::Pong),
+        Request::BackupBegin { shard } => return backup_begin(svc, outbox, answer, shard),
+        Request::BackupRead { id: backup, offset, max_len } => {
+            // An answer never exceeds the frame limit the client was told.
+            let max_len = (max_len as usize).min(svc.limits.frame_bytes_max - codec::FRAME_HEADER_BYTES);
+            let resp = match crate::backup::read(backup, offset, max_len) {
+                Ok(bytes) => Response::BackupChunk(bytes),
+                Err(crate::backup::ReadError::Unknown) => Response::NotFound,
+                Err(crate::backup::ReadError::PastEnd { total }) => Response::Error {
+                    status: Status::BadRequest,
+                    message: format!("offset {offset} is past the backup's end ({total} bytes)"),
+                },
+            };
+            return answer.send(svc, outbox, &resp);
+        }
+        Request::BackupEnd { id: backup } => {
+            let resp = if crate::backup::end(backup) { Response::Pong } else { Response::NotFound };
+            return answer.send(svc, outbox, &resp);
+        }
         Request::Auth { password } => return answer.send(svc, outbox, &authenticate(svc, outbox, &password)),
         Request::Status => {
             let (svc, outbox) = (svc.clone(), outbox.clone());
@@ -233,6 +251,32 @@ fn dispatch(svc: &Rc<Service>, outbox: &Rc<Outbox>, id: u64, opcode: u8, frame: 
     .detach();
 }
 
+/// BACKUP_BEGIN: the shard's owning core copies it if this node leads it
+/// (never forwarded: see `route::execute`); the copy is held on this core,
+/// the connection's, for BACKUP_READ.
+fn backup_begin(svc: &Rc<Service>, outbox: &Rc<Outbox>, answer: Answer, shard: u32) {
+    if shard >= svc.layout.shards {
+        let message = format!("shard {shard} does not exist: there are {} shards", svc.layout.shards);
+        return answer.send(svc, outbox, &Response::Error { status: Status::BadRequest, message });
+    }
+    let (svc, outbox) = (svc.clone(), outbox.clone());
+    glommio::spawn_local(async move {
+        let result = svc.execute_on(shard, svc.layout.core_of_shard(shard), Op::Backup).await;
+        let resp = match result {
+            Ok(Reply::Backup(copy)) => {
+                let (index, term, total, keys) = (copy.index, copy.term, copy.bytes.len() as u64, copy.keys);
+                match crate::backup::hold(svc.core_index, copy) {
+                    Ok(id) => Response::BackupBegun { id, index, term, total, keys },
+                    Err(message) => Response::Error { status: Status::Retry, message },
+                }
+            }
+            other => to_response(other),
+        };
+        answer.send(&svc, &outbox, &resp);
+    })
+    .detach();
+}
+
 /// A request being answered: where the answer goes, and when it started
 /// (for the latency metric).
 struct Answer {
@@ -252,7 +296,7 @@ impl Answer {
             Some(Opcode::GetTtl) => OpLabel::Ttl,
             Some(Opcode::Delete) => OpLabel::Del,
             Some(Opcode::Status) => OpLabel::Status,
-            None => OpLabel::Other,
+            Some(Opcode::BackupBegin | Opcode::BackupRead | Opcode::BackupEnd) | None => OpLabel::Other,
         };
         svc.metrics.request(Protocol::Native, op, status_label(resp), self.started.elapsed());
     }
@@ -265,7 +309,9 @@ fn status_label(resp: &Response) -> StatusLabel {
         | Response::Value { .. }
         | Response::Expiry { .. }
         | Response::Written { .. }
-        | Response::Deleted { .. } => StatusLabel::Ok,
+        | Response::Deleted { .. }
+        | Response::BackupBegun { .. }
+        | Response::BackupChunk(_) => StatusLabel::Ok,
         Response::NotFound => StatusLabel::NotFound,
         Response::ConditionFailed { .. } => StatusLabel::Conflict,
         Response::Error { status, .. } => match status {

@@ -208,6 +208,9 @@ impl Peers {
         hops: u8,
         timeout: Duration,
     ) -> Result<Reply, CoreError> {
+        if !op.forwardable() {
+            return Err(CoreError::Unavailable(format!("{op:?} is served only by the node asked")));
+        }
         let link = self.links.get(&node).ok_or_else(|| CoreError::Unavailable(format!("node {node} is not a peer")))?;
         let id = self.next_id.get();
         self.next_id.set(id + 1);

@@ -367,6 +367,7 @@ pub fn encode_forward(f: &Forward) -> Vec<u8> {
             p.extend_from_slice(&command.encode(0));
         }
         Op::Status => p.extend_from_slice(&[3, 0]),
+        Op::Backup => unreachable!("a backup is served on the node asked, never forwarded (route::execute)"),
         Op::Scan { cursor, count, consistency } => {
             p.extend_from_slice(&[4, consistency_code(*consistency)]);
             p.extend_from_slice(&cursor.to_le_bytes());
@@ -436,6 +437,8 @@ pub fn encode_reply(id: u64, result: &Result<Reply, CoreError>) -> Vec<u8> {
             put_opt(&mut p, *current_version);
         }
         Ok(Reply::Status(json)) => put_text(&mut p, 7, json),
+        // No forward asks for a backup (`decode_forward` has no such kind).
+        Ok(Reply::Backup(_)) => put_text(&mut p, 22, "a backup is not served through a forward"),
         Ok(Reply::Outcome(Outcome::Previous { value, version })) => {
             p.push(8);
             put_opt(&mut p, *version);

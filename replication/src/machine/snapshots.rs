@@ -80,6 +80,15 @@ impl<T> Machine<T> {
             .collect()
     }
 
+    /// A point-in-time copy of `shard` at its applied index, taken in this
+    /// one synchronous call (values are reference-counted): what a backup
+    /// encodes. The caller confirms leadership first if it must (see
+    /// `Core::backup`).
+    pub fn shard_copy(&self, shard: u32) -> Result<SnapshotSource, crate::CoreError> {
+        let (meta, entries, conf_state) = self.group(shard)?.snapshot_source();
+        Ok(SnapshotSource { meta, entries, conf_state })
+    }
+
     /// A periodic snapshot of `group` at `index` is durable.
     pub fn snapshot_written(&mut self, group: u32, index: u64) {
         if let Some(g) = self.groups.get_mut(&group) {
