@@ -124,6 +124,7 @@ fn config(target: SocketAddr, protocol: Protocol, rate: Option<Rate>, end: End) 
             value_bytes_max: 300,
             key_prefix: "kvbench:".into(),
             ttl: Ttl::new(0.5, 600).unwrap(),
+            random_values: false,
         },
         seed: 5,
         rate,

@@ -104,6 +104,8 @@ pub struct Workload {
     pub value_bytes_max: usize,
     pub key_prefix: String,
     pub ttl: Ttl,
+    /// Values of random bytes (incompressible) instead of repeated text.
+    pub random_values: bool,
 }
 
 /// Zipfian sampler (Gray et al., "Quickly generating billion-record
@@ -165,7 +167,10 @@ impl Generator {
         let mut rng = SmallRng::seed_from_u64(stream_seed);
         let ttl_rng = SmallRng::seed_from_u64(stream_seed ^ 0xD1B5_4A32_D192_ED03);
         let next_seq = rng.gen_range(0..workload.keys);
-        let value = (0..workload.value_bytes_max).map(|i| b'a' + (i % 26) as u8).collect();
+        let value = match workload.random_values {
+            true => (0..workload.value_bytes_max).map(|_| rng.gen::<u8>()).collect(),
+            false => (0..workload.value_bytes_max).map(|i| b'a' + (i % 26) as u8).collect(),
+        };
         Generator { workload, rng, ttl_rng, zipf, next_seq, value }
     }
 
@@ -221,6 +226,7 @@ mod tests {
             value_bytes_max: 20,
             key_prefix: "k".into(),
             ttl: Ttl::NONE,
+            random_values: false,
         }
     }
 

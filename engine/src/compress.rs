@@ -11,6 +11,8 @@
 //! version of zstd), and a value rewritten in place (APPEND, SETRANGE,
 //! INCR) is stored plain.
 
+use std::cell::RefCell;
+
 use bytes::Bytes;
 
 /// Values below this are stored as they are by default: a zstd frame's
@@ -19,10 +21,35 @@ pub const COMPRESS_MIN_BYTES_DEFAULT: usize = 1024;
 /// zstd level: the fastest, which still halves typical text.
 const LEVEL: i32 = 1;
 
+/// Bytes of a long value compressed first, to tell incompressible values
+/// (random, already compressed) without paying for all of them.
+const PROBE_BYTES: usize = 512;
+
+thread_local! {
+    // One context each per core thread: creating a zstd context costs more
+    // than compressing a few kilobytes with it.
+    static COMPRESSOR: RefCell<zstd::bulk::Compressor<'static>> =
+        RefCell::new(zstd::bulk::Compressor::new(LEVEL).expect("a zstd context"));
+    static DECOMPRESSOR: RefCell<zstd::bulk::Decompressor<'static>> =
+        RefCell::new(zstd::bulk::Decompressor::new().expect("a zstd context"));
+}
+
+fn frame_of(value: &[u8]) -> Vec<u8> {
+    COMPRESSOR.with(|c| c.borrow_mut().compress(value).expect("compressing into memory cannot fail"))
+}
+
 /// `value`'s zstd frame, if it is at most 7/8 of `value`.
 pub fn compress(value: &[u8]) -> Option<Vec<u8>> {
-    let frame = zstd::bulk::compress(value, LEVEL).expect("compressing into memory cannot fail");
+    if value.len() > 2 * PROBE_BYTES && !saves(&value[..PROBE_BYTES]) {
+        return None;
+    }
+    let frame = frame_of(value);
     (frame.len() <= value.len() - value.len() / 8).then_some(frame)
+}
+
+/// Whether `sample` compresses by an eighth or more.
+fn saves(sample: &[u8]) -> bool {
+    frame_of(sample).len() <= sample.len() - sample.len() / 8
 }
 
 /// The bytes of a frame [`compress`] wrote. A frame in a map came through a
@@ -30,7 +57,8 @@ pub fn compress(value: &[u8]) -> Option<Vec<u8>> {
 /// decode is a bug, not bad input.
 pub fn decompress(frame: &[u8]) -> Bytes {
     let len = plain_len(frame);
-    Bytes::from(zstd::bulk::decompress(frame, len).expect("a stored zstd frame decompresses"))
+    let plain = DECOMPRESSOR.with(|d| d.borrow_mut().decompress(frame, len));
+    Bytes::from(plain.expect("a stored zstd frame decompresses"))
 }
 
 /// The content size a frame records.

@@ -84,6 +84,9 @@ struct Cli {
     /// Value size in bytes: N or MIN-MAX.
     #[arg(long, default_value = "256")]
     value_bytes: String,
+    /// Value bytes: text (repeated letters, compressible) or random (incompressible).
+    #[arg(long, default_value = "text", value_parser = ["text", "random"])]
+    values: String,
     /// Share of SETs, 0 to 1, that carry an expiry of --ttl seconds (the
     /// choice is seeded; not with etcd, whose expiries need leases).
     #[arg(long, value_name = "F", default_value_t = 0.0)]
@@ -289,6 +292,7 @@ fn real_main(cli: Cli) -> Result<ExitCode, String> {
         value_bytes_max,
         key_prefix: "kvbench:".into(),
         ttl,
+        random_values: cli.values == "random",
     };
     let config = Config {
         targets,
@@ -365,7 +369,7 @@ fn real_main(cli: Cli) -> Result<ExitCode, String> {
         let extra = json!({
             "label": cli.label, "target": cli.target, "protocol": cli.protocol, "connections": cli.connections,
             "pipeline": cli.pipeline, "workload": cli.workload, "keys": cli.keys, "dist": cli.dist,
-            "value_bytes": cli.value_bytes, "ttl_share": ttl.share, "ttl_s": ttl.seconds, "seed": seed,
+            "value_bytes": cli.value_bytes, "values": cli.values, "ttl_share": ttl.share, "ttl_s": ttl.seconds, "seed": seed,
             "server_cpu_s_per_mop": server_cpu_s_per_mop,
             "server_cpu_s": server_cpu_s, "client_cpu_s": own_cpu_s, "machine_busy_cpu_s": machine_cpu_s,
             "wall_s": wall_s, "other_cpus": other_cpus,
