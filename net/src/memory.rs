@@ -13,14 +13,18 @@
 //!   proposed as one `Evict` command per shard, so every replica removes
 //!   the same keys. Eviction runs behind the writes (it goes through the
 //!   log), so a node further than [`HARD_LIMIT_RATIO`] over its limit also
-//!   refuses writes until eviction catches up: memory stays bounded
-//!   whatever the write rate.
+//!   holds writes back until eviction catches up: a write that finds its
+//!   core over that line waits for eviction (at most [`EVICTION_WAIT`],
+//!   see `route::execute`), and only then is refused (`OOM`), or at once
+//!   when eviction found nothing to evict (a `volatile-*` policy with no
+//!   key that has a TTL). Memory stays bounded whatever the write rate, and
+//!   a fast writer is slowed to the pace of eviction instead of failing.
 //!
 //! Followers do not evict on their own: a node holding only followers of
 //! shards led elsewhere relies on those leaders' nodes, which hold the
 //! same data, being over their limits too.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use kv_engine::evict::Policy;
@@ -32,6 +36,9 @@ pub const MEMORY_CYCLE: Duration = Duration::from_millis(10);
 /// Memory above the limit, as a share of it, past which writes are refused
 /// under every policy (eviction is behind).
 pub const HARD_LIMIT_RATIO: f64 = 1.25;
+/// How long a write waits for eviction to bring memory back under the
+/// hard limit before it is refused.
+pub const EVICTION_WAIT: Duration = Duration::from_secs(2);
 /// Evict down to this share of the limit, so that a node does not evict a
 /// handful of keys on every cycle at the limit.
 const EVICT_TARGET_RATIO: f64 = 0.98;
@@ -56,6 +63,9 @@ pub struct Memory {
     evicted: AtomicU64,
     /// Each core's data bytes (keys and values it holds), for its share.
     core_data: Vec<AtomicU64>,
+    /// Per core: its last eviction round wanted to evict and found no key
+    /// it may evict, so waiting for it is in vain.
+    stalled: Vec<AtomicBool>,
 }
 
 impl Memory {
@@ -67,6 +77,7 @@ impl Memory {
             used: AtomicU64::new(0),
             evicted: AtomicU64::new(0),
             core_data: (0..cores).map(|_| AtomicU64::new(0)).collect(),
+            stalled: (0..cores).map(|_| AtomicBool::new(false)).collect(),
         }
     }
 
@@ -96,6 +107,18 @@ impl Memory {
         self.limit.map_or(0, |l| self.used().saturating_sub(l))
     }
 
+    /// The bytes of writes that need memory one core may admit until the
+    /// next measurement: its share of the room left under the line past
+    /// which writes are refused (`None`: no limit).
+    pub fn write_allowance(&self) -> Option<u64> {
+        let limit = self.limit?;
+        let line = match self.policy {
+            Policy::NoEviction => limit,
+            _ => (limit as f64 * HARD_LIMIT_RATIO) as u64,
+        };
+        Some(line.saturating_sub(self.used()) / self.core_data.len().max(1) as u64)
+    }
+
     /// Whether writes that need memory are refused now.
     pub fn refuses_writes(&self) -> bool {
         let Some(limit) = self.limit else { return false };
@@ -107,6 +130,14 @@ impl Memory {
 
     /// Bytes core `core` should free now: its share of the excess over the
     /// eviction target.
+    /// Whether a write refused for memory on `core` should wait: the
+    /// policy evicts and the core's eviction is making progress.
+    pub fn write_waits_for_eviction(&self, core: usize) -> bool {
+        self.limit.is_some()
+            && self.policy != Policy::NoEviction
+            && !self.stalled.get(core).is_some_and(|s| s.load(Ordering::Relaxed))
+    }
+
     fn core_share_to_free(&self, core: usize) -> u64 {
         let (Some(limit), true) = (self.limit, self.policy != Policy::NoEviction) else { return 0 };
         let target = (limit as f64 * EVICT_TARGET_RATIO) as u64;
@@ -123,37 +154,65 @@ impl Memory {
     }
 }
 
-/// One core's memory cycle, until `stopped` says so: measures (core 0),
-/// refuses or admits writes, and evicts this core's share.
-pub async fn memory_cycle(core: Core, index: usize, memory: std::sync::Arc<Memory>, stopped: impl Fn() -> bool) {
+/// One core's admission of writes, until `stopped` says so: core 0
+/// measures the node's memory, and every core gets its share of the room
+/// left as a write allowance (`Core::set_write_allowance`): writes that
+/// need memory past it are refused until the next measurement. With a
+/// flag instead of an allowance, a busy core admitted writes for as long
+/// as the next measurement was late: with a 24 MiB limit under
+/// `noeviction`, the node reached 33 MiB. Measuring is cheap and runs
+/// among the requests, so that it is not late behind them.
+pub async fn admission_cycle(core: Core, index: usize, memory: std::sync::Arc<Memory>, stopped: impl Fn() -> bool) {
     if memory.limit.is_none() {
         return;
     }
-    core.set_tracking(memory.policy.tracking());
     while !stopped() {
         glommio::timer::sleep(MEMORY_CYCLE).await;
         if index == 0 {
             memory.refresh();
         }
+        core.set_write_allowance(memory.write_allowance());
+        core.set_memory_pressure(memory.excess() > 0);
+    }
+}
+
+/// One core's eviction, until `stopped` says so: every cycle it evicts
+/// its share of the excess from the shards it leads (background work).
+pub async fn eviction_cycle(core: Core, index: usize, memory: std::sync::Arc<Memory>, stopped: impl Fn() -> bool) {
+    if memory.limit.is_none() {
+        return;
+    }
+    core.set_tracking(memory.policy.tracking());
+    if memory.policy == Policy::NoEviction {
+        return;
+    }
+    while !stopped() {
+        glommio::timer::sleep(MEMORY_CYCLE).await;
         let (data, keys) = core.data_size();
         memory.core_data[index].store(data, Ordering::Relaxed);
-        core.set_out_of_memory(memory.refuses_writes());
-        core.set_memory_pressure(memory.excess() > 0);
         let to_free = memory.core_share_to_free(index);
-        if to_free > 0 && keys > 0 {
+        let stalled = if to_free > 0 && keys > 0 {
             let per_key = data / keys + ENTRY_OVERHEAD_BYTES;
             let wanted = (to_free / per_key.max(1) + 1).min(EVICT_KEYS_PER_CYCLE_MAX as u64) as usize;
-            evict(&core, &memory, wanted).await;
-        }
+            !evict(&core, &memory, wanted).await
+        } else {
+            // Over the line with nothing of its own to evict: this core
+            // cannot help (its keys are gone, or led elsewhere).
+            memory.refuses_writes() && keys == 0
+        };
+        memory.stalled[index].store(stalled, Ordering::Relaxed);
     }
 }
 
 /// Proposes the eviction of about `wanted` keys from the shards this core
-/// leads, and waits for those proposals to apply.
-async fn evict(core: &Core, memory: &Memory, wanted: usize) {
+/// leads, and waits for those proposals to apply. Returns whether it
+/// found any key to evict.
+async fn evict(core: &Core, memory: &Memory, wanted: usize) -> bool {
     let leading = core.leading_shards().max(1);
     let per_shard = wanted.div_ceil(leading);
-    for (shard, keys) in core.eviction_victims(memory.policy, per_shard) {
+    let victims = core.eviction_victims(memory.policy, per_shard);
+    let found = victims.iter().any(|(_, keys)| !keys.is_empty());
+    for (shard, keys) in victims {
         // No timeout: a proposal always ends (applied, or dropped when its
         // leader is lost), and an eviction that applied is counted.
         match core.write(shard, Command::Evict { keys }).await {
@@ -163,6 +222,7 @@ async fn evict(core: &Core, memory: &Memory, wanted: usize) {
             other => tracing::debug!(shard, "eviction did not go through: {other:?}"),
         }
     }
+    found
 }
 
 /// Parses a size: a number of bytes, or with a unit `kb`, `mb`, `gb`, `tb`
@@ -207,9 +267,14 @@ mod tests {
         used.store(999, Ordering::Relaxed);
         strict.refresh();
         assert!(!strict.refuses_writes());
+        assert_eq!(strict.write_allowance(), Some(0), "1 byte of room, shared by 2 cores");
+        used.store(600, Ordering::Relaxed);
+        strict.refresh();
+        assert_eq!(strict.write_allowance(), Some(200));
         used.store(1001, Ordering::Relaxed);
         strict.refresh();
         assert!(strict.refuses_writes());
+        assert_eq!(strict.write_allowance(), Some(0));
         assert_eq!(strict.core_share_to_free(0), 0, "noeviction evicts nothing");
         let u = used.clone();
         let lru = Memory::new(Some(1000), Policy::AllKeysLru, 2, Box::new(move || Some(u.load(Ordering::Relaxed))));
@@ -218,10 +283,17 @@ mod tests {
         used.store(1100, Ordering::Relaxed);
         lru.refresh();
         assert!(!lru.refuses_writes(), "evicting, not refusing");
+        assert_eq!(lru.write_allowance(), Some(75), "room up to 1250");
         // Down to 980: 120 bytes, three quarters of them on core 0.
         assert_eq!((lru.core_share_to_free(0), lru.core_share_to_free(1)), (90, 30));
         used.store(1300, Ordering::Relaxed);
         lru.refresh();
         assert!(lru.refuses_writes(), "far over the limit, writes wait for eviction");
+        assert_eq!(lru.write_allowance(), Some(0));
+        assert!(lru.write_waits_for_eviction(0));
+        lru.stalled[0].store(true, Ordering::Relaxed);
+        assert!(!lru.write_waits_for_eviction(0), "nothing to evict: refused at once");
+        assert!(!strict.write_waits_for_eviction(0), "noeviction never waits");
+        assert_eq!(Memory::unlimited(2).write_allowance(), None);
     }
 }

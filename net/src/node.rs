@@ -179,7 +179,8 @@ async fn run(setup: CoreSetup) -> Result<(), String> {
         p.on_snapshot_sent(Box::new(move |group, to, sent| core.report_snapshot(group, to, sent)));
     }
     let core_metrics = CoreMetrics::start(&metrics, &core, core_index);
-    let owner = Rc::new(Owner { core: core.clone(), layout: layout.clone(), peers: peers.clone() });
+    let owner =
+        Rc::new(Owner { core: core.clone(), layout: layout.clone(), peers: peers.clone(), memory: memory.clone() });
     let mesh = mesh.start(owner.clone());
     let svc = Rc::new(Service {
         core_index,
@@ -229,8 +230,12 @@ async fn run(setup: CoreSetup) -> Result<(), String> {
     let _expiry = into(background, expiry_cycle(core.clone()));
     let stop = signals.clone();
     let stopped = move || stop.stop.load(Ordering::SeqCst);
-    let _memory =
-        into(background, crate::memory::memory_cycle(core.clone(), core_index as usize, svc.memory.clone(), stopped));
+    let index = core_index as usize;
+    let _admission = into(requests, {
+        let stopped = stopped.clone();
+        crate::memory::admission_cycle(core.clone(), index, svc.memory.clone(), stopped)
+    });
+    let _eviction = into(background, crate::memory::eviction_cycle(core.clone(), index, svc.memory.clone(), stopped));
 
     let mut next_rebalance = Instant::now() + REBALANCE_INTERVAL;
     while !signals.stop.load(Ordering::SeqCst) {

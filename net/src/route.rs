@@ -19,10 +19,12 @@
 //! ends as `Dropped` (RETRY) once the deadline passes; a read asks again.
 
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kv_replication::{Core, CoreError, Layout};
 
+use crate::memory::{Memory, EVICTION_WAIT, MEMORY_CYCLE};
 use crate::mesh::{BackupCopy, Op, Reply};
 use crate::peer::Peers;
 
@@ -50,6 +52,9 @@ pub struct Owner {
     pub layout: Layout,
     /// `None` on a single node.
     pub peers: Option<Rc<Peers>>,
+    /// The node's memory limit: a write refused for memory may wait for
+    /// eviction.
+    pub memory: Arc<Memory>,
 }
 
 impl Owner {
@@ -106,7 +111,7 @@ pub async fn execute(owner: &Owner, shard: u32, op: Op, hops: u8) -> Result<Repl
     loop {
         let local = match &op {
             Op::Get { key, consistency } => owner.core.read(shard, key, *consistency).await.map(Reply::Value),
-            Op::Write(command) => owner.core.write(shard, command.clone()).await.map(Reply::Outcome),
+            Op::Write(command) => write_here(owner, shard, command).await.map(Reply::Outcome),
             Op::Scan { cursor, count, consistency } => {
                 owner.core.scan(shard, *cursor, *count as usize, *consistency).map(Reply::Keys)
             }
@@ -147,6 +152,24 @@ pub async fn execute(owner: &Owner, shard: u32, op: Op, hops: u8) -> Result<Repl
             // wait, boundedly, and try again.
             _ if Instant::now() < deadline => glommio::timer::sleep(ELECTION_POLL).await,
             _ => return Err(CoreError::Unavailable(format!("shard {shard} has no leader"))),
+        }
+    }
+}
+
+/// Proposes a write on this core. Refused for memory while this core's
+/// eviction is catching up, it waits for eviction (polling each memory
+/// cycle, at most [`EVICTION_WAIT`]) instead of failing at once: the writer
+/// is slowed to the pace of eviction, as Redis, which evicts before every
+/// write, would slow it.
+async fn write_here(owner: &Owner, shard: u32, command: &kv_engine::Command) -> Result<kv_engine::Outcome, CoreError> {
+    let deadline = Instant::now() + EVICTION_WAIT;
+    let core = owner.core.config().core as usize;
+    loop {
+        match owner.core.write(shard, command.clone()).await {
+            Err(CoreError::OutOfMemory) if owner.memory.write_waits_for_eviction(core) && Instant::now() < deadline => {
+                glommio::timer::sleep(MEMORY_CYCLE).await;
+            }
+            other => return other,
         }
     }
 }

@@ -322,9 +322,9 @@ impl Core {
         self.0.machine.borrow_mut().set_memory_pressure(pressure);
     }
 
-    /// While set, writes that need memory are refused (`OutOfMemory`).
-    pub fn set_out_of_memory(&self, over: bool) {
-        self.0.machine.borrow_mut().set_out_of_memory(over);
+    /// See [`Machine::set_write_allowance`].
+    pub fn set_write_allowance(&self, allowance: Option<u64>) {
+        self.0.machine.borrow_mut().set_write_allowance(allowance);
     }
 
     /// Shards this core leads.

@@ -86,6 +86,8 @@ pub struct Persistence {
     pub fsync: FsyncPolicy,
     pub segment_bytes: u64,
     pub snapshot_wal_bytes: u64,
+    /// Record bytes one WAL flush carries at most (0: everything staged).
+    pub wal_batch_bytes_max: u64,
 }
 
 #[derive(Debug, Clone)]

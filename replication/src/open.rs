@@ -38,8 +38,12 @@ impl Core {
                 WalConfig { dir: wal_dir, core: config.core, segment_bytes: p.segment_bytes, fsync: p.fsync };
             wal = Some(Rc::new(Wal::open(wal_config, recovered).await?));
         }
-        let machine =
-            MachineConfig { node_id: config.layout.node_id, core: config.core, durable: config.persistence.is_some() };
+        let machine = MachineConfig {
+            node_id: config.layout.node_id,
+            core: config.core,
+            durable: config.persistence.is_some(),
+            wal_batch_bytes_max: config.persistence.as_ref().map_or(0, |p| p.wal_batch_bytes_max),
+        };
         let restore = RestoreConfig {
             machine,
             tick: config.tick,

@@ -29,6 +29,10 @@ where
 }
 
 fn config(dir: Option<&Path>, snapshot_wal_bytes: u64) -> CoreConfig {
+    config_batched(dir, snapshot_wal_bytes, 0)
+}
+
+fn config_batched(dir: Option<&Path>, snapshot_wal_bytes: u64, wal_batch_bytes_max: u64) -> CoreConfig {
     CoreConfig {
         core: 0,
         layout: Layout::new(1, 1, 4),
@@ -37,6 +41,7 @@ fn config(dir: Option<&Path>, snapshot_wal_bytes: u64) -> CoreConfig {
             fsync: FsyncPolicy::Always,
             segment_bytes: 64 * 1024,
             snapshot_wal_bytes,
+            wal_batch_bytes_max,
         }),
         tick: TICK_INTERVAL_DEFAULT,
         log_retain_entries: LOG_RETAIN_ENTRIES_DEFAULT,
@@ -45,7 +50,11 @@ fn config(dir: Option<&Path>, snapshot_wal_bytes: u64) -> CoreConfig {
 }
 
 async fn open(dir: Option<&Path>, snapshot_wal_bytes: u64) -> Core {
-    let core = Core::open(config(dir, snapshot_wal_bytes), Box::new(NoPeers)).await.expect("core opens");
+    open_with(dir, config(dir, snapshot_wal_bytes)).await
+}
+
+async fn open_with(dir: Option<&Path>, config: CoreConfig) -> Core {
+    let core = Core::open(config, Box::new(NoPeers)).await.expect("core opens");
     core.wait_ready(Duration::from_secs(10)).await.expect("core gets ready");
     // Regression: readiness once came before the bootstrap batch was durable.
     if dir.is_some() {
@@ -125,6 +134,70 @@ fn concurrent_writes_share_flushes() {
         }
         let flushes = core.stats().flushes - flushes_before;
         assert!(flushes < 100, "200 concurrent writes took {flushes} flushes: no group commit");
+        core.shutdown().await.unwrap();
+    });
+}
+
+/// With a WAL batch cap far below one write, every flush carries one
+/// Ready: concurrent writes to several groups still all complete, in at
+/// least a flush per group (without a cap, one flush carries every group's
+/// Ready), and survive a restart.
+#[test]
+fn a_tiny_wal_batch_cap_splits_flushes_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_path_buf();
+    run(move || async move {
+        let core = open_with(Some(&d), config_batched(Some(&d), u64::MAX, 1)).await;
+        let flushes_before = core.stats().flushes;
+        let value = "v".repeat(500);
+        let tasks: Vec<_> = (0..200)
+            .map(|i| {
+                let (core, value) = (core.clone(), value.clone());
+                glommio::spawn_local(async move {
+                    let key = format!("k{i}");
+                    core.write(shard(&core, &key), put(&key, &value)).await.unwrap()
+                })
+            })
+            .collect();
+        for t in tasks {
+            assert!(matches!(t.await, Outcome::Written { .. }));
+        }
+        let flushes = core.stats().flushes - flushes_before;
+        let groups = core.config().layout.shards_of_core(0).count() as u64;
+        assert!(flushes >= groups, "200 writes to {groups} groups in {flushes} flushes");
+        core.shutdown().await.unwrap();
+    });
+    let d = dir.path().to_path_buf();
+    run(move || async move {
+        let core = open(Some(&d), u64::MAX).await;
+        for i in 0..200 {
+            let key = format!("k{i}");
+            let stored = core.read(shard(&core, &key), key.as_bytes(), Consistency::Strict).await.unwrap();
+            assert_eq!(stored.expect("acknowledged write survives").value.len(), 500, "{key}");
+        }
+        core.shutdown().await.unwrap();
+    });
+}
+
+/// A write allowance admits writes that need memory up to its bytes, then
+/// refuses them (`OutOfMemory`) until it is renewed; deletes always pass.
+#[test]
+fn writes_past_the_allowance_are_refused_until_it_is_renewed() {
+    run(move || async move {
+        let core = open(None, u64::MAX).await;
+        let one = put("a", &"x".repeat(100)).encoded_len() as u64;
+        core.set_write_allowance(Some(3 * one));
+        for key in ["a", "b", "c"] {
+            let out = core.write(shard(&core, key), put(key, &"x".repeat(100))).await;
+            assert!(matches!(out, Ok(Outcome::Written { .. })), "{key}: {out:?}");
+        }
+        let out = core.write(shard(&core, "d"), put("d", &"x".repeat(100))).await;
+        assert!(matches!(out, Err(kv_replication::CoreError::OutOfMemory)), "{out:?}");
+        let del = Command::Delete { key: Bytes::from("a"), condition: Condition::Always };
+        assert!(core.write(shard(&core, "a"), del).await.is_ok(), "deletes need no memory");
+        core.set_write_allowance(None);
+        let out = core.write(shard(&core, "d"), put("d", &"x".repeat(100))).await;
+        assert!(matches!(out, Ok(Outcome::Written { .. })), "{out:?}");
         core.shutdown().await.unwrap();
     });
 }

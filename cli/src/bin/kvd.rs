@@ -108,6 +108,9 @@ fn run(mut s: Settings, notify: &Arc<Notifier>) -> Result<(), String> {
     };
     let signals = Arc::new(NodeSignals::new(cores as usize));
     let metrics = Arc::new(kv_net::metrics::Metrics::new(cores as usize));
+    if s.max_memory.is_some() {
+        return_freed_memory_promptly();
+    }
     let memory = Arc::new(kv_net::memory::Memory::new(
         s.max_memory,
         s.eviction_policy,
@@ -124,6 +127,7 @@ fn run(mut s: Settings, notify: &Arc<Notifier>) -> Result<(), String> {
             fsync: s.fsync,
             segment_bytes: s.wal_segment_bytes,
             snapshot_wal_bytes: s.snapshot_wal_bytes,
+            wal_batch_bytes_max: s.wal_batch_bytes_max,
         });
         let config = CoreConfig {
             core: i as u32,
@@ -359,6 +363,41 @@ fn bind_peer_listeners(base: std::net::SocketAddr, cores: u32) -> Result<Vec<std
 fn allocated_bytes() -> Option<u64> {
     tikv_jemalloc_ctl::epoch::advance().ok()?;
     tikv_jemalloc_ctl::stats::allocated::read().ok().map(|b| b as u64)
+}
+
+/// Dirty pages jemalloc keeps after frees before returning them to the
+/// system, under a memory limit (its default keeps them 10 s).
+const DIRTY_DECAY_MS: isize = 100;
+
+/// Under a memory limit, memory freed by eviction and deletes must leave
+/// the process, not just the allocator's books: otherwise the resident set
+/// climbs far past the limit while `stats.allocated` stays under it (pages
+/// freed by one burst are kept dirty for 10 s, and without a background
+/// thread only purged when that arena allocates again). Measured with a
+/// 24 MiB limit and 96 MiB written: resident 61 MiB with the defaults,
+/// 49 MiB with a 1 s decay alone, 56 MiB with the background thread alone,
+/// 32 MiB with both. With both cores busy elsewhere the 1 s decay let it
+/// peak at 54 MiB, a 100 ms one (or none) at 42 MiB; purging at once (0 ms)
+/// cost 10-15% of 4 KiB SETs, 100 ms nothing measurable (bench/RESULTS.md).
+/// Called before the core threads start, so their arenas (created on first
+/// use) take the new default.
+fn return_freed_memory_promptly() {
+    use tikv_jemalloc_ctl::raw;
+    let settings: [(&[u8], isize); 4] = [
+        (b"arenas.dirty_decay_ms\0", DIRTY_DECAY_MS),
+        (b"arenas.muzzy_decay_ms\0", 0),
+        (b"arena.0.dirty_decay_ms\0", DIRTY_DECAY_MS),
+        (b"arena.0.muzzy_decay_ms\0", 0),
+    ];
+    for (name, value) in settings {
+        // SAFETY: each name is a jemalloc option of type ssize_t.
+        if let Err(e) = unsafe { raw::write(name, value) } {
+            tracing::warn!("jemalloc {}: {e}", String::from_utf8_lossy(&name[..name.len() - 1]));
+        }
+    }
+    if let Err(e) = tikv_jemalloc_ctl::background_thread::write(true) {
+        tracing::warn!("jemalloc background thread: {e}");
+    }
 }
 
 /// A panic is a broken invariant. One core dying while the others serve

@@ -35,6 +35,7 @@ pub const PROFILE_KEYS: &[&str] = &[
     "io_memory_bytes",
     "wal_segment_bytes",
     "snapshot_wal_bytes",
+    "wal_batch_bytes_max",
     "fsync",
     "max_memory",
     "eviction_policy",

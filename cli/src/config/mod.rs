@@ -131,6 +131,9 @@ pub struct Options {
     /// WAL bytes written between snapshots of a core's shards [default: 268435456].
     #[arg(long, env = "KVD_SNAPSHOT_WAL_BYTES")]
     pub snapshot_wal_bytes: Option<u64>,
+    /// Record bytes one WAL write + fdatasync carries at most; 0: everything waiting [default: 0].
+    #[arg(long, env = "KVD_WAL_BATCH_BYTES_MAX")]
+    pub wal_batch_bytes_max: Option<u64>,
     /// io_uring buffer memory per core in bytes [default: 1048576].
     #[arg(long, env = "KVD_IO_MEMORY_BYTES")]
     pub io_memory_bytes: Option<usize>,
@@ -232,6 +235,7 @@ impl Options {
             max_connections: Some(limits.connections_max),
             wal_segment_bytes: Some(SEGMENT_BYTES_DEFAULT),
             snapshot_wal_bytes: Some(SNAPSHOT_WAL_BYTES_DEFAULT),
+            wal_batch_bytes_max: Some(0),
             io_memory_bytes: Some(IO_MEMORY_BYTES_DEFAULT),
             raft_log_retain_entries: Some(kv_replication::LOG_RETAIN_ENTRIES_DEFAULT),
             max_memory: Some("0".to_string()),
@@ -283,6 +287,7 @@ pub struct Settings {
     pub limits: Limits,
     pub wal_segment_bytes: u64,
     pub snapshot_wal_bytes: u64,
+    pub wal_batch_bytes_max: u64,
     pub io_memory_bytes: usize,
     pub raft_log_retain_entries: u64,
     /// `None` for a single node.
@@ -398,6 +403,7 @@ impl Settings {
             limits,
             wal_segment_bytes,
             snapshot_wal_bytes: o.snapshot_wal_bytes.expect("default").max(1),
+            wal_batch_bytes_max: o.wal_batch_bytes_max.expect("default"),
             io_memory_bytes: o.io_memory_bytes.expect("default"),
             raft_log_retain_entries: o.raft_log_retain_entries.expect("default").max(1),
             max_memory: (max_memory > 0).then_some(max_memory),

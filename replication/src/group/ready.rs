@@ -5,6 +5,8 @@
 //! must wait for persistence wait with them. Committed entries are applied
 //! to the map in index order, exactly once, and answer their proposers.
 
+use std::collections::VecDeque;
+
 use bytes::Bytes;
 use kv_engine::snapshot::{self, SnapshotMeta};
 use kv_engine::wal::Record;
@@ -24,7 +26,7 @@ pub const LOG_RETAIN_BYTES_MAX: u64 = 16 << 20;
 /// Where handling a Ready puts what it produces.
 pub(crate) struct ReadyCtx<'a, T> {
     /// Records for the next WAL flush; `None` without persistence.
-    pub records: Option<&'a mut Vec<Record>>,
+    pub records: Option<&'a mut VecDeque<Record>>,
     /// Messages that may leave now.
     pub messages: &'a mut Vec<(u32, Message)>,
     pub answers: &'a mut Vec<(T, Answer)>,
@@ -67,7 +69,7 @@ impl<T> Group<T> {
             commit_advance = hs.commit.saturating_sub(self.storage.hard_state().commit);
             self.storage.set_hard_state(hs.clone());
             if let Some(records) = cx.records.as_deref_mut() {
-                records.push(Record::HardState { group: id, term: hs.term, vote: hs.vote, commit: hs.commit });
+                records.push_back(Record::HardState { group: id, term: hs.term, vote: hs.vote, commit: hs.commit });
             }
         }
         let after_persist = rd.take_persisted_messages().into_iter().map(|m| (id, m)).collect();
@@ -158,7 +160,7 @@ impl<T> Group<T> {
         }
     }
 
-    fn apply_conf_change(&mut self, entry: &Entry, records: Option<&mut Vec<Record>>) {
+    fn apply_conf_change(&mut self, entry: &Entry, records: Option<&mut VecDeque<Record>>) {
         let cs = if entry.get_entry_type() == EntryType::EntryConfChange {
             let cc = ConfChange::parse_from_bytes(&entry.data).expect("committed conf change decodes");
             self.node.apply_conf_change(&cc)
@@ -169,7 +171,7 @@ impl<T> Group<T> {
         .expect("committed conf change applies");
         self.storage.set_conf_state(cs.clone());
         if let Some(records) = records {
-            records.push(conf_state_record(self.id, entry.index, &cs));
+            records.push_back(conf_state_record(self.id, entry.index, &cs));
         }
     }
 }

@@ -37,10 +37,13 @@ impl<T> Machine<T> {
                 }
                 return false;
             }
-            let batch = std::mem::take(&mut self.unpersisted);
+            let take = self.batch_len();
+            let batch: Vec<Persisting> = self.unpersisted.drain(..take).collect();
+            let count = std::mem::take(&mut self.unattributed) + batch.iter().map(|p| p.records).sum::<usize>();
+            let records: Vec<_> = self.staged.drain(..count).collect();
             let installs: Vec<_> = batch.iter().filter_map(|p| p.installed.clone()).collect();
-            if self.config.durable && (!self.staged.is_empty() || !installs.is_empty()) {
-                self.out.flush = Some(FlushJob { records: std::mem::take(&mut self.staged), installs });
+            if self.config.durable && (!records.is_empty() || !installs.is_empty()) {
+                self.out.flush = Some(FlushJob { records, installs });
                 if self.bugs.ack_before_fsync {
                     self.persisted(batch);
                     self.in_flight = Some(Vec::new());
@@ -54,6 +57,21 @@ impl<T> Machine<T> {
             self.persisted(batch);
         }
         true
+    }
+
+    /// How many of the unpersisted Readies the next flush carries: all, or
+    /// as many as fit `wal_batch_bytes_max` (at least one).
+    fn batch_len(&self) -> usize {
+        let cap = self.config.wal_batch_bytes_max;
+        if cap == 0 {
+            return self.unpersisted.len();
+        }
+        let mut bytes = 0;
+        let fits = self.unpersisted.iter().take_while(|p| {
+            bytes += p.records_bytes;
+            bytes <= cap
+        });
+        fits.count().max(1)
     }
 
     /// Whether a WAL flush is in flight.
@@ -89,6 +107,7 @@ impl<T> Machine<T> {
             if !group.has_ready() {
                 continue;
             }
+            let before = self.staged.len();
             let mut cx = ReadyCtx {
                 records: durable.then_some(&mut self.staged),
                 messages: &mut self.out.messages,
@@ -104,11 +123,15 @@ impl<T> Machine<T> {
             }
             self.stats.committed_entries += h.committed;
             self.stats.applied_entries += h.applied;
+            let records = self.staged.len() - before;
+            let records_bytes = self.staged.range(before..).map(|r| r.encoded_len() as u64).sum();
             self.unpersisted.push(Persisting {
                 group: group.id,
                 number: h.number,
                 after_persist: h.after_persist,
                 installed: h.installed,
+                records,
+                records_bytes,
             });
             if group.take_snapshot_wanted() {
                 wanted.push(group.id);

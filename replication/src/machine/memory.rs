@@ -27,11 +27,20 @@ impl<T> Machine<T> {
 
     /// While set, writes that need memory are refused with `OutOfMemory`.
     pub fn set_out_of_memory(&mut self, over: bool) {
-        self.out_of_memory = over;
+        self.write_allowance = over.then_some(0);
+    }
+
+    /// Admits writes that need memory until their encoded bytes add up to
+    /// `allowance`, then refuses them with `OutOfMemory` until told again
+    /// (`None`: admits every write). The caller measures memory
+    /// periodically; the allowance bounds what the writes between two
+    /// measurements add, however late the next one comes.
+    pub fn set_write_allowance(&mut self, allowance: Option<u64>) {
+        self.write_allowance = allowance;
     }
 
     pub fn out_of_memory(&self) -> bool {
-        self.out_of_memory
+        self.write_allowance == Some(0)
     }
 
     /// For each shard this core leads, up to `per_shard` keys to evict

@@ -50,6 +50,11 @@ pub struct MachineConfig {
     /// Whether records go to a WAL (`false`: `--persistence none`, where
     /// Readies count as persisted at once).
     pub durable: bool,
+    /// Record bytes one WAL flush carries at most (0: everything staged):
+    /// bounds the time of one write + fdatasync, so a burst of large
+    /// writes does not hold back the answers of small ones behind it.
+    /// A single Ready bigger than this still goes out whole.
+    pub wal_batch_bytes_max: u64,
 }
 
 /// A WAL batch the caller must write: first every snapshot in `installs`
@@ -102,6 +107,10 @@ struct Persisting {
     after_persist: Vec<(u32, Message)>,
     /// A snapshot installed from the leader: its file is written first.
     installed: Option<(SnapshotMeta, Bytes)>,
+    /// The records this Ready staged (they follow the previous Ready's in
+    /// `staged`), and their encoded bytes.
+    records: usize,
+    records_bytes: u64,
 }
 
 /// How a read started.
@@ -116,8 +125,10 @@ pub enum ReadStart {
 pub struct Machine<T> {
     config: MachineConfig,
     groups: BTreeMap<u32, Group<T>>,
-    /// Records for the next flush.
-    staged: Vec<Record>,
+    /// Records for the next flushes, in order: first `unattributed` ones
+    /// no Ready staged (new groups' first membership), then each Ready's.
+    staged: std::collections::VecDeque<Record>,
+    unattributed: usize,
     /// Readies handled since the last flush started.
     unpersisted: Vec<Persisting>,
     /// Readies of the flush in flight.
@@ -132,7 +143,9 @@ pub struct Machine<T> {
     bugs: Bugs,
     out: Outputs<T>,
     /// The node is over its memory limit: writes that need memory fail.
-    out_of_memory: bool,
+    /// Bytes of writes that need memory this core may still admit before
+    /// the caller measures again (`None`: no limit).
+    write_allowance: Option<u64>,
 }
 
 impl<T> Machine<T> {
@@ -144,7 +157,8 @@ impl<T> Machine<T> {
         Machine {
             config,
             groups,
-            staged: if config.durable { bootstrap } else { Vec::new() },
+            unattributed: if config.durable { bootstrap.len() } else { 0 },
+            staged: if config.durable { bootstrap.into() } else { Default::default() },
             unpersisted: Vec::new(),
             in_flight: None,
             poisoned: None,
@@ -154,7 +168,7 @@ impl<T> Machine<T> {
             stats: CoreStats::default(),
             bugs: Bugs::default(),
             out: Outputs::default(),
-            out_of_memory: false,
+            write_allowance: None,
         }
     }
 
@@ -210,8 +224,12 @@ impl<T> Machine<T> {
         if self.stopping {
             return Err(CoreError::ShuttingDown);
         }
-        if self.out_of_memory && command.needs_memory() {
-            return Err(CoreError::OutOfMemory);
+        if let (Some(allowance), true) = (self.write_allowance, command.needs_memory()) {
+            let need = command.encoded_len() as u64;
+            if need > allowance {
+                return Err(CoreError::OutOfMemory);
+            }
+            self.write_allowance = Some(allowance - need);
         }
         let group = self.group_mut(shard)?;
         if group.pending_count() >= PENDING_PER_GROUP_MAX {

@@ -28,6 +28,9 @@ pub type Waiter = (usize, u64);
 /// WAL segments in the simulation: the smallest the WAL allows, so that
 /// rotation and compaction happen within a run.
 const SIM_SEGMENT_BYTES: u64 = segment::SEGMENT_BYTES_MIN;
+/// The WAL batch cap of even-numbered nodes: a few records, so that
+/// bursts split across flushes.
+const SIM_WAL_BATCH_BYTES_MAX: u64 = 2048;
 /// Applied entries each group keeps for lagging followers: small, so that
 /// followers that fall behind need snapshots.
 const SIM_LOG_RETAIN_ENTRIES: u64 = 64;
@@ -187,7 +190,10 @@ fn recover_core(fs: &mut SimFs, layout: &Layout, core: u32, dir: &Path) -> Resul
         apply_repair(fs, &wal_dir, repair);
     }
     let wal = WalState::new(core, SIM_SEGMENT_BYTES, FsyncPolicy::Always, wal_dir, recovered);
-    let machine_config = MachineConfig { node_id: layout.node_id, core, durable: true };
+    // Half the nodes cap their WAL batches small, so that both a capped
+    // flush (readies left staged behind it) and an unbounded one run.
+    let wal_batch_bytes_max = if layout.node_id.is_multiple_of(2) { SIM_WAL_BATCH_BYTES_MAX } else { 0 };
+    let machine_config = MachineConfig { node_id: layout.node_id, core, durable: true, wal_batch_bytes_max };
     let config = RestoreConfig {
         machine: machine_config,
         tick: TICK_INTERVAL_DEFAULT,

@@ -486,7 +486,7 @@ impl World {
         }
     }
 
-    /// The node's leaders propose evictions, as `memory_cycle` does; each
+    /// The node's leaders propose evictions, as `eviction_cycle` does; each
     /// evicted key is in the history as a delete whose outcome is unknown
     /// (an eviction may apply, or be lost with its leader).
     fn evict(&mut self, node: u64, policy: kv_engine::evict::Policy) {
