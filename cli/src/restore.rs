@@ -24,8 +24,6 @@
 //! an IO error); 2 usage (flags, or a core count that does not divide the
 //! backup's shards).
 
-use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -220,17 +218,9 @@ fn io(what: &Path) -> impl FnOnce(std::io::Error) -> Refusal + '_ {
     move |e| refuse(format!("{}: {e}", what.display()))
 }
 
-/// Writes `bytes` durably as `path`: `path.tmp`, fsync, rename, fsync dir.
+/// Writes `bytes` durably as `path` (see `fsutil::write_durable`).
 fn write_durable(path: &Path, bytes: &[u8]) -> Result<(), Refusal> {
-    let mut name = path.file_name().expect("a file name").to_owned();
-    name.push(".tmp");
-    let tmp = path.with_file_name(name);
-    let mut file = File::create(&tmp).map_err(io(&tmp))?;
-    file.write_all(bytes).map_err(io(&tmp))?;
-    // IMPORTANT: fsync before the rename makes the name point at whole data.
-    file.sync_all().map_err(io(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io(path))?;
-    kv_engine::fsutil::sync_dir(path.parent().expect("in a directory")).map_err(io(path))
+    kv_engine::fsutil::write_durable(path, bytes).map_err(io(path))
 }
 
 fn run(args: &Args) -> Result<String, Refusal> {

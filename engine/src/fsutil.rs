@@ -27,6 +27,25 @@ pub fn create_dir_durable(dir: &Path) -> io::Result<()> {
     }
 }
 
+/// Writes `bytes` durably as `path`: `path.tmp`, fsync, rename, fsync of
+/// the directory. A crash leaves the old file or the new one, never half.
+pub fn write_durable(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    let mut name = path.file_name().ok_or_else(|| io::Error::other("not a file name"))?.to_owned();
+    name.push(".tmp");
+    let tmp = path.with_file_name(name);
+    let mut file = File::create(&tmp)?;
+    file.write_all(bytes)?;
+    // IMPORTANT: fsync before the rename makes the name point at whole data.
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    match path.parent() {
+        Some(parent) if parent.as_os_str().is_empty() => sync_dir(Path::new(".")),
+        Some(parent) => sync_dir(parent),
+        None => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -66,6 +66,9 @@ pub struct NodeSignals {
     pub failed: AtomicBool,
     /// One entry per core, by core index (none with `Default`).
     pub cores: Vec<CoreSignals>,
+    /// Why the node must stop and exit with an error, when something it
+    /// cannot fix by itself made it stop (see [`NodeSignals::fail_with`]).
+    pub fatal: std::sync::Mutex<Option<String>>,
 }
 
 impl NodeSignals {
@@ -76,6 +79,14 @@ impl NodeSignals {
     /// Cores that, at their last poll, knew a leader for each of their shards.
     pub fn cores_knowing_leaders(&self) -> usize {
         self.cores.iter().filter(|c| c.leaders_known.load(Ordering::SeqCst)).count()
+    }
+
+    /// Stops the node; it exits with `why` as its error (the first reason
+    /// given wins).
+    pub fn fail_with(&self, why: String) {
+        self.fatal.lock().expect("not poisoned").get_or_insert(why);
+        self.failed.store(true, Ordering::SeqCst);
+        self.stop.store(true, Ordering::SeqCst);
     }
 
     /// Every core's heartbeat counter, by core index.

@@ -141,11 +141,7 @@ impl Layout {
         let io = |why: String| LayoutError::Io { path: path.display().to_string(), why };
         if !path.exists() {
             let text = toml::to_string(&wanted).expect("layout serialises");
-            let tmp = data_dir.join(format!("{FILE_NAME}.tmp"));
-            std::fs::write(&tmp, text).map_err(|e| io(e.to_string()))?;
-            std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| io(e.to_string()))?;
-            std::fs::rename(&tmp, &path).map_err(|e| io(e.to_string()))?;
-            kv_engine::fsutil::sync_dir(data_dir).map_err(|e| io(e.to_string()))?;
+            kv_engine::fsutil::write_durable(&path, text.as_bytes()).map_err(|e| io(e.to_string()))?;
             return Ok(wanted);
         }
         let text = std::fs::read_to_string(&path).map_err(|e| io(e.to_string()))?;

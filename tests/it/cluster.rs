@@ -199,6 +199,22 @@ impl Cluster {
         self.running.insert(id, kvd);
     }
 
+    /// Starts node `id` when it is expected to exit by itself, soon after
+    /// its ready line or before it: waits (bounded) for the exit and returns
+    /// its status (`None` if it exited before its ready line: the harness
+    /// reaped it) and its log.
+    pub fn start_node_expecting_exit(&mut self, id: u64) -> (Option<std::process::ExitStatus>, String) {
+        let node = &self.nodes[&id];
+        let args: Vec<&str> = node.args.iter().map(String::as_str).collect();
+        match Kvd::start_command(kvd_command(&node.data, &args)) {
+            Ok(mut kvd) => {
+                let status = kvd.wait_exit().unwrap_or_else(|| panic!("node {id} kept running:\n{}", kvd.log()));
+                (Some(status), kvd.log())
+            }
+            Err(log) => (None, log),
+        }
+    }
+
     /// Node `id`'s data directory.
     pub fn data_dir(&self, id: u64) -> PathBuf {
         self.nodes[&id].data.clone()

@@ -127,7 +127,8 @@ impl Kvd {
         let _ = self.child.wait();
     }
 
-    fn wait_exit(&mut self) -> Option<std::process::ExitStatus> {
+    /// Waits (bounded) for the process to exit; its status, if it did.
+    pub fn wait_exit(&mut self) -> Option<std::process::ExitStatus> {
         let deadline = Instant::now() + STOP_TIMEOUT;
         while Instant::now() < deadline {
             if let Some(status) = self.child.try_wait().expect("wait works") {

@@ -18,6 +18,7 @@ mod kvbench;
 mod kvctl;
 mod lifecycle;
 mod load;
+mod local_cluster;
 mod memory;
 mod metrics;
 mod notify;

@@ -184,10 +184,13 @@ fn a_paused_leader_is_replaced_and_rejoins() {
 fn strangers_without_the_cluster_secret_are_refused() {
     let mut c = Cluster::start(3, &[]);
     // A raw connection claiming to be node 2, with a made-up proof.
-    use kv_net::peer::wire::{Challenge, PeerHello, CHALLENGE_BYTES, MAC_BYTES, NONCE_BYTES, PEER_VERSION};
+    use kv_net::peer::wire::{Challenge, PeerHello, CHALLENGE_BYTES, MAC_BYTES, PEER_VERSION};
     let mut s = std::net::TcpStream::connect(c.peer_addr(1)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let hello = PeerHello { version: PEER_VERSION, node: 2, core: 0, cores: 1, shards: 8, nonce: [1; NONCE_BYTES] };
+    // Node 2's real incarnation (the acceptor knows it): only the proof is wrong.
+    let text = std::fs::read_to_string(c.data_dir(2).join("incarnation")).unwrap();
+    let incarnation = u64::from_str_radix(text.trim(), 16).unwrap();
+    let hello = PeerHello { version: PEER_VERSION, node: 2, core: 0, cores: 1, shards: 8, incarnation, nonce: [1; 16] };
     s.write_all(&hello.encode()).unwrap();
     let mut ch = [0u8; CHALLENGE_BYTES];
     s.read_exact(&mut ch).unwrap();
@@ -227,6 +230,58 @@ fn strangers_without_the_cluster_secret_are_refused() {
     // The impostor started no election anybody heard of.
     let terms_after: Vec<_> = c.groups(1).iter().map(|g| g["term"].clone()).collect();
     assert_eq!(terms_before, terms_after, "the impostor disturbed the cluster");
+}
+
+#[test]
+fn a_node_on_a_wiped_data_directory_is_refused_and_its_old_directory_rejoins() {
+    let mut c = Cluster::start(3, &[]);
+    let mut writer = c.client(1);
+    let put = |w: &mut kv_net::client::Client, i: usize| {
+        w.put(format!("k{i}").as_bytes(), format!("v{i}").as_bytes(), Condition::Always).unwrap();
+    };
+    let has_all = |c: &Cluster, id: u64, n: usize| {
+        let mut reader = c.client(id);
+        c.wait_until(&format!("node {id} has the first {n} writes"), || {
+            (0..n).all(|i| {
+                reader.get_with(format!("k{i}").as_bytes(), Consistency::Stale).unwrap().map(|(v, _)| v)
+                    == Some(format!("v{i}").into_bytes())
+            })
+        });
+    };
+    for i in 0..40 {
+        put(&mut writer, i);
+    }
+    // Node 3 acknowledged entries: the leaders count on it having them.
+    has_all(&c, 3, 40);
+    c.kill(3);
+    let dir = c.data_dir(3);
+    let saved = dir.with_extension("saved");
+    std::fs::rename(&dir, &saved).unwrap();
+    for i in 40..60 {
+        put(&mut writer, i);
+    }
+
+    // Started again on an empty directory: refused by its peers, it stops
+    // with a message, without a panic, twice in a row.
+    for attempt in 1..=2 {
+        let (status, log) = c.start_node_expecting_exit(3);
+        assert!(status.is_none_or(|s| !s.success()), "attempt {attempt}: exited {status:?}:\n{log}");
+        assert!(log.contains("must not rejoin under id 3"), "attempt {attempt}, no reason given:\n{log}");
+        assert!(!log.contains("panicked"), "attempt {attempt}:\n{log}");
+    }
+    // The others never let it in: they still serve, with their own terms.
+    put(&mut writer, 60);
+    assert_eq!(writer.get_with(b"k60", Consistency::Strict).unwrap().unwrap().0, b"v60");
+    for id in [1, 2] {
+        assert!(!c.node(id).log().contains("panicked"), "node {id}:\n{}", c.node(id).log());
+    }
+
+    // Its own directory back: it rejoins and catches up.
+    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::rename(&saved, &dir).unwrap();
+    c.start_node(3, &[]);
+    has_all(&c, 3, 61);
+    c.wait_converged();
 }
 
 #[test]

@@ -17,6 +17,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 use kv_cli::config::{layers, Settings};
 use kv_cli::notify::Notifier;
 use kv_net::node::{self, CoreSetup, NodeSignals};
+use kv_net::peer::incarnation::Incarnations;
 use kv_net::peer::PeerConfig;
 use kv_net::service::{Endpoints, Frontend};
 use kv_replication::{CoreConfig, Layout, Persistence, TICK_INTERVAL_DEFAULT};
@@ -90,6 +91,11 @@ fn run(mut s: Settings, notify: &Arc<Notifier>) -> Result<(), String> {
     } else {
         (wanted, None)
     };
+    // A cluster node is always persistent (checked with the config).
+    let incarnations = match &s.cluster {
+        Some(_) => Some(Arc::new(Incarnations::open(&s.data_dir)?)),
+        None => None,
+    };
     let listeners = kv_net::listener::bind_reuseport(s.listen, cores as usize).map_err(|e| e.to_string())?;
     let listen = listeners[0].local_addr().map_err(|e| e.to_string())?;
     let resp_listeners =
@@ -148,6 +154,8 @@ fn run(mut s: Settings, notify: &Arc<Notifier>) -> Result<(), String> {
                 // A Raft entry carries at most one maximal request.
                 payload_bytes_max: s.limits.frame_bytes_max + PEER_FRAME_SLACK_BYTES,
                 endpoints: endpoints.clone(),
+                incarnations: incarnations.clone().expect("a cluster node has an incarnation"),
+                signals: signals.clone(),
             };
             (peer_config, peer_listeners[i].take().expect("one peer listener per core"))
         });
@@ -230,6 +238,9 @@ fn run(mut s: Settings, notify: &Arc<Notifier>) -> Result<(), String> {
             Ok(Err(e)) => errors.push(e),
             Err(e) => errors.push(format!("executor failed: {e}")),
         }
+    }
+    if let Some(why) = signals.fatal.lock().expect("not poisoned").take() {
+        errors.insert(0, why);
     }
     if errors.is_empty() {
         tracing::info!("kvd stopped cleanly");

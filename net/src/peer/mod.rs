@@ -12,6 +12,7 @@
 //!
 //! Messages to an unreachable node are dropped: Raft retransmits.
 
+pub mod incarnation;
 pub mod wire;
 
 use std::cell::{Cell, RefCell};
@@ -30,10 +31,12 @@ use kv_replication::{oneshot, CoreError};
 use raft::eraftpb::Message;
 
 use crate::mesh::{Op, Reply};
+use crate::node::NodeSignals;
 use crate::readbuf::{Reader, CHUNK_BYTES};
 use crate::route::Owner;
 use crate::service::Endpoints;
-use wire::{Challenge, Forward, PeerHello};
+use incarnation::{Incarnations, Seen};
+use wire::{Binding, Challenge, Forward, PeerHello};
 
 /// Time allowed to connect and complete the handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -59,6 +62,12 @@ pub struct PeerConfig {
     pub payload_bytes_max: usize,
     /// Where this node serves clients, told to peers.
     pub endpoints: Endpoints,
+    /// This node's data directory's incarnation and its peers' (shared by
+    /// the node's cores).
+    pub incarnations: Arc<Incarnations>,
+    /// Raised when a peer says this node's data directory is not the one
+    /// it knew: the node stops.
+    pub signals: Arc<NodeSignals>,
 }
 
 /// The per-core address of a node's peer listener.
@@ -334,12 +343,14 @@ async fn connect(peers: &Rc<Peers>, link: &Rc<Link>) -> io::Result<TcpStream> {
         let mut stream = TcpStream::connect(link.addr).await?;
         stream.set_nodelay(true)?;
         let nonce: [u8; wire::NONCE_BYTES] = rand::random();
+        let own = c.incarnations.own();
         let hello = PeerHello {
             version: wire::PEER_VERSION,
             node: c.node_id,
             core: c.core,
             cores: c.cores,
             shards: c.shards,
+            incarnation: own,
             nonce,
         };
         stream.write_all(&hello.encode()).await?;
@@ -347,17 +358,37 @@ async fn connect(peers: &Rc<Peers>, link: &Rc<Link>) -> io::Result<TcpStream> {
         stream.read_exact(&mut buf).await?;
         let ch = Challenge::decode(&buf).ok_or_else(|| io_err("not a kvd peer (bad magic)"))?;
         match ch.status {
-            wire::STATUS_OK => {}
+            wire::STATUS_OK | wire::STATUS_FORGOTTEN => {}
             wire::STATUS_SHAPE_MISMATCH => return Err(io_err("the peer has a different number of cores or shards")),
             wire::STATUS_UNKNOWN_NODE => return Err(io_err(format!("the peer does not know node {}", c.node_id))),
             s => return Err(io_err(format!("the peer refused the handshake (status {s})"))),
         }
-        if ch.node != link.node
-            || !wire::proof_matches(&c.secret, "server", link.node, c.node_id, c.core, (&nonce, &ch.nonce), &ch.mac)
-        {
+        let server = Binding {
+            role: "server",
+            from: (link.node, ch.incarnation),
+            to: (c.node_id, own),
+            core: c.core,
+            nonces: (&nonce, &ch.nonce),
+            status: ch.status,
+        };
+        if ch.node != link.node || !wire::proof_matches(&c.secret, &server, &ch.mac) {
             return Err(io_err("the peer failed authentication: is the cluster secret the same everywhere?"));
         }
-        stream.write_all(&wire::proof(&c.secret, "client", c.node_id, link.node, c.core, (&ch.nonce, &nonce))).await?;
+        if ch.status == wire::STATUS_FORGOTTEN {
+            // Authenticated: the cluster itself says this directory is new.
+            c.signals.fail_with(forgotten_message(c, link.node));
+            return Err(io_err(format!("node {} knows this node with another data directory", link.node)));
+        }
+        check_peer_incarnation(c, link.node, ch.incarnation)?;
+        let client = Binding {
+            role: "client",
+            from: (c.node_id, own),
+            to: (link.node, ch.incarnation),
+            core: c.core,
+            nonces: (&ch.nonce, &nonce),
+            status: wire::STATUS_OK,
+        };
+        stream.write_all(&wire::proof(&c.secret, &client)).await?;
         let mut info = Vec::new();
         wire::put_frame(&mut info, wire::FRAME_INFO, c.endpoints.encode().as_bytes());
         stream.write_all(&info).await?;
@@ -431,22 +462,74 @@ async fn accept_handshake(stream: &mut TcpStream, c: &PeerConfig) -> io::Result<
         wire::STATUS_SHAPE_MISMATCH
     } else if hello.core != c.core || hello.version != wire::PEER_VERSION {
         wire::STATUS_WRONG_CORE
+    } else if let Seen::Other(_) = c.incarnations.seen(hello.node, hello.incarnation) {
+        wire::STATUS_FORGOTTEN
     } else {
         wire::STATUS_OK
     };
     let nonce: [u8; wire::NONCE_BYTES] = rand::random();
-    let mac = wire::proof(&c.secret, "server", c.node_id, hello.node, c.core, (&hello.nonce, &nonce));
-    stream.write_all(&Challenge { status, node: c.node_id, nonce, mac }.encode()).await?;
+    let own = c.incarnations.own();
+    let server = Binding {
+        role: "server",
+        from: (c.node_id, own),
+        to: (hello.node, hello.incarnation),
+        core: c.core,
+        nonces: (&hello.nonce, &nonce),
+        status,
+    };
+    let mac = wire::proof(&c.secret, &server);
+    stream.write_all(&Challenge { status, node: c.node_id, incarnation: own, nonce, mac }.encode()).await?;
     if status != wire::STATUS_OK {
         return Err(io_err(format!("refused node {} (status {status})", hello.node)));
     }
     let mut proof = [0u8; wire::MAC_BYTES];
     stream.read_exact(&mut proof).await?;
-    if !wire::proof_matches(&c.secret, "client", hello.node, c.node_id, c.core, (&nonce, &hello.nonce), &proof) {
+    let client = Binding {
+        role: "client",
+        from: (hello.node, hello.incarnation),
+        to: (c.node_id, own),
+        core: c.core,
+        nonces: (&nonce, &hello.nonce),
+        status: wire::STATUS_OK,
+    };
+    if !wire::proof_matches(&c.secret, &client, &proof) {
         tracing::warn!(core = c.core, claimed = hello.node, "a peer failed authentication (wrong cluster secret?)");
         return Err(io_err("authentication failed"));
     }
+    check_peer_incarnation(c, hello.node, hello.incarnation)?;
     Ok(hello.node)
+}
+
+/// Records an authenticated peer's incarnation the first time, and refuses
+/// a peer whose data directory is not the one recorded.
+fn check_peer_incarnation(c: &PeerConfig, node: u64, incarnation: u64) -> io::Result<()> {
+    match c.incarnations.record(node, incarnation) {
+        Ok(Seen::New) => {
+            tracing::debug!(core = c.core, node, incarnation = format_args!("{incarnation:016x}"), "met a peer");
+            Ok(())
+        }
+        Ok(Seen::Same) => Ok(()),
+        Ok(Seen::Other(known)) => {
+            let why = format!(
+                "node {node} came back with a new data directory (incarnation {incarnation:016x}, this node knew \
+                 {known:016x}): it forgot its Raft log and votes, so it is refused"
+            );
+            tracing::warn!(core = c.core, "{why}");
+            Err(io_err(why))
+        }
+        Err(e) => Err(io_err(format!("cannot record node {node}'s incarnation: {e}"))),
+    }
+}
+
+/// What a node told that its data directory is new says as it stops.
+fn forgotten_message(c: &PeerConfig, by: u64) -> String {
+    format!(
+        "node {by} knows node {id} with another data directory: this one is new (wiped, replaced or restored), so \
+         node {id} has forgotten the Raft log and votes the cluster counts on, and must not rejoin under id {id}. \
+         Start it on its old data directory; a node that lost its data can only come back as a new member, which \
+         needs cluster membership changes",
+        id = c.node_id
+    )
 }
 
 async fn serve_inbound(mut stream: TcpStream, peers: &Rc<Peers>, owner: &Rc<Owner>) -> io::Result<()> {

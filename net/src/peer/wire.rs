@@ -24,14 +24,15 @@ use sha2::Sha256;
 use crate::mesh::{Op, Reply};
 
 pub const PEER_MAGIC: [u8; 4] = *b"KVDP";
-pub const PEER_VERSION: u16 = 1;
+pub const PEER_VERSION: u16 = 2;
 pub const NONCE_BYTES: usize = 16;
 pub const MAC_BYTES: usize = 32;
-pub const HELLO_BYTES: usize = 44;
-pub const CHALLENGE_BYTES: usize = 64;
+pub const HELLO_BYTES: usize = 52;
+pub const CHALLENGE_BYTES: usize = 72;
 pub const FRAME_HEADER_BYTES: usize = 12;
 
-const _: () = assert!(HELLO_BYTES == 28 + NONCE_BYTES);
+const _: () = assert!(HELLO_BYTES == 36 + NONCE_BYTES);
+const _: () = assert!(CHALLENGE_BYTES == 24 + NONCE_BYTES + MAC_BYTES);
 
 pub const FRAME_RAFT: u8 = 1;
 pub const FRAME_FORWARD: u8 = 2;
@@ -55,6 +56,9 @@ pub const STATUS_OK: u16 = 0;
 pub const STATUS_SHAPE_MISMATCH: u16 = 1;
 pub const STATUS_UNKNOWN_NODE: u16 = 2;
 pub const STATUS_WRONG_CORE: u16 = 3;
+/// The opener's data directory is not the one the acceptor met before
+/// under that node id (see [`super::incarnation`]).
+pub const STATUS_FORGOTTEN: u16 = 4;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -66,6 +70,8 @@ pub struct PeerHello {
     pub core: u32,
     pub cores: u32,
     pub shards: u32,
+    /// The opener's data directory's incarnation.
+    pub incarnation: u64,
     pub nonce: [u8; NONCE_BYTES],
 }
 
@@ -78,7 +84,8 @@ impl PeerHello {
         b[16..20].copy_from_slice(&self.core.to_le_bytes());
         b[20..24].copy_from_slice(&self.cores.to_le_bytes());
         b[24..28].copy_from_slice(&self.shards.to_le_bytes());
-        b[28..HELLO_BYTES].copy_from_slice(&self.nonce);
+        b[28..36].copy_from_slice(&self.incarnation.to_le_bytes());
+        b[36..HELLO_BYTES].copy_from_slice(&self.nonce);
         b
     }
 
@@ -93,7 +100,8 @@ impl PeerHello {
             core: u32_at(16),
             cores: u32_at(20),
             shards: u32_at(24),
-            nonce: b[28..HELLO_BYTES].try_into().expect("nonce"),
+            incarnation: u64::from_le_bytes(b[28..36].try_into().expect("8 bytes")),
+            nonce: b[36..HELLO_BYTES].try_into().expect("nonce"),
         })
     }
 }
@@ -103,6 +111,8 @@ impl PeerHello {
 pub struct Challenge {
     pub status: u16,
     pub node: u64,
+    /// The acceptor's data directory's incarnation.
+    pub incarnation: u64,
     pub nonce: [u8; NONCE_BYTES],
     pub mac: [u8; MAC_BYTES],
 }
@@ -113,8 +123,9 @@ impl Challenge {
         b[0..4].copy_from_slice(&PEER_MAGIC);
         b[4..6].copy_from_slice(&self.status.to_le_bytes());
         b[8..16].copy_from_slice(&self.node.to_le_bytes());
-        b[16..32].copy_from_slice(&self.nonce);
-        b[32..64].copy_from_slice(&self.mac);
+        b[16..24].copy_from_slice(&self.incarnation.to_le_bytes());
+        b[24..40].copy_from_slice(&self.nonce);
+        b[40..72].copy_from_slice(&self.mac);
         b
     }
 
@@ -122,43 +133,55 @@ impl Challenge {
         (b[0..4] == PEER_MAGIC).then(|| Challenge {
             status: u16::from_le_bytes([b[4], b[5]]),
             node: u64::from_le_bytes(b[8..16].try_into().expect("8 bytes")),
-            nonce: b[16..32].try_into().expect("nonce"),
-            mac: b[32..64].try_into().expect("mac"),
+            incarnation: u64::from_le_bytes(b[16..24].try_into().expect("8 bytes")),
+            nonce: b[24..40].try_into().expect("nonce"),
+            mac: b[40..72].try_into().expect("mac"),
         })
     }
 }
 
-/// The HMAC-SHA256 state over who is talking to whom on which core and
-/// both nonces: a proof cannot be replayed on another connection or
-/// reflected back (the role is part of it).
-fn proof_mac(secret: &[u8], role: &str, from: u64, to: u64, core: u32, nonces: (&[u8], &[u8])) -> HmacSha256 {
+/// What one side's handshake proof binds.
+#[derive(Debug, Clone, Copy)]
+pub struct Binding<'a> {
+    /// `server` (the acceptor's proof) or `client` (the opener's).
+    pub role: &'a str,
+    /// The prover's node id and incarnation.
+    pub from: (u64, u64),
+    /// The verifier's node id and the incarnation the prover knows for it.
+    pub to: (u64, u64),
+    pub core: u32,
+    /// The verifier's nonce, then the prover's.
+    pub nonces: (&'a [u8], &'a [u8]),
+    /// The handshake status the prover sends (`STATUS_OK` for the client).
+    pub status: u16,
+}
+
+/// The HMAC-SHA256 state over who is talking to whom (which lives of
+/// them) on which core, both nonces and the status: a proof cannot be
+/// replayed on another connection or reflected back (the role is part of
+/// it), and a refusal cannot be forged.
+fn proof_mac(secret: &[u8], b: &Binding) -> HmacSha256 {
     let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC takes keys of any length");
-    mac.update(b"kvd-peer-v1 ");
-    mac.update(role.as_bytes());
-    mac.update(&from.to_le_bytes());
-    mac.update(&to.to_le_bytes());
-    mac.update(&core.to_le_bytes());
-    mac.update(nonces.0);
-    mac.update(nonces.1);
+    mac.update(b"kvd-peer-v2 ");
+    mac.update(b.role.as_bytes());
+    for v in [b.from.0, b.from.1, b.to.0, b.to.1] {
+        mac.update(&v.to_le_bytes());
+    }
+    mac.update(&b.core.to_le_bytes());
+    mac.update(&b.status.to_le_bytes());
+    mac.update(b.nonces.0);
+    mac.update(b.nonces.1);
     mac
 }
 
 /// The proof one side sends.
-pub fn proof(secret: &[u8], role: &str, from: u64, to: u64, core: u32, nonces: (&[u8], &[u8])) -> [u8; MAC_BYTES] {
-    proof_mac(secret, role, from, to, core, nonces).finalize().into_bytes().into()
+pub fn proof(secret: &[u8], binding: &Binding) -> [u8; MAC_BYTES] {
+    proof_mac(secret, binding).finalize().into_bytes().into()
 }
 
 /// Constant-time comparison of a received proof with the expected one.
-pub fn proof_matches(
-    secret: &[u8],
-    role: &str,
-    from: u64,
-    to: u64,
-    core: u32,
-    nonces: (&[u8], &[u8]),
-    got: &[u8],
-) -> bool {
-    proof_mac(secret, role, from, to, core, nonces).verify_slice(got).is_ok()
+pub fn proof_matches(secret: &[u8], binding: &Binding, got: &[u8]) -> bool {
+    proof_mac(secret, binding).verify_slice(got).is_ok()
 }
 
 /// Appends one frame.
@@ -566,21 +589,33 @@ mod tests {
 
     #[test]
     fn handshake_messages_round_trip_and_proofs_bind_everything() {
-        let h = PeerHello { version: 1, node: 3, core: 1, cores: 2, shards: 16, nonce: [7; NONCE_BYTES] };
+        let h =
+            PeerHello { version: 2, node: 3, core: 1, cores: 2, shards: 16, incarnation: 5, nonce: [7; NONCE_BYTES] };
         assert_eq!(PeerHello::decode(&h.encode()), Some(h));
-        let c = Challenge { status: 0, node: 2, nonce: [9; NONCE_BYTES], mac: [1; MAC_BYTES] };
+        let c = Challenge { status: 0, node: 2, incarnation: 6, nonce: [9; NONCE_BYTES], mac: [1; MAC_BYTES] };
         assert_eq!(Challenge::decode(&c.encode()), Some(c));
-        let p = proof(b"secret", "server", 2, 3, 1, (&[1; 16], &[2; 16]));
-        assert!(proof_matches(b"secret", "server", 2, 3, 1, (&[1; 16], &[2; 16]), &p));
-        for (secret, role, from, to, core) in [
-            (&b"other"[..], "server", 2, 3, 1),
-            (b"secret", "client", 2, 3, 1),
-            (b"secret", "server", 3, 2, 1),
-            (b"secret", "server", 2, 3, 0),
+        let b = Binding {
+            role: "server",
+            from: (2, 6),
+            to: (3, 5),
+            core: 1,
+            nonces: (&[1; 16], &[2; 16]),
+            status: STATUS_OK,
+        };
+        let p = proof(b"secret", &b);
+        assert!(proof_matches(b"secret", &b, &p));
+        assert!(!proof_matches(b"other", &b, &p));
+        for wrong in [
+            Binding { role: "client", ..b },
+            Binding { from: (3, 6), to: (2, 5), ..b },
+            Binding { from: (2, 7), ..b },
+            Binding { to: (3, 4), ..b },
+            Binding { core: 0, ..b },
+            Binding { status: STATUS_FORGOTTEN, ..b },
+            Binding { nonces: (&[2; 16], &[1; 16]), ..b },
         ] {
-            assert!(!proof_matches(secret, role, from, to, core, (&[1; 16], &[2; 16]), &p));
+            assert!(!proof_matches(b"secret", &wrong, &p), "{wrong:?}");
         }
-        assert!(!proof_matches(b"secret", "server", 2, 3, 1, (&[2; 16], &[1; 16]), &p), "nonce order matters");
     }
 
     #[test]

@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use kv_engine::snapshot::SnapshotMeta;
 use kv_engine::{Command, ShardMap, Stored};
-use raft::eraftpb::{ConfState, Message};
+use raft::eraftpb::{ConfState, Message, MessageType};
 use raft::{RawNode, StateRole};
 
 use crate::storage::GroupStorage;
@@ -186,6 +186,16 @@ impl<T> Group<T> {
 
     /// Delivers a peer's message.
     pub fn step(&mut self, message: Message) -> Result<(), String> {
+        let last = self.node.raft.raft_log.last_index();
+        if message.get_msg_type() == MessageType::MsgHeartbeat && message.commit > last {
+            // A leader only sends a commit index this replica acknowledged
+            // having: this log lost entries it had persisted (a replaced
+            // data directory). raft-rs would panic; refuse the message.
+            return Err(format!(
+                "a heartbeat from {} commits up to {} but this log ends at {last}: entries acknowledged here were lost",
+                message.from, message.commit
+            ));
+        }
         self.node.step(message).map_err(|e| e.to_string())
     }
 
