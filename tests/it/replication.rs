@@ -114,10 +114,15 @@ fn a_follower_catches_up_from_the_log_and_by_snapshot() {
         }
         c.start_node(3, &[]);
         let mut reader = c.client(3);
+        // A request can time out while node 3 installs a snapshot: then
+        // ask again on a new connection.
         c.wait_until("node 3 has every write", || {
-            (0..keys).all(|i| {
-                reader.get_with(format!("{tag}{i}").as_bytes(), Consistency::Stale).unwrap().map(|(v, _)| v)
-                    == Some(value(tag, i))
+            (0..keys).all(|i| match reader.get_with(format!("{tag}{i}").as_bytes(), Consistency::Stale) {
+                Ok(got) => got.map(|(v, _)| v) == Some(value(tag, i)),
+                Err(_) => {
+                    reader = c.client(3);
+                    false
+                }
             })
         });
         c.node(3).log()
@@ -242,9 +247,12 @@ fn a_node_on_a_wiped_data_directory_is_refused_and_its_old_directory_rejoins() {
     let has_all = |c: &Cluster, id: u64, n: usize| {
         let mut reader = c.client(id);
         c.wait_until(&format!("node {id} has the first {n} writes"), || {
-            (0..n).all(|i| {
-                reader.get_with(format!("k{i}").as_bytes(), Consistency::Stale).unwrap().map(|(v, _)| v)
-                    == Some(format!("v{i}").into_bytes())
+            (0..n).all(|i| match reader.get_with(format!("k{i}").as_bytes(), Consistency::Stale) {
+                Ok(got) => got.map(|(v, _)| v) == Some(format!("v{i}").into_bytes()),
+                Err(_) => {
+                    reader = c.client(id);
+                    false
+                }
             })
         });
     };
