@@ -138,6 +138,37 @@ fn concurrent_writes_share_flushes() {
     });
 }
 
+/// A lone writer's durable write costs one flush (one fdatasync): the
+/// hard state that only moves the commit index rides the next write's
+/// flush. Writes still survive a restart (the commit index is recovered
+/// by committing again).
+#[test]
+fn sequential_writes_cost_one_flush_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_path_buf();
+    run(move || async move {
+        let core = open(Some(&d), u64::MAX).await;
+        let key = "lone";
+        let s = shard(&core, key);
+        // The first write may still carry the election's term and vote.
+        core.write(s, put(key, "v0")).await.unwrap();
+        let flushes_before = core.stats().flushes;
+        for i in 1..=100 {
+            assert!(matches!(core.write(s, put(key, &format!("v{i}"))).await.unwrap(), Outcome::Written { .. }));
+        }
+        let flushes = core.stats().flushes - flushes_before;
+        assert!(flushes <= 100, "100 sequential writes took {flushes} flushes");
+        core.shutdown().await.unwrap();
+    });
+    let d = dir.path().to_path_buf();
+    run(move || async move {
+        let core = open(Some(&d), u64::MAX).await;
+        let stored = core.read(shard(&core, "lone"), b"lone", Consistency::Strict).await.unwrap().expect("kept");
+        assert_eq!(stored.value, Bytes::from("v100"));
+        core.shutdown().await.unwrap();
+    });
+}
+
 /// With a WAL batch cap far below one write, every flush carries one
 /// Ready: concurrent writes to several groups still all complete, in at
 /// least a flush per group (without a cap, one flush carries every group's

@@ -129,10 +129,10 @@ fn notify_watchdog_pings_stop_while_a_core_is_stuck() {
     let mut manager = Manager::bind();
     let dir = data_dir();
     let mut cmd = kvd_command(dir.path(), &["--cores", "0"]);
-    // Startup takes exactly two WAL flushes on one core (see lifecycle.rs);
-    // the third, the test's write, blocks the core's thread after its
+    // Startup takes exactly one WAL flush on one core (see lifecycle.rs);
+    // the second, the test's write, blocks the core's thread after its
     // fdatasync: the core stops polling, as a hung core would.
-    cmd.env("FAILPOINTS", "wal::after_fdatasync=2*off->sleep(600000)");
+    cmd.env("FAILPOINTS", "wal::after_fdatasync=1*off->sleep(600000)");
     cmd.env("NOTIFY_SOCKET", &manager.path).env("WATCHDOG_USEC", "200000").env_remove("WATCHDOG_PID");
     let kvd = Kvd::start_command(cmd).unwrap_or_else(|log| panic!("kvd did not start:\n{log}"));
     manager.wait_for("READY=1");

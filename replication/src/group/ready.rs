@@ -44,6 +44,9 @@ pub(crate) struct Handled {
     /// How far the commit index advanced, and entries applied (metrics).
     pub committed: u64,
     pub applied: u64,
+    /// A hard state in which only the commit index moved: it needs no
+    /// flush of its own and rides the next one (see `Machine::drive`).
+    pub commit_record: Option<Record>,
 }
 
 impl<T> Group<T> {
@@ -64,16 +67,26 @@ impl<T> Group<T> {
                 records.extend(entries.iter().map(|e| entry_record(id, e)));
             }
         }
-        let mut commit_advance = 0;
+        let (mut commit_advance, mut commit_record) = (0, None);
         if let Some(hs) = rd.hs() {
-            commit_advance = hs.commit.saturating_sub(self.storage.hard_state().commit);
+            let before = self.storage.hard_state();
+            commit_advance = hs.commit.saturating_sub(before.commit);
             self.storage.set_hard_state(hs.clone());
             if let Some(records) = cx.records.as_deref_mut() {
-                records.push_back(Record::HardState { group: id, term: hs.term, vote: hs.vote, commit: hs.commit });
+                let record = Record::HardState { group: id, term: hs.term, vote: hs.vote, commit: hs.commit };
+                // Term and vote must be durable before anything acts on
+                // them; a commit index need not be (ARCHITECTURE.md,
+                // "Durability protocol"): it is deferred.
+                if (hs.term, hs.vote) == (before.term, before.vote) {
+                    commit_record = Some(record);
+                } else {
+                    records.push_back(record);
+                }
             }
         }
         let after_persist = rd.take_persisted_messages().into_iter().map(|m| (id, m)).collect();
-        let handled = Handled { number: rd.number(), after_persist, installed, committed: commit_advance, applied };
+        let number = rd.number();
+        let handled = Handled { number, after_persist, installed, committed: commit_advance, applied, commit_record };
         self.node.advance_append_async(rd);
         self.release_reads(cx.now, cx.answers);
         handled

@@ -10,7 +10,7 @@
 //! carried its records returned Ok, so raft never counts an entry or a vote
 //! durable that a crash could still lose.
 
-use kv_engine::wal::FlushStats;
+use kv_engine::wal::{FlushStats, Record};
 
 use super::{FlushJob, Machine, Persisting};
 use crate::group::ReadyCtx;
@@ -40,9 +40,16 @@ impl<T> Machine<T> {
             let take = self.batch_len();
             let batch: Vec<Persisting> = self.unpersisted.drain(..take).collect();
             let count = std::mem::take(&mut self.unattributed) + batch.iter().map(|p| p.records).sum::<usize>();
-            let records: Vec<_> = self.staged.drain(..count).collect();
+            let mut records: Vec<_> = self.staged.drain(..count).collect();
             let installs: Vec<_> = batch.iter().filter_map(|p| p.installed.clone()).collect();
             if self.config.durable && (!records.is_empty() || !installs.is_empty()) {
+                // Only after every record staged (a commit index may cover
+                // entries staged in this very batch, or in one a cap left
+                // for the next flush): a write torn after it keeps the
+                // entries it covers.
+                if self.staged.is_empty() {
+                    records.extend(std::mem::take(&mut self.commit_records).into_values());
+                }
                 self.out.flush = Some(FlushJob { records, installs });
                 if self.bugs.ack_before_fsync {
                     self.persisted(batch);
@@ -123,6 +130,18 @@ impl<T> Machine<T> {
             }
             self.stats.committed_entries += h.committed;
             self.stats.applied_entries += h.applied;
+            let hard_state_staged = self.staged.range(before..).any(|r| matches!(r, Record::HardState { .. }));
+            match h.commit_record {
+                Some(r) => {
+                    self.commit_records.insert(group.id, r);
+                }
+                // A newer hard state carries the commit index too, and an
+                // older one must never follow it.
+                None if hard_state_staged => {
+                    self.commit_records.remove(&group.id);
+                }
+                None => {}
+            }
             let records = self.staged.len() - before;
             let records_bytes = self.staged.range(before..).map(|r| r.encoded_len() as u64).sum();
             self.unpersisted.push(Persisting {

@@ -129,6 +129,10 @@ pub struct Machine<T> {
     /// no Ready staged (new groups' first membership), then each Ready's.
     staged: std::collections::VecDeque<Record>,
     unattributed: usize,
+    /// Per group, its newest hard state in which only the commit index
+    /// moved since the last one staged: written at the end of the next
+    /// flush that writes anything, never flushed on its own.
+    commit_records: BTreeMap<u32, Record>,
     /// Readies handled since the last flush started.
     unpersisted: Vec<Persisting>,
     /// Readies of the flush in flight.
@@ -159,6 +163,7 @@ impl<T> Machine<T> {
             groups,
             unattributed: if config.durable { bootstrap.len() } else { 0 },
             staged: if config.durable { bootstrap.into() } else { Default::default() },
+            commit_records: BTreeMap::new(),
             unpersisted: Vec::new(),
             in_flight: None,
             poisoned: None,
