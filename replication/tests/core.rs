@@ -233,6 +233,24 @@ fn writes_past_the_allowance_are_refused_until_it_is_renewed() {
     });
 }
 
+/// A replica that does not lead answers NotLeader (the router forwards
+/// the write to the leader, whose node decides about memory), never OOM.
+#[test]
+fn only_a_leader_refuses_writes_for_memory() {
+    run(move || async move {
+        let mut config = config(None, u64::MAX);
+        // Three voters and no peers: this node never leads.
+        config.layout = Layout::cluster(1, vec![1, 2, 3], 3, 1, 4);
+        let core = open_with(None, config).await;
+        core.set_write_allowance(Some(0));
+        for key in ["a", "b", "c", "d"] {
+            let out = core.write(shard(&core, key), put(key, "v")).await;
+            assert!(matches!(out, Err(kv_replication::CoreError::NotLeader { .. })), "{key}: {out:?}");
+        }
+        core.shutdown().await.unwrap();
+    });
+}
+
 #[test]
 fn snapshots_compact_the_wal_and_restore() {
     let dir = tempfile::tempdir().unwrap();

@@ -229,18 +229,23 @@ impl<T> Machine<T> {
         if self.stopping {
             return Err(CoreError::ShuttingDown);
         }
-        if let (Some(allowance), true) = (self.write_allowance, command.needs_memory()) {
-            let need = command.encoded_len() as u64;
-            if need > allowance {
-                return Err(CoreError::OutOfMemory);
-            }
-            self.write_allowance = Some(allowance - need);
-        }
+        let memory = match self.write_allowance {
+            Some(allowance) if command.needs_memory() => Some((allowance, command.encoded_len() as u64)),
+            _ => None,
+        };
         let group = self.group_mut(shard)?;
         if group.pending_count() >= PENDING_PER_GROUP_MAX {
             return Err(CoreError::Busy);
         }
+        // Only a leader refuses for memory: elsewhere the write is
+        // forwarded, and the leader's node decides.
+        if matches!(memory, Some((allowance, need)) if need > allowance) && group.is_leader() {
+            return Err(CoreError::OutOfMemory);
+        }
         group.propose(command, waiter, now)?;
+        if let Some((allowance, need)) = memory {
+            self.write_allowance = Some(allowance.saturating_sub(need));
+        }
         self.stats.proposals += 1;
         Ok(())
     }
