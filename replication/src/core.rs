@@ -373,6 +373,9 @@ impl Core {
         if wal.is_flushing() {
             return Err(WalError::Poisoned("a WAL flush did not finish during shutdown".into()));
         }
+        for record in self.0.machine.borrow_mut().take_final_commit_records() {
+            wal.append(&record);
+        }
         wal.flush().await?;
         // IMPORTANT: fsync — a clean shutdown leaves everything durable, even
         // under `fsync never`.

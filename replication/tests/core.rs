@@ -146,7 +146,7 @@ fn concurrent_writes_share_flushes() {
 fn sequential_writes_cost_one_flush_each() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_path_buf();
-    run(move || async move {
+    let s = run(move || async move {
         let core = open(Some(&d), u64::MAX).await;
         let key = "lone";
         let s = shard(&core, key);
@@ -159,7 +159,21 @@ fn sequential_writes_cost_one_flush_each() {
         let flushes = core.stats().flushes - flushes_before;
         assert!(flushes <= 100, "100 sequential writes took {flushes} flushes");
         core.shutdown().await.unwrap();
+        s
     });
+    // A clean stop wrote the last commit index: the WAL's newest hard
+    // state of the shard commits its last entry.
+    let (mut last_entry, mut commit) = (0, 0);
+    kv_engine::wal::recover(&dir.path().join("core-0/wal"), 0, |r| {
+        match r {
+            kv_engine::wal::Record::Entry { group, index, .. } if group == s => last_entry = index,
+            kv_engine::wal::Record::HardState { group, commit: c, .. } if group == s => commit = c,
+            _ => {}
+        }
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(commit, last_entry, "the last commit index reached the WAL at the stop");
     let d = dir.path().to_path_buf();
     run(move || async move {
         let core = open(Some(&d), u64::MAX).await;

@@ -363,14 +363,8 @@ async fn connect(peers: &Rc<Peers>, link: &Rc<Link>) -> io::Result<TcpStream> {
             wire::STATUS_UNKNOWN_NODE => return Err(io_err(format!("the peer does not know node {}", c.node_id))),
             s => return Err(io_err(format!("the peer refused the handshake (status {s})"))),
         }
-        let server = Binding {
-            role: "server",
-            from: (link.node, ch.incarnation),
-            to: (c.node_id, own),
-            core: c.core,
-            nonces: (&nonce, &ch.nonce),
-            status: ch.status,
-        };
+        let server =
+            Binding::server((link.node, ch.incarnation), (c.node_id, own), c.core, (&nonce, &ch.nonce), ch.status);
         if ch.node != link.node || !wire::proof_matches(&c.secret, &server, &ch.mac) {
             return Err(io_err("the peer failed authentication: is the cluster secret the same everywhere?"));
         }
@@ -380,14 +374,7 @@ async fn connect(peers: &Rc<Peers>, link: &Rc<Link>) -> io::Result<TcpStream> {
             return Err(io_err(format!("node {} knows this node with another data directory", link.node)));
         }
         check_peer_incarnation(c, link.node, ch.incarnation)?;
-        let client = Binding {
-            role: "client",
-            from: (c.node_id, own),
-            to: (link.node, ch.incarnation),
-            core: c.core,
-            nonces: (&ch.nonce, &nonce),
-            status: wire::STATUS_OK,
-        };
+        let client = Binding::client((c.node_id, own), (link.node, ch.incarnation), c.core, (&ch.nonce, &nonce));
         stream.write_all(&wire::proof(&c.secret, &client)).await?;
         let mut info = Vec::new();
         wire::put_frame(&mut info, wire::FRAME_INFO, c.endpoints.encode().as_bytes());
@@ -469,14 +456,8 @@ async fn accept_handshake(stream: &mut TcpStream, c: &PeerConfig) -> io::Result<
     };
     let nonce: [u8; wire::NONCE_BYTES] = rand::random();
     let own = c.incarnations.own();
-    let server = Binding {
-        role: "server",
-        from: (c.node_id, own),
-        to: (hello.node, hello.incarnation),
-        core: c.core,
-        nonces: (&hello.nonce, &nonce),
-        status,
-    };
+    let server =
+        Binding::server((c.node_id, own), (hello.node, hello.incarnation), c.core, (&hello.nonce, &nonce), status);
     let mac = wire::proof(&c.secret, &server);
     stream.write_all(&Challenge { status, node: c.node_id, incarnation: own, nonce, mac }.encode()).await?;
     if status != wire::STATUS_OK {
@@ -484,14 +465,7 @@ async fn accept_handshake(stream: &mut TcpStream, c: &PeerConfig) -> io::Result<
     }
     let mut proof = [0u8; wire::MAC_BYTES];
     stream.read_exact(&mut proof).await?;
-    let client = Binding {
-        role: "client",
-        from: (hello.node, hello.incarnation),
-        to: (c.node_id, own),
-        core: c.core,
-        nonces: (&nonce, &hello.nonce),
-        status: wire::STATUS_OK,
-    };
+    let client = Binding::client((hello.node, hello.incarnation), (c.node_id, own), c.core, (&nonce, &hello.nonce));
     if !wire::proof_matches(&c.secret, &client, &proof) {
         tracing::warn!(core = c.core, claimed = hello.node, "a peer failed authentication (wrong cluster secret?)");
         return Err(io_err("authentication failed"));

@@ -156,6 +156,25 @@ pub struct Binding<'a> {
     pub status: u16,
 }
 
+impl<'a> Binding<'a> {
+    /// The acceptor's proof; `acceptor` and `opener` are (node id,
+    /// incarnation), `nonces` the opener's then the acceptor's.
+    pub fn server(
+        acceptor: (u64, u64),
+        opener: (u64, u64),
+        core: u32,
+        nonces: (&'a [u8], &'a [u8]),
+        status: u16,
+    ) -> Binding<'a> {
+        Binding { role: "server", from: acceptor, to: opener, core, nonces, status }
+    }
+
+    /// The opener's proof; `nonces` the acceptor's then the opener's.
+    pub fn client(opener: (u64, u64), acceptor: (u64, u64), core: u32, nonces: (&'a [u8], &'a [u8])) -> Binding<'a> {
+        Binding { role: "client", from: opener, to: acceptor, core, nonces, status: STATUS_OK }
+    }
+}
+
 /// The HMAC-SHA256 state over who is talking to whom (which lives of
 /// them) on which core, both nonces and the status: a proof cannot be
 /// replayed on another connection or reflected back (the role is part of

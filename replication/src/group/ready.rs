@@ -76,8 +76,10 @@ impl<T> Group<T> {
                 let record = Record::HardState { group: id, term: hs.term, vote: hs.vote, commit: hs.commit };
                 // Term and vote must be durable before anything acts on
                 // them; a commit index need not be (ARCHITECTURE.md,
-                // "Durability protocol"): it is deferred.
-                if (hs.term, hs.vote) == (before.term, before.vote) {
+                // "Durability protocol"): it is deferred. Not with an
+                // installed snapshot (`before` already has its term): that
+                // hard state goes with the snapshot's own flush.
+                if (hs.term, hs.vote) == (before.term, before.vote) && installed.is_none() {
                     commit_record = Some(record);
                 } else {
                     records.push_back(record);

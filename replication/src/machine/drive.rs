@@ -43,11 +43,12 @@ impl<T> Machine<T> {
             let mut records: Vec<_> = self.staged.drain(..count).collect();
             let installs: Vec<_> = batch.iter().filter_map(|p| p.installed.clone()).collect();
             if self.config.durable && (!records.is_empty() || !installs.is_empty()) {
-                // Only after every record staged (a commit index may cover
-                // entries staged in this very batch, or in one a cap left
-                // for the next flush): a write torn after it keeps the
-                // entries it covers.
-                if self.staged.is_empty() {
+                // Only in a flush that carries every Ready handled so far,
+                // after all their records: a commit index may cover entries
+                // staged in this very batch, or in a Ready a cap left for
+                // the next flush (an installed snapshot's Ready may stage
+                // nothing at all). A write torn after it keeps them.
+                if self.staged.is_empty() && self.unpersisted.is_empty() {
                     records.extend(std::mem::take(&mut self.commit_records).into_values());
                 }
                 self.out.flush = Some(FlushJob { records, installs });
@@ -79,6 +80,16 @@ impl<T> Machine<T> {
             bytes <= cap
         });
         fits.count().max(1)
+    }
+
+    /// At a clean stop, once nothing is staged or in flight: the commit
+    /// records still waiting for a flush, for the last one.
+    pub fn take_final_commit_records(&mut self) -> Vec<Record> {
+        let settled = self.staged.is_empty() && self.unpersisted.is_empty() && self.in_flight.is_none();
+        if !settled || self.poisoned.is_some() {
+            return Vec::new();
+        }
+        std::mem::take(&mut self.commit_records).into_values().collect()
     }
 
     /// Whether a WAL flush is in flight.
