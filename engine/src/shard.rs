@@ -484,7 +484,9 @@ impl ShardMap {
 
     /// Inserts or replaces an entry, keeping the byte count and the expiry
     /// index exact.
-    fn store(&mut self, key: Bytes, stored: Stored) {
+    fn store(&mut self, key: Bytes, mut stored: Stored) {
+        stored.value = owned(std::mem::take(&mut stored.value));
+        let key = if self.entries.contains_key(&key[..]) { key } else { owned(key) };
         if let Some(old) = self.entries.get(&key[..]) {
             if old.expires_at_ms != 0 {
                 self.expiries.remove(&(old.expires_at_ms, key.clone()));
@@ -554,6 +556,20 @@ impl ShardMap {
             self.store(key, stored);
         }
         self.applied_index = applied_index;
+    }
+}
+
+/// Keys and values at most this long are copied out of the buffer they
+/// arrived in when stored (the applied entry, or a snapshot): a slice
+/// would keep the whole buffer (the entry's header and its other fields,
+/// or every key of the snapshot) alive as long as the key lives.
+const OWNED_BYTES_MAX: usize = 4096;
+
+fn owned(b: Bytes) -> Bytes {
+    if b.len() <= OWNED_BYTES_MAX {
+        Bytes::copy_from_slice(&b)
+    } else {
+        b
     }
 }
 

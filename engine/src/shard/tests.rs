@@ -332,3 +332,28 @@ fn eviction_samples_victims_by_policy_and_evict_removes_them() {
     assert_eq!(m.len(), 97);
     assert!(random.iter().all(|k| m.get(k).is_none()));
 }
+
+/// A short key and value are copied out of the buffer they arrived in (an
+/// applied entry): the map must not keep the whole buffer alive. Long
+/// values are kept as slices (copying them would cost more than it saves).
+#[test]
+fn short_keys_and_values_do_not_pin_their_entry() {
+    let mut buffer = vec![b'h'; 64];
+    buffer.extend_from_slice(b"short-key");
+    buffer.extend_from_slice(&[b's'; 16]);
+    buffer.extend(std::iter::repeat_n(b'L', OWNED_BYTES_MAX + 1));
+    let buffer = Bytes::from(buffer);
+    let range = buffer.as_ptr() as usize..buffer.as_ptr() as usize + buffer.len();
+    let inside = |b: &Bytes| range.contains(&(b.as_ptr() as usize));
+    let mut m = ShardMap::new();
+    let key = buffer.slice(64..73);
+    let short = Command::Put { key: key.clone(), value: buffer.slice(73..89), condition: Condition::Always };
+    m.apply(1, 0, short);
+    let long_key = Bytes::from_static(b"long");
+    let long = Command::Put { key: long_key.clone(), value: buffer.slice(89..), condition: Condition::Always };
+    m.apply(2, 0, long);
+    let (stored_key, stored) = m.entries.get_key_value(&key[..]).expect("stored");
+    assert_eq!((&stored_key[..], &stored.value[..]), (&b"short-key"[..], &[b's'; 16][..]));
+    assert!(!inside(stored_key) && !inside(&stored.value), "a short key or value still points into the entry");
+    assert!(inside(&m.get(b"long").expect("stored").value), "a long value is kept as it came");
+}
