@@ -500,8 +500,8 @@ fn forgotten_message(c: &PeerConfig, by: u64) -> String {
     format!(
         "node {by} knows node {id} with another data directory: this one is new (wiped, replaced or restored), so \
          node {id} has forgotten the Raft log and votes the cluster counts on, and must not rejoin under id {id}. \
-         Start it on its old data directory; a node that lost its data can only come back as a new member, which \
-         needs cluster membership changes",
+         Start it on its old data directory (or, if another machine runs as node {id}, give this one its own id); \
+         kvd cannot yet add a node that lost its data back as a new member",
         id = c.node_id
     )
 }
