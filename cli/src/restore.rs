@@ -218,11 +218,6 @@ fn io(what: &Path) -> impl FnOnce(std::io::Error) -> Refusal + '_ {
     move |e| refuse(format!("{}: {e}", what.display()))
 }
 
-/// Writes `bytes` durably as `path` (see `fsutil::write_durable`).
-fn write_durable(path: &Path, bytes: &[u8]) -> Result<(), Refusal> {
-    kv_engine::fsutil::write_durable(path, bytes).map_err(io(path))
-}
-
 fn run(args: &Args) -> Result<String, Refusal> {
     let members = members(args)?;
     let cores_given = args.cores.is_some();
@@ -288,7 +283,8 @@ fn build(args: &Args, layout: &Layout, backup: &Backup<'_>) -> Result<(u32, u64)
         meta.conf_state = kv_replication::conf_state_of_voters(&layout.replicas_of(copy.shard));
         let bytes = snapshot::encode_blocking(&meta, &entries);
         let snap_dir = core_dir(layout.core_of_shard(copy.shard)).join("snap");
-        write_durable(&snap_dir.join(snapshot::file_name(meta.group, meta.index)), &bytes)?;
+        let path = snap_dir.join(snapshot::file_name(meta.group, meta.index));
+        kv_engine::fsutil::write_durable(&path, &bytes).map_err(io(&path))?;
         held += 1;
         keys += entries.len() as u64;
     }

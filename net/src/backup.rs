@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::mesh::BackupCopy;
+use kv_replication::ShardBackup;
 
 /// Copies a core holds at once.
 pub const BACKUPS_PER_CORE_MAX: usize = 4;
@@ -25,7 +25,7 @@ pub const BACKUPS_PER_CORE_MAX: usize = 4;
 pub const BACKUP_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 struct Held {
-    copy: BackupCopy,
+    copy: ShardBackup,
     last_read: Instant,
 }
 
@@ -59,7 +59,7 @@ pub enum ReadError {
 /// Holds `copy` on this core (`core`: its index) and returns its id, or why
 /// not (the core already holds as many as it may). Must run on a glommio
 /// executor: a timer task drops the copy once it lies unread.
-pub fn hold(core: u32, copy: BackupCopy) -> Result<u64, String> {
+pub fn hold(core: u32, copy: ShardBackup) -> Result<u64, String> {
     let id = STORE.with(|s| {
         let mut s = s.borrow_mut();
         s.sweep(Instant::now());
@@ -124,8 +124,8 @@ async fn drop_when_idle(id: u64) {
 mod tests {
     use super::*;
 
-    fn copy(len: usize) -> BackupCopy {
-        BackupCopy {
+    fn copy(len: usize) -> ShardBackup {
+        ShardBackup {
             shard: 1,
             index: 5,
             term: 2,

@@ -12,7 +12,7 @@ use std::rc::Rc;
 use bytes::Bytes;
 use glommio::channels::shared_channel::{self, ConnectedReceiver, ConnectedSender, SharedReceiver, SharedSender};
 use kv_engine::{Command, Outcome, Stored};
-use kv_replication::{oneshot, Consistency, CoreError, ScanPage};
+use kv_replication::{oneshot, Consistency, CoreError, ScanPage, ShardBackup};
 
 use crate::route::{self, Owner};
 
@@ -54,31 +54,8 @@ pub enum Reply {
     Outcome(Outcome),
     Status(String),
     Keys(ScanPage),
-    Backup(BackupCopy),
-}
-
-/// A shard's copy for a backup (see `kv_replication::Core::backup`): the
-/// bytes of a snapshot file as of `index`.
-#[derive(Clone)]
-pub struct BackupCopy {
-    pub shard: u32,
-    pub index: u64,
-    pub term: u64,
-    /// Entries in the copy.
-    pub keys: u64,
-    pub bytes: Bytes,
-}
-
-impl std::fmt::Debug for BackupCopy {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BackupCopy")
-            .field("shard", &self.shard)
-            .field("index", &self.index)
-            .field("term", &self.term)
-            .field("keys", &self.keys)
-            .field("bytes", &self.bytes.len())
-            .finish()
-    }
+    /// A shard's copy for a backup (see `kv_replication::Core::backup`).
+    Backup(ShardBackup),
 }
 
 pub struct CrossRequest {

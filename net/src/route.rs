@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use kv_replication::{Core, CoreError, Layout};
 
 use crate::memory::{Memory, EVICTION_WAIT, MEMORY_CYCLE};
-use crate::mesh::{BackupCopy, Op, Reply};
+use crate::mesh::{Op, Reply};
 use crate::peer::Peers;
 
 /// Forwards a request may take (a node without the shard → a replica →
@@ -184,9 +184,7 @@ async fn backup(owner: &Owner, shard: u32) -> Result<Reply, CoreError> {
     if !owner.layout.hosts(shard) {
         return Err(CoreError::NotLeader { leader: None });
     }
-    let b = owner.core.backup(shard).await?;
-    let copy = BackupCopy { shard, index: b.index, term: b.term, keys: b.keys, bytes: b.bytes.into() };
-    Ok(Reply::Backup(copy))
+    Ok(Reply::Backup(owner.core.backup(shard).await?))
 }
 
 async fn forward_to_replicas(owner: &Owner, shard: u32, op: Op, hops: u8) -> Result<Reply, CoreError> {

@@ -63,6 +63,7 @@ pub(crate) struct Inner {
 }
 
 /// A shard's copy for a backup (see [`Core::backup`]).
+#[derive(Clone)]
 pub struct ShardBackup {
     pub shard: u32,
     /// The Raft index and term the copy is as of.
@@ -72,7 +73,7 @@ pub struct ShardBackup {
     /// reaped included).
     pub keys: u64,
     /// The snapshot file's bytes (`kv_engine::snapshot` format).
-    pub bytes: Vec<u8>,
+    pub bytes: Bytes,
 }
 
 impl std::fmt::Debug for ShardBackup {
@@ -209,7 +210,7 @@ impl Core {
         let source = self.0.machine.borrow().shard_copy(shard)?;
         let keys = source.entries.len() as u64;
         let bytes = snapshot::encode(&source.meta, &source.entries).await;
-        Ok(ShardBackup { shard, index: source.meta.index, term: source.meta.term, keys, bytes })
+        Ok(ShardBackup { shard, index: source.meta.index, term: source.meta.term, keys, bytes: bytes.into() })
     }
 
     /// A page of the shard's live keys (see [`Machine::scan`]).

@@ -51,16 +51,7 @@ fn cluster_settings() {
     let secret = dir.path().join("secret");
     std::fs::write(&secret, "0123456789abcdef0123\n").unwrap();
     let peers = "1=127.0.0.1:7480,2=127.0.0.1:7490,3=127.0.0.1:7500";
-    let ok = Options::try_parse_from([
-        "kvd",
-        "--cores",
-        "0",
-        "--peers",
-        peers,
-        "--cluster-secret-file",
-        secret.to_str().unwrap(),
-    ])
-    .unwrap();
+    let ok = cluster_options(peers, &secret);
     let c = Settings::from_options(ok).unwrap().cluster.expect("a cluster");
     assert_eq!((c.peers.len(), c.replication_factor, c.peer_listen.port()), (3, 3, 7480));
     assert_eq!(c.secret.len(), 20, "trailing newline trimmed");
@@ -83,16 +74,7 @@ fn cluster_settings() {
         assert!(err.contains(needle), "{args:?}: {err}");
     }
     std::fs::write(&secret, "short").unwrap();
-    let cli = Options::try_parse_from([
-        "kvd",
-        "--cores",
-        "0",
-        "--peers",
-        peers,
-        "--cluster-secret-file",
-        secret.to_str().unwrap(),
-    ])
-    .unwrap();
+    let cli = cluster_options(peers, &secret);
     assert!(Settings::from_options(cli).unwrap_err().contains("at least 16"));
 }
 
@@ -201,4 +183,18 @@ fn the_shipped_profiles_are_valid_and_small_vm_is_the_default() {
             assert_eq!(s.to_toml(), Settings::from_options(Options::default()).unwrap().to_toml());
         }
     }
+}
+
+/// `kvd --cores 0 --peers PEERS --cluster-secret-file SECRET`.
+fn cluster_options(peers: &str, secret: &std::path::Path) -> Options {
+    Options::try_parse_from([
+        "kvd",
+        "--cores",
+        "0",
+        "--peers",
+        peers,
+        "--cluster-secret-file",
+        secret.to_str().unwrap(),
+    ])
+    .unwrap()
 }

@@ -27,8 +27,8 @@ const PEERS_FILE: &str = "peers";
 #[derive(Debug)]
 pub struct Incarnations {
     own: u64,
-    /// Where the peers' incarnations are kept; `None` keeps them in memory.
-    file: Option<PathBuf>,
+    /// Where the peers' incarnations are kept.
+    file: PathBuf,
     known: Mutex<BTreeMap<u64, u64>>,
 }
 
@@ -63,12 +63,7 @@ impl Incarnations {
             Err(e) if e.kind() == io::ErrorKind::NotFound => BTreeMap::new(),
             Err(e) => return Err(format!("{}: {e}", file.display())),
         };
-        Ok(Incarnations { own, file: Some(file), known: Mutex::new(known) })
-    }
-
-    /// An incarnation kept in memory only (tests).
-    pub fn in_memory(own: u64) -> Incarnations {
-        Incarnations { own, file: None, known: Mutex::new(BTreeMap::new()) }
+        Ok(Incarnations { own, file, known: Mutex::new(known) })
     }
 
     pub fn own(&self) -> u64 {
@@ -91,13 +86,11 @@ impl Incarnations {
             return Ok(if k == incarnation { Seen::Same } else { Seen::Other(k) });
         }
         known.insert(node, incarnation);
-        if let Some(file) = &self.file {
-            // Rare (once per peer for the life of the data directory) and
-            // small: written while holding the lock so records never race.
-            if let Err(e) = kv_engine::fsutil::write_durable(file, render_peers(&known).as_bytes()) {
-                known.remove(&node);
-                return Err(e);
-            }
+        // Rare (once per peer for the life of the data directory) and
+        // small: written while holding the lock so records never race.
+        if let Err(e) = kv_engine::fsutil::write_durable(&self.file, render_peers(&known).as_bytes()) {
+            known.remove(&node);
+            return Err(e);
         }
         Ok(Seen::New)
     }
