@@ -486,20 +486,25 @@ impl ShardMap {
     /// index exact.
     fn store(&mut self, key: Bytes, mut stored: Stored) {
         stored.value = owned(std::mem::take(&mut stored.value));
-        let key = if self.entries.contains_key(&key[..]) { key } else { owned(key) };
-        if let Some(old) = self.entries.get(&key[..]) {
-            if old.expires_at_ms != 0 {
-                self.expiries.remove(&(old.expires_at_ms, key.clone()));
+        let key = match self.entries.get(&key[..]) {
+            Some(old) => {
+                if old.expires_at_ms != 0 {
+                    self.expiries.remove(&(old.expires_at_ms, key.clone()));
+                }
+                self.data_bytes -= old.value.len() as u64;
+                self.data_bytes += stored.value.len() as u64;
+                if old.is_compressed() {
+                    let counts = compressed_counts(old);
+                    self.count_compressed(counts, false);
+                }
+                // The map keeps its own copy of the key.
+                key
             }
-            self.data_bytes -= old.value.len() as u64;
-            self.data_bytes += stored.value.len() as u64;
-            if old.is_compressed() {
-                let counts = compressed_counts(old);
-                self.count_compressed(counts, false);
+            None => {
+                self.data_bytes += (key.len() + stored.value.len()) as u64;
+                owned(key)
             }
-        } else {
-            self.data_bytes += (key.len() + stored.value.len()) as u64;
-        }
+        };
         if stored.expires_at_ms != 0 {
             self.expiries.insert((stored.expires_at_ms, key.clone()));
         }

@@ -47,6 +47,8 @@ pub(crate) struct Handled {
     /// A hard state in which only the commit index moved: it needs no
     /// flush of its own and rides the next one (see `Machine::drive`).
     pub commit_record: Option<Record>,
+    /// Whether a whole hard state (term or vote moved) was staged.
+    pub hard_state_staged: bool,
 }
 
 impl<T> Group<T> {
@@ -67,7 +69,7 @@ impl<T> Group<T> {
                 records.extend(entries.iter().map(|e| entry_record(id, e)));
             }
         }
-        let (mut commit_advance, mut commit_record) = (0, None);
+        let (mut commit_advance, mut commit_record, mut hard_state_staged) = (0, None, false);
         if let Some(hs) = rd.hs() {
             let before = self.storage.hard_state();
             commit_advance = hs.commit.saturating_sub(before.commit);
@@ -83,12 +85,21 @@ impl<T> Group<T> {
                     commit_record = Some(record);
                 } else {
                     records.push_back(record);
+                    hard_state_staged = true;
                 }
             }
         }
         let after_persist = rd.take_persisted_messages().into_iter().map(|m| (id, m)).collect();
         let number = rd.number();
-        let handled = Handled { number, after_persist, installed, committed: commit_advance, applied, commit_record };
+        let handled = Handled {
+            number,
+            after_persist,
+            installed,
+            committed: commit_advance,
+            applied,
+            commit_record,
+            hard_state_staged,
+        };
         self.node.advance_append_async(rd);
         self.release_reads(cx.now, cx.answers);
         handled

@@ -141,14 +141,13 @@ impl<T> Machine<T> {
             }
             self.stats.committed_entries += h.committed;
             self.stats.applied_entries += h.applied;
-            let hard_state_staged = self.staged.range(before..).any(|r| matches!(r, Record::HardState { .. }));
             match h.commit_record {
                 Some(r) => {
                     self.commit_records.insert(group.id, r);
                 }
                 // A newer hard state carries the commit index too, and an
                 // older one must never follow it.
-                None if hard_state_staged => {
+                None if h.hard_state_staged => {
                     self.commit_records.remove(&group.id);
                 }
                 None => {}
