@@ -4,6 +4,7 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -28,6 +29,8 @@ pub struct Kvd {
     pub resp_addr: SocketAddr,
     pub http_addr: SocketAddr,
     log: Arc<Mutex<Vec<String>>>,
+    /// Set once the log reader reached the end of kvd's stderr.
+    log_done: Arc<AtomicBool>,
 }
 
 /// Builds a kvd command line: data dir, loopback with a kernel-picked port,
@@ -68,6 +71,8 @@ impl Kvd {
         let log = Arc::new(Mutex::new(Vec::new()));
         let (ready_tx, ready_rx) = mpsc::channel();
         let sink = log.clone();
+        let log_done = Arc::new(AtomicBool::new(false));
+        let done = log_done.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if line.contains("kvd ready: ") {
@@ -75,11 +80,12 @@ impl Kvd {
                 }
                 sink.lock().unwrap().push(line);
             }
+            done.store(true, Ordering::SeqCst);
             let _ = ready_tx.send(None);
         });
         let text = |log: &Arc<Mutex<Vec<String>>>| log.lock().unwrap().join("\n");
         match ready_rx.recv_timeout(READY_TIMEOUT) {
-            Ok(Some((addr, resp_addr, http_addr))) => Ok(Kvd { child, addr, resp_addr, http_addr, log }),
+            Ok(Some((addr, resp_addr, http_addr))) => Ok(Kvd { child, addr, resp_addr, http_addr, log, log_done }),
             _ => {
                 let _ = child.kill();
                 let _ = child.wait();
@@ -128,10 +134,14 @@ impl Kvd {
     }
 
     /// Waits (bounded) for the process to exit; its status, if it did.
+    /// Once it did, `log` holds every line it wrote (the reader caught up).
     pub fn wait_exit(&mut self) -> Option<std::process::ExitStatus> {
         let deadline = Instant::now() + STOP_TIMEOUT;
         while Instant::now() < deadline {
             if let Some(status) = self.child.try_wait().expect("wait works") {
+                while !self.log_done.load(Ordering::SeqCst) && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
                 return Some(status);
             }
             std::thread::sleep(Duration::from_millis(10));
