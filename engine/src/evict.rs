@@ -3,7 +3,7 @@
 //! entries are drawn and the best victims among them are taken, instead of
 //! keeping the whole key space ordered.
 //!
-//! The access clock each [`Stored`] carries (24 bits) means, by policy:
+//! The access clock each [`Entry`] carries (24 bits) means, by policy:
 //! - LRU: the time of the last access in seconds (wrapping every ~194
 //!   days, as Redis's LRU clock does);
 //! - LFU: Redis's scheme — the minutes of the last decrement in the high 16
@@ -17,7 +17,7 @@
 
 use bytes::Bytes;
 
-use crate::stored::{Stored, META_CLOCK_MASK};
+use crate::entry::{Entry, META_CLOCK_MASK};
 
 /// Entries sampled per victim (Redis's `maxmemory-samples` default).
 pub const EVICTION_SAMPLES: usize = 5;
@@ -138,15 +138,15 @@ pub fn lfu_touch(clock: u32, now_ms: u64, coin: u64) -> u32 {
 
 /// How good a victim `stored` is under `policy` at `now_ms` (higher:
 /// evict sooner), or `None` if the policy may not evict it.
-pub fn victim_score(policy: Policy, stored: &Stored, now_ms: u64, coin: u64) -> Option<u64> {
-    if policy.volatile_only() && stored.expires_at_ms == 0 {
+pub fn victim_score(policy: Policy, stored: &Entry, now_ms: u64, coin: u64) -> Option<u64> {
+    if policy.volatile_only() && stored.expires_at_ms() == 0 {
         return None;
     }
     Some(match policy {
         Policy::NoEviction => return None,
         Policy::AllKeysLru | Policy::VolatileLru => lru_idle(stored.clock(), now_ms) as u64,
         Policy::AllKeysLfu | Policy::VolatileLfu => 255 - lfu_decayed(stored.clock(), now_ms) as u64,
-        Policy::VolatileTtl => u64::MAX - stored.expires_at_ms,
+        Policy::VolatileTtl => u64::MAX - stored.expires_at_ms(),
         Policy::AllKeysRandom | Policy::VolatileRandom => coin,
     })
 }
@@ -154,16 +154,16 @@ pub fn victim_score(policy: Policy, stored: &Stored, now_ms: u64, coin: u64) -> 
 /// The `pick` best victims among `sampled` entries, best first.
 pub fn best_victims(
     policy: Policy,
-    sampled: Vec<(&Bytes, &Stored)>,
+    sampled: Vec<&Entry>,
     now_ms: u64,
     pick: usize,
     coins: &mut impl FnMut() -> u64,
 ) -> Vec<Bytes> {
-    let mut scored: Vec<(u64, &Bytes)> =
-        sampled.into_iter().filter_map(|(k, s)| victim_score(policy, s, now_ms, coins()).map(|v| (v, k))).collect();
+    let mut scored: Vec<(u64, &[u8])> =
+        sampled.into_iter().filter_map(|e| victim_score(policy, e, now_ms, coins()).map(|v| (v, e.key()))).collect();
     scored.sort_unstable_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1)));
     scored.dedup_by(|a, b| a.1 == b.1);
-    scored.into_iter().take(pick).map(|(_, k)| k.clone()).collect()
+    scored.into_iter().take(pick).map(|(_, k)| Bytes::copy_from_slice(k)).collect()
 }
 
 #[cfg(test)]
@@ -183,12 +183,12 @@ mod tests {
     #[test]
     fn lru_prefers_the_longest_idle_and_lfu_the_least_used() {
         let now = 10_000_000;
-        let old = Stored::new(Bytes::new(), 1);
+        let old = Entry::new(b"old", b"", 1, 0, false);
         old.set_clock(lru_clock(now - 500_000));
-        let fresh = Stored::new(Bytes::new(), 2);
+        let fresh = Entry::new(b"fresh", b"", 2, 0, false);
         fresh.set_clock(lru_clock(now));
         let (a, b) = (Bytes::from_static(b"old"), Bytes::from_static(b"fresh"));
-        let victims = best_victims(Policy::AllKeysLru, vec![(&b, &fresh), (&a, &old)], now, 1, &mut || 0);
+        let victims = best_victims(Policy::AllKeysLru, vec![&fresh, &old], now, 1, &mut || 0);
         assert_eq!(victims, vec![a.clone()]);
         // LFU: many touches raise the counter; a new key starts at LFU_INIT.
         let mut clock = lfu_new(now);
@@ -196,15 +196,15 @@ mod tests {
             clock = lfu_touch(clock, now, i.wrapping_mul(0x9E37_79B9_7F4A_7C15));
         }
         assert!((clock & 0xFF) > LFU_INIT + 5, "counter {}", clock & 0xFF);
-        let hot = Stored::new(Bytes::new(), 3);
+        let hot = Entry::new(b"old", b"", 3, 0, false);
         hot.set_clock(clock);
-        let cold = Stored::new(Bytes::new(), 4);
+        let cold = Entry::new(b"fresh", b"", 4, 0, false);
         cold.set_clock(lfu_new(now));
-        let victims = best_victims(Policy::AllKeysLfu, vec![(&a, &hot), (&b, &cold)], now, 1, &mut || 0);
+        let victims = best_victims(Policy::AllKeysLfu, vec![&hot, &cold], now, 1, &mut || 0);
         assert_eq!(victims, vec![b.clone()]);
         // An hour later, the counter has decayed.
         assert!(lfu_decayed(clock, now + 3_600_000) < (clock & 0xFF));
         // Volatile policies skip keys without a TTL.
-        assert!(best_victims(Policy::VolatileLru, vec![(&a, &old)], now, 1, &mut || 0).is_empty());
+        assert!(best_victims(Policy::VolatileLru, vec![&old], now, 1, &mut || 0).is_empty());
     }
 }

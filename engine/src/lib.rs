@@ -5,7 +5,8 @@
 //! - [`command`]: the replicated commands and their byte encoding (the
 //!   payload of every Raft log entry).
 //! - [`shard`]: one shard's in-memory map — the deterministic state machine
-//!   that committed commands are applied to; [`stored`]: a value as held;
+//!   that committed commands are applied to; [`entry`]: a key and value as
+//!   held (one block each); [`stored`]: a value as the engine hands it out;
 //!   [`compress`]: zstd frames of large values; [`evict`]: which keys to
 //!   evict under a memory limit.
 //! - [`wal`]: the per-core write-ahead log that is the Raft log store of every
@@ -17,6 +18,7 @@
 
 pub mod command;
 pub mod compress;
+pub mod entry;
 pub mod evict;
 pub mod fsutil;
 pub mod limits;
@@ -27,4 +29,5 @@ pub mod stored;
 pub mod wal;
 
 pub use command::{Command, Condition, Decoded, ExpireWhen, Expiry, Outcome, Refusal};
+pub use entry::Entry;
 pub use shard::{ShardMap, Stored};

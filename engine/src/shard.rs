@@ -20,9 +20,10 @@ use std::collections::BTreeSet;
 use std::mem::size_of;
 
 use bytes::{Bytes, BytesMut};
-use hashbrown::HashMap;
+use hashbrown::raw::RawTable;
 
 use crate::command::{Command, Condition, Decoded, ExpireWhen, Expiry, Outcome, Refusal};
+use crate::entry::Entry;
 use crate::evict::{self, Policy, Tracking};
 pub use crate::stored::Stored;
 
@@ -44,9 +45,12 @@ thread_local! {
 }
 
 /// The in-memory map of one shard.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct ShardMap {
-    entries: HashMap<Bytes, Stored, ahash::RandomState>,
+    /// One 8-byte bucket per entry (a thin pointer to its block), found by
+    /// the hash of the key the block holds.
+    entries: RawTable<Entry>,
+    hasher: ahash::RandomState,
     expiries: BTreeSet<(u64, Bytes)>,
     data_bytes: u64,
     applied_index: u64,
@@ -71,7 +75,15 @@ impl ShardMap {
             Some(seed) => ahash::RandomState::with_seeds(seed, seed ^ 1, seed ^ 2, seed ^ 3),
             None => ahash::RandomState::new(),
         };
-        ShardMap { entries: HashMap::with_hasher(hasher), ..ShardMap::default() }
+        ShardMap { hasher, ..ShardMap::default() }
+    }
+
+    fn find(&self, key: &[u8]) -> Option<&Entry> {
+        self.entries.get(hash_key(&self.hasher, key), |e| e.key() == key)
+    }
+
+    fn contains(&self, key: &[u8]) -> bool {
+        self.find(key).is_some()
     }
 
     /// Makes the maps this thread creates from now on hash with fixed keys
@@ -81,14 +93,14 @@ impl ShardMap {
         HASH_SEED.with(|s| s.set(seed));
     }
 
-    /// The entry as stored, expired or not.
-    pub fn get(&self, key: &[u8]) -> Option<&Stored> {
-        self.entries.get(key)
+    /// The entry as stored (its value compressed or not), expired or not.
+    pub fn get(&self, key: &[u8]) -> Option<Stored> {
+        self.find(key).map(Entry::to_stored)
     }
 
     /// The entry if it has not expired by `now_ms`.
-    pub fn live(&self, key: &[u8], now_ms: u64) -> Option<&Stored> {
-        self.entries.get(key).filter(|s| s.is_live(now_ms))
+    pub fn live(&self, key: &[u8], now_ms: u64) -> Option<&Entry> {
+        self.find(key).filter(|e| e.is_live(now_ms))
     }
 
     /// A live entry as a client reads it (value decompressed), recording
@@ -104,7 +116,7 @@ impl ShardMap {
         self.tracking = tracking;
     }
 
-    fn touch(&self, stored: &Stored, now_ms: u64) {
+    fn touch(&self, stored: &Entry, now_ms: u64) {
         match self.tracking {
             Tracking::None => {}
             Tracking::Lru => stored.set_clock(evict::lru_clock(now_ms)),
@@ -134,7 +146,7 @@ impl ShardMap {
         let mut victims: Vec<Bytes> = Vec::with_capacity(pick);
         for _ in 0..pick {
             let sampled = self.sample(evict::EVICTION_SAMPLES);
-            let fresh = sampled.into_iter().filter(|(k, _)| !victims.contains(k)).collect();
+            let fresh = sampled.into_iter().filter(|e| !victims.iter().any(|v| v[..] == *e.key())).collect();
             match evict::best_victims(policy, fresh, now_ms, 1, &mut || self.next_random()).pop() {
                 Some(v) => victims.push(v),
                 None if policy.volatile_only() => break,
@@ -147,10 +159,10 @@ impl ShardMap {
     /// About `n` entries drawn at random (repeats possible): a random
     /// bucket of the table, then the first full one from there, as Redis
     /// samples its dictionary.
-    fn sample(&self, n: usize) -> Vec<(&Bytes, &Stored)> {
-        let table = self.entries.raw_table();
+    fn sample(&self, n: usize) -> Vec<&Entry> {
+        let table = &self.entries;
         let buckets = table.buckets();
-        if self.entries.is_empty() {
+        if table.is_empty() {
             return Vec::new();
         }
         (0..n)
@@ -163,8 +175,7 @@ impl ShardMap {
                     while !table.is_bucket_full(i) {
                         i = (i + 1) & (buckets - 1);
                     }
-                    let (k, v) = table.bucket(i).as_ref();
-                    (k, v)
+                    table.bucket(i).as_ref()
                 }
             })
             .collect()
@@ -205,19 +216,31 @@ impl ShardMap {
         self.data_bytes
     }
 
-    /// Estimated heap bytes: data plus the map's own table and the expiry index.
+    /// Estimated heap bytes: data and each block's head, the table's
+    /// buckets (a pointer and a control byte each) and the expiry index.
     pub fn memory_bytes(&self) -> u64 {
-        let slot = size_of::<(Bytes, Stored)>() + 1;
+        let head = size_of::<u64>() * 4;
+        let bucket = size_of::<Entry>() + 1;
         let expiry = size_of::<(u64, Bytes)>() * 2;
-        self.data_bytes + (self.entries.capacity() * slot + self.expiries.len() * expiry) as u64
+        let overhead = self.entries.len() * head + self.entries.buckets() * bucket + self.expiries.len() * expiry;
+        self.data_bytes + overhead as u64
     }
 
     pub fn capacity(&self) -> usize {
         self.entries.capacity()
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (&Bytes, &Stored)> {
-        self.entries.iter()
+    /// Every entry, expired ones not yet reaped included, in no order.
+    pub fn iter(&self) -> impl Iterator<Item = &Entry> {
+        // SAFETY: the iterator borrows the map, so no bucket is freed or
+        // moved while its entries are in use.
+        unsafe { self.entries.iter().map(|bucket| bucket.as_ref()) }
+    }
+
+    /// A copy of every entry as the engine hands entries out (what a
+    /// snapshot holds): cheap, long values are lent, not copied.
+    pub fn pairs(&self) -> Vec<(Bytes, Stored)> {
+        self.iter().map(|e| (Bytes::copy_from_slice(e.key()), e.to_stored())).collect()
     }
 
     /// Records that entry `index` was applied without changing the map (an
@@ -278,12 +301,12 @@ impl ShardMap {
             Command::Incr { key, by } => self.incr(index, key, by),
             Command::IncrFloat { key, by } => self.incr_float(index, key, by),
             Command::Append { key, value, length_max } => {
-                let old = self.entries.get(&key[..]).map_or(0, |s| s.plain_len()) as u64;
+                let old = self.find(&key).map_or(0, Entry::plain_len) as u64;
                 self.splice(index, key, old, value, length_max)
             }
             Command::SetRange { key, offset, value, length_max } => {
                 if value.is_empty() {
-                    return Outcome::Integer(self.entries.get(&key[..]).map_or(0, |s| s.plain_len()) as i64);
+                    return Outcome::Integer(self.find(&key).map_or(0, Entry::plain_len) as i64);
                 }
                 self.splice(index, key, offset, value, length_max)
             }
@@ -296,8 +319,8 @@ impl ShardMap {
     }
 
     fn set(&mut self, index: u64, key: Bytes, value: Value, cond: Condition, expiry: Expiry, get: bool) -> Outcome {
-        let current = self.entries.get(&key[..]);
-        let (version, old_expiry) = (current.map(|s| s.version), current.map_or(0, |s| s.expires_at_ms));
+        let current = self.find(&key);
+        let (version, old_expiry) = (current.map(Entry::version), current.map_or(0, Entry::expires_at_ms));
         let old_value = if get { current.map(|s| s.plain()) } else { None };
         if !holds(cond, version) {
             return match get {
@@ -310,11 +333,9 @@ impl ShardMap {
             Expiry::Keep => old_expiry,
             Expiry::At(ms) => ms,
         };
-        let stored = match value {
-            Value::Plain(v) => Stored::with_expiry(v, index, expires_at_ms),
-            Value::Frame(f) => Stored::compressed(f, index, expires_at_ms),
-        };
-        self.store(key, stored);
+        let compressed = matches!(value, Value::Frame(_));
+        let (Value::Plain(v) | Value::Frame(v)) = value;
+        self.store(Entry::new(&key, &v, index, expires_at_ms, compressed));
         match get {
             true => Outcome::Previous { value: old_value, version: Some(index) },
             false => Outcome::Written { version: index },
@@ -322,7 +343,7 @@ impl ShardMap {
     }
 
     fn delete(&mut self, key: &[u8], condition: Condition) -> Outcome {
-        let current = self.entries.get(key).map(|s| s.version);
+        let current = self.find(key).map(Entry::version);
         if current.is_none() {
             return match condition {
                 Condition::Always | Condition::IfExists => Outcome::NotFound,
@@ -333,7 +354,7 @@ impl ShardMap {
             return Outcome::ConditionFailed { current_version: current };
         }
         let stored = self.remove(key).expect("present: checked above");
-        Outcome::Deleted { version: stored.version }
+        Outcome::Deleted { version: stored.version() }
     }
 
     fn expire(&mut self, now_ms: u64, key: &Bytes, expiry: Expiry, when: ExpireWhen, get: bool) -> Outcome {
@@ -341,10 +362,10 @@ impl ShardMap {
             true => Outcome::Previous { value, version: None },
             false => Outcome::Integer(applied as i64),
         };
-        let Some(stored) = self.entries.get(&key[..]) else {
+        let Some(stored) = self.find(key) else {
             return answer(false, None);
         };
-        let (current, value) = (stored.expires_at_ms, get.then(|| stored.plain()));
+        let (current, value) = (stored.expires_at_ms(), get.then(|| stored.plain()));
         let new = match expiry {
             Expiry::Keep => return answer(false, value),
             Expiry::Clear if current == 0 => return answer(false, value),
@@ -365,13 +386,13 @@ impl ShardMap {
             self.remove(key);
         } else {
             let stored = self.remove(key).expect("present: checked above");
-            self.store(key.clone(), stored.rewritten(stored.version, new));
+            self.store(stored.rewritten(key, stored.version(), new));
         }
         answer(true, value)
     }
 
     fn incr(&mut self, index: u64, key: Bytes, by: i64) -> Outcome {
-        let current = match self.entries.get(&key[..]) {
+        let current = match self.find(&key) {
             None => 0,
             Some(s) => match parse_integer(&s.plain()) {
                 Some(n) => n,
@@ -386,7 +407,7 @@ impl ShardMap {
     }
 
     fn incr_float(&mut self, index: u64, key: Bytes, by: f64) -> Outcome {
-        let current = match self.entries.get(&key[..]) {
+        let current = match self.find(&key) {
             None => 0.0,
             Some(s) => match parse_float(&s.plain()) {
                 Some(n) => n,
@@ -405,7 +426,7 @@ impl ShardMap {
     /// Writes `value` at `offset` of the key's value (zero-padded), keeping its TTL.
     fn splice(&mut self, index: u64, key: Bytes, offset: u64, value: Bytes, length_max: u64) -> Outcome {
         let end = offset.saturating_add(value.len() as u64);
-        let old = self.entries.get(&key[..]).map(|s| s.plain()).unwrap_or_default();
+        let old = self.find(&key).map(Entry::plain).unwrap_or_default();
         let new_len = end.max(old.len() as u64);
         if new_len > length_max {
             return Outcome::Refused(Refusal::TooLarge);
@@ -419,34 +440,34 @@ impl ShardMap {
     }
 
     fn rename(&mut self, index: u64, from: Bytes, to: Bytes, if_absent: bool) -> Outcome {
-        if !self.entries.contains_key(&from[..]) {
+        if !self.contains(&from) {
             return Outcome::Refused(Refusal::NoSuchKey);
         }
         if from == to {
             return Outcome::Integer(!if_absent as i64);
         }
-        if if_absent && self.entries.contains_key(&to[..]) {
+        if if_absent && self.contains(&to) {
             return Outcome::Integer(0);
         }
         let stored = self.remove(&from).expect("present: checked above");
         self.remove(&to);
-        self.store(to, stored.rewritten(index, stored.expires_at_ms));
+        self.store(stored.rewritten(&to, index, stored.expires_at_ms()));
         Outcome::Integer(1)
     }
 
     fn multi_put(&mut self, index: u64, pairs: Vec<(Bytes, Bytes)>, if_absent: bool) -> Outcome {
-        if if_absent && pairs.iter().any(|(k, _)| self.entries.contains_key(&k[..])) {
+        if if_absent && pairs.iter().any(|(k, _)| self.contains(k)) {
             return Outcome::Integer(0);
         }
         for (key, value) in pairs {
-            self.store(key, Stored::new(value, index));
+            self.store(Entry::new(&key, &value, index, 0, false));
         }
         Outcome::Integer(1)
     }
 
     fn clear(&mut self) -> Outcome {
         let removed = self.entries.len();
-        self.entries = HashMap::with_hasher(self.entries.hasher().clone());
+        self.entries = RawTable::new();
         self.expiries.clear();
         self.data_bytes = 0;
         Outcome::Integer(removed as i64)
@@ -455,7 +476,7 @@ impl ShardMap {
     fn reap(&mut self, now_ms: u64, keys: &[Bytes]) -> Outcome {
         let mut removed = 0;
         for key in keys {
-            if self.entries.get(&key[..]).is_some_and(|s| !s.is_live(now_ms)) {
+            if self.find(key).is_some_and(|s| !s.is_live(now_ms)) {
                 self.remove(key);
                 removed += 1;
             }
@@ -471,52 +492,61 @@ impl ShardMap {
     /// Removes `key` if it has expired by `now_ms`, so that the command
     /// applied next sees it absent, on every replica alike.
     fn drop_if_expired(&mut self, key: &[u8], now_ms: u64) {
-        if self.entries.get(key).is_some_and(|s| !s.is_live(now_ms)) {
+        if self.find(key).is_some_and(|s| !s.is_live(now_ms)) {
             self.remove(key);
         }
     }
 
     /// A new value for the key at this version, keeping its TTL.
     fn replace_value(&mut self, index: u64, key: Bytes, value: Bytes) {
-        let expires_at_ms = self.entries.get(&key[..]).map_or(0, |s| s.expires_at_ms);
-        self.store(key, Stored::with_expiry(value, index, expires_at_ms));
+        let expires_at_ms = self.find(&key).map_or(0, Entry::expires_at_ms);
+        self.store(Entry::new(&key, &value, index, expires_at_ms, false));
     }
 
-    /// Inserts or replaces an entry, keeping the byte count and the expiry
-    /// index exact.
-    fn store(&mut self, key: Bytes, mut stored: Stored) {
-        stored.value = owned(std::mem::take(&mut stored.value));
-        let key = match self.entries.get(&key[..]) {
-            Some(old) => {
-                if old.expires_at_ms != 0 {
-                    self.expiries.remove(&(old.expires_at_ms, key.clone()));
-                }
-                self.data_bytes -= old.value.len() as u64;
-                self.data_bytes += stored.value.len() as u64;
-                if old.is_compressed() {
-                    let counts = compressed_counts(old);
-                    self.count_compressed(counts, false);
-                }
-                // The map keeps its own copy of the key.
-                key
-            }
-            None => {
-                self.data_bytes += (key.len() + stored.value.len()) as u64;
-                owned(key)
-            }
-        };
-        if stored.expires_at_ms != 0 {
-            self.expiries.insert((stored.expires_at_ms, key.clone()));
-        }
-        if stored.is_compressed() {
-            self.count_compressed(compressed_counts(&stored), true);
-        }
+    /// Inserts or replaces an entry, keeping the byte count, the expiry
+    /// index and the compression counts exact.
+    fn store(&mut self, entry: Entry) {
         match self.tracking {
             Tracking::None => {}
-            Tracking::Lru => stored.set_clock(evict::lru_clock(self.clock_ms)),
-            Tracking::Lfu => stored.set_clock(evict::lfu_new(self.clock_ms)),
+            Tracking::Lru => entry.set_clock(evict::lru_clock(self.clock_ms)),
+            Tracking::Lfu => entry.set_clock(evict::lfu_new(self.clock_ms)),
         }
-        self.entries.insert(key, stored);
+        // What the new entry counts for, taken before the table owns it;
+        // added after the old entry's is taken away (both may hold the
+        // same expiry).
+        let counts = Counts::of(&entry);
+        let hash = hash_key(&self.hasher, entry.key());
+        let hasher = &self.hasher;
+        let old = match self.entries.find_or_find_insert_slot(hash, |e| e.key() == entry.key(), |e| hash_key(hasher, e.key())) {
+            // SAFETY: the bucket was just found in this table, which is
+            // borrowed mutably until the swap is done.
+            Ok(bucket) => Some(std::mem::replace(unsafe { bucket.as_mut() }, entry)),
+            Err(slot) => {
+                // SAFETY: the slot was just found for this hash, and the
+                // table has not changed since.
+                unsafe { self.entries.insert_in_slot(hash, slot, entry) };
+                None
+            }
+        };
+        if let Some(old) = old {
+            self.count(Counts::of(&old), false);
+        }
+        self.count(counts, true);
+    }
+
+    /// Adds (or takes away) what an entry counts for.
+    fn count(&mut self, counts: Counts, added: bool) {
+        let Counts { bytes, expiry, compressed } = counts;
+        if added {
+            self.data_bytes += bytes;
+            expiry.map(|e| self.expiries.insert(e));
+        } else {
+            self.data_bytes -= bytes;
+            expiry.map(|e| self.expiries.remove(&e));
+        }
+        if let Some((plain, held)) = compressed {
+            self.count_compressed((plain, held), added);
+        }
     }
 
     fn count_compressed(&mut self, (plain, held): (u64, u64), added: bool) {
@@ -529,24 +559,20 @@ impl ShardMap {
         }
     }
 
-    fn remove(&mut self, key: &[u8]) -> Option<Stored> {
-        let (key, stored) = self.entries.remove_entry(key)?;
-        self.data_bytes -= (key.len() + stored.value.len()) as u64;
-        if stored.expires_at_ms != 0 {
-            self.expiries.remove(&(stored.expires_at_ms, key));
-        }
-        if stored.is_compressed() {
-            self.count_compressed(compressed_counts(&stored), false);
-        }
+    fn remove(&mut self, key: &[u8]) -> Option<Entry> {
+        let entry = self.entries.remove_entry(hash_key(&self.hasher, key), |e| e.key() == key)?;
+        self.count(Counts::of(&entry), false);
         self.maybe_shrink();
-        Some(stored)
+        Some(entry)
     }
 
     /// Gives memory back after many deletes (hash maps never shrink alone).
     fn maybe_shrink(&mut self) {
         let capacity = self.entries.capacity();
         if capacity > SHRINK_CAPACITY_MIN && self.entries.len() * SHRINK_RATIO < capacity {
-            self.entries.shrink_to((self.entries.len() * 2).max(SHRINK_CAPACITY_MIN));
+            let hasher = &self.hasher;
+            let min = (self.entries.len() * 2).max(SHRINK_CAPACITY_MIN);
+            self.entries.shrink_to(min, |e| hash_key(hasher, e.key()));
         }
     }
 
@@ -555,27 +581,30 @@ impl ShardMap {
         let tracking = self.tracking;
         *self = ShardMap::new();
         self.tracking = tracking;
-        self.entries.reserve(entries.len());
+        let hasher = &self.hasher;
+        self.entries.reserve(entries.len(), |e| hash_key(hasher, e.key()));
         for (key, stored) in entries {
             assert!(stored.version <= applied_index, "snapshot entry newer than the snapshot");
-            self.store(key, stored);
+            self.store(Entry::from_stored(&key, &stored));
         }
         self.applied_index = applied_index;
     }
 }
 
-/// Keys and values at most this long are copied out of the buffer they
-/// arrived in when stored (the applied entry, or a snapshot): a slice
-/// would keep the whole buffer (the entry's header and its other fields,
-/// or every key of the snapshot) alive as long as the key lives.
-const OWNED_BYTES_MAX: usize = 4096;
-
-fn owned(b: Bytes) -> Bytes {
-    if b.len() <= OWNED_BYTES_MAX {
-        Bytes::copy_from_slice(&b)
-    } else {
-        b
+impl std::fmt::Debug for ShardMap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardMap")
+            .field("len", &self.entries.len())
+            .field("data_bytes", &self.data_bytes)
+            .field("applied_index", &self.applied_index)
+            .finish_non_exhaustive()
     }
+}
+
+/// The bucket hash of a key: the map's random keys (fixed in a
+/// simulation), over the key's bytes.
+fn hash_key(hasher: &ahash::RandomState, key: &[u8]) -> u64 {
+    hasher.hash_one(key)
 }
 
 /// Redis's integer syntax: an optional minus, no leading zeros, no plus
@@ -601,9 +630,23 @@ pub fn parse_float(text: &[u8]) -> Option<f64> {
     value.is_finite().then_some(value)
 }
 
-/// Plain and held bytes of a compressed value.
-fn compressed_counts(stored: &Stored) -> (u64, u64) {
-    (stored.plain_len() as u64, stored.value.len() as u64)
+/// What an entry adds to the map's counts: its bytes, its place in the
+/// expiry index, its plain and held bytes if compressed.
+struct Counts {
+    bytes: u64,
+    expiry: Option<(u64, Bytes)>,
+    compressed: Option<(u64, u64)>,
+}
+
+impl Counts {
+    fn of(entry: &Entry) -> Counts {
+        let at = entry.expires_at_ms();
+        Counts {
+            bytes: entry.data_len() as u64,
+            expiry: (at != 0).then(|| (at, Bytes::copy_from_slice(entry.key()))),
+            compressed: entry.is_compressed().then(|| (entry.plain_len() as u64, entry.value().len() as u64)),
+        }
+    }
 }
 
 /// A value to store: as the client gave it, or as a zstd frame.

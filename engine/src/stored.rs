@@ -1,28 +1,20 @@
-//! A value as a shard holds it: the bytes (zstd-compressed when that saved
-//! space, see [`crate::compress`]), the version that wrote it, its expiry,
-//! and the access clock eviction samples.
+//! A value as the engine hands it out: the bytes (a zstd frame when
+//! compression saved space, see [`crate::compress`]), the version that
+//! wrote it and its expiry. The map itself holds [`crate::entry::Entry`]
+//! blocks; this is what leaves it (reads, snapshots, backups) and what
+//! restoring puts back.
 //!
-//! Invariants:
-//! - `value` is what clients stored, or its zstd frame when the compressed
-//!   bit is set; every reader outside the engine gets the plain bytes
-//!   ([`Stored::plain`]), so compression is invisible to every protocol;
-//! - the access clock is this replica's own bookkeeping (reads touch it, on
-//!   the leader): it is not replicated, not in snapshots, and not part of
-//!   equality.
-
-use std::cell::Cell;
+//! Invariant: `value` is what clients stored, or its zstd frame when the
+//! compressed flag is set; every reader outside the engine gets the plain
+//! bytes ([`Stored::plain`]), so compression is invisible to every
+//! protocol.
 
 use bytes::Bytes;
 
 use crate::compress;
 
-/// Bit of `meta` set when `value` is compressed.
-const META_COMPRESSED: u32 = 1 << 31;
-/// Bits of `meta` that hold the access clock.
-pub const META_CLOCK_MASK: u32 = (1 << 24) - 1;
-
 /// A value as stored.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stored {
     /// The bytes as held: compressed when [`Stored::is_compressed`]. Use
     /// [`Stored::plain`] for what the client stored.
@@ -31,20 +23,8 @@ pub struct Stored {
     pub version: u64,
     /// When the key expires, Unix milliseconds; 0 = never.
     pub expires_at_ms: u64,
-    /// Compressed bit and access clock (see the constants above).
-    meta: Cell<u32>,
+    compressed: bool,
 }
-
-impl PartialEq for Stored {
-    fn eq(&self, other: &Stored) -> bool {
-        (self.value == other.value)
-            && self.version == other.version
-            && self.expires_at_ms == other.expires_at_ms
-            && self.is_compressed() == other.is_compressed()
-    }
-}
-
-impl Eq for Stored {}
 
 impl Stored {
     /// A plain (uncompressed) value without TTL.
@@ -53,22 +33,16 @@ impl Stored {
     }
 
     pub fn with_expiry(value: Bytes, version: u64, expires_at_ms: u64) -> Stored {
-        Stored { value, version, expires_at_ms, meta: Cell::new(0) }
+        Stored { value, version, expires_at_ms, compressed: false }
     }
 
     /// A value held as a zstd frame (as written by [`compress::compress`]).
     pub fn compressed(frame: Bytes, version: u64, expires_at_ms: u64) -> Stored {
-        Stored { value: frame, version, expires_at_ms, meta: Cell::new(META_COMPRESSED) }
-    }
-
-    /// The same value, held the same way, under another version and expiry.
-    pub fn rewritten(&self, version: u64, expires_at_ms: u64) -> Stored {
-        let meta = Cell::new(self.meta.get() & META_COMPRESSED);
-        Stored { value: self.value.clone(), version, expires_at_ms, meta }
+        Stored { value: frame, version, expires_at_ms, compressed: true }
     }
 
     pub fn is_compressed(&self) -> bool {
-        self.meta.get() & META_COMPRESSED != 0
+        self.compressed
     }
 
     /// Whether the key still exists at `now_ms`.
@@ -99,15 +73,6 @@ impl Stored {
         Stored::with_expiry(self.plain(), self.version, self.expires_at_ms)
     }
 
-    /// The access clock eviction reads (see `evict.rs`).
-    pub fn clock(&self) -> u32 {
-        self.meta.get() & META_CLOCK_MASK
-    }
-
-    pub fn set_clock(&self, clock: u32) {
-        let flags = self.meta.get() & !META_CLOCK_MASK;
-        self.meta.set(flags | (clock & META_CLOCK_MASK));
-    }
 }
 
 #[cfg(test)]
@@ -115,22 +80,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_clock_and_the_compressed_bit_are_independent_and_not_compared() {
-        let plain = Stored::with_expiry(Bytes::from_static(b"v"), 3, 9);
-        plain.set_clock(u32::MAX);
-        assert_eq!(plain.clock(), META_CLOCK_MASK);
-        assert!(!plain.is_compressed());
-        assert_eq!(plain, Stored::with_expiry(Bytes::from_static(b"v"), 3, 9), "clock not compared");
+    fn a_compressed_value_reads_plain_and_compares_unequal_to_its_frame() {
         let text = Bytes::from(vec![b'a'; 4096]);
         let frame = Bytes::from(compress::compress(&text).expect("compresses"));
         let c = Stored::compressed(frame, 4, 0);
-        c.set_clock(77);
-        assert!(c.is_compressed() && c.clock() == 77);
-        assert_eq!(c.plain(), text);
-        assert_eq!(c.plain_len(), 4096);
-        assert_ne!(c, Stored::new(c.value.clone(), 4), "the compressed bit is compared");
-        let moved = c.rewritten(9, 5);
-        assert!(moved.is_compressed() && moved.clock() == 0 && moved.version == 9 && moved.expires_at_ms == 5);
+        assert!(c.is_compressed());
+        assert_eq!((c.plain(), c.plain_len()), (text.clone(), 4096));
+        assert_ne!(c, Stored::new(c.value.clone(), 4), "the compressed flag is compared");
         assert_eq!(c.to_plain(), Stored::new(text, 4));
+        assert!(Stored::with_expiry(Bytes::new(), 1, 9).is_live(8) && !Stored::with_expiry(Bytes::new(), 1, 9).is_live(9));
     }
 }

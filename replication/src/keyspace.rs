@@ -33,10 +33,10 @@ pub fn scan_hash(key: &[u8]) -> u64 {
 /// cursor of the next page (`None` when the shard is done).
 pub fn scan_page(map: &ShardMap, cursor: u64, count: usize, now_ms: u64) -> (Vec<Bytes>, Option<u64>) {
     let count = count.clamp(1, SCAN_PAGE_KEYS_MAX);
-    let mut found: Vec<(u64, &Bytes)> = map
+    let mut found: Vec<(u64, &[u8])> = map
         .iter()
-        .filter(|(_, s)| s.is_live(now_ms))
-        .map(|(k, _)| (scan_hash(k), k))
+        .filter(|e| e.is_live(now_ms))
+        .map(|e| (scan_hash(e.key()), e.key()))
         .filter(|(h, _)| *h >= cursor)
         .collect();
     let next = if found.len() > count {
@@ -48,7 +48,7 @@ pub fn scan_page(map: &ShardMap, cursor: u64, count: usize, now_ms: u64) -> (Vec
         None
     };
     found.sort_unstable_by_key(|(h, _)| *h);
-    (found.into_iter().map(|(_, k)| k.clone()).collect(), next)
+    (found.into_iter().map(|(_, k)| Bytes::copy_from_slice(k)).collect(), next)
 }
 
 #[cfg(test)]

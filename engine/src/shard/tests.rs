@@ -36,7 +36,7 @@ fn conditional_writes() {
     for (i, (cmd, want)) in steps.into_iter().enumerate() {
         assert_eq!(m.apply(i as u64 + 1, 0, cmd), want, "step {}", i + 1);
     }
-    assert_eq!(m.get(b"b").unwrap(), &Stored::new(Bytes::from_static(b"x"), 11));
+    assert_eq!(m.get(b"b").unwrap(), Stored::new(Bytes::from_static(b"x"), 11));
     assert!(m.get(b"a").is_none());
     assert_eq!(m.applied_index(), 11);
     assert_eq!(m.data_bytes(), 2);
@@ -238,7 +238,7 @@ fn reap_removes_only_what_has_expired() {
     assert!(m.live(b"k4", 139).is_some() && m.live(b"k4", 140).is_none());
     let restored = {
         let mut r = ShardMap::new();
-        r.restore(12, m.iter().map(|(k, s)| (k.clone(), s.clone())).collect());
+        r.restore(12, m.pairs());
         r
     };
     assert_eq!((restored.len(), restored.expires_len(), restored.data_bytes()), (7, 7, m.data_bytes()));
@@ -283,7 +283,7 @@ fn compressed_values_are_held_as_frames_and_read_plain() {
     let rename = Command::Rename { from: b("{t}a"), to: b("{t}b"), if_absent: false };
     assert_eq!(m.apply(6, 0, rename), Outcome::Integer(1));
     assert!(m.get(b"{t}b").unwrap().is_compressed());
-    let entries: Vec<(Bytes, Stored)> = m.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let entries: Vec<(Bytes, Stored)> = m.pairs();
     let meta = crate::snapshot::SnapshotMeta { group: 0, index: 6, term: 1, conf_state: Bytes::new() };
     let bytes = crate::snapshot::encode_blocking(&meta, &entries);
     let (_, back) = crate::snapshot::decode(&bytes, std::path::Path::new("memory")).unwrap();
@@ -333,27 +333,24 @@ fn eviction_samples_victims_by_policy_and_evict_removes_them() {
     assert!(random.iter().all(|k| m.get(k).is_none()));
 }
 
-/// A short key and value are copied out of the buffer they arrived in (an
-/// applied entry): the map must not keep the whole buffer alive. Long
-/// values are kept as slices (copying them would cost more than it saves).
+/// Keys and values are copied into the map's own blocks: the map must not
+/// keep the buffer they arrived in (an applied log entry) alive.
 #[test]
-fn short_keys_and_values_do_not_pin_their_entry() {
+fn entries_do_not_pin_the_buffer_they_arrived_in() {
     let mut buffer = vec![b'h'; 64];
     buffer.extend_from_slice(b"short-key");
     buffer.extend_from_slice(&[b's'; 16]);
-    buffer.extend(std::iter::repeat_n(b'L', OWNED_BYTES_MAX + 1));
+    buffer.extend(std::iter::repeat_n(b'L', 10_000));
     let buffer = Bytes::from(buffer);
     let range = buffer.as_ptr() as usize..buffer.as_ptr() as usize + buffer.len();
-    let inside = |b: &Bytes| range.contains(&(b.as_ptr() as usize));
+    let inside = |b: &[u8]| range.contains(&(b.as_ptr() as usize));
     let mut m = ShardMap::new();
-    let key = buffer.slice(64..73);
-    let short = Command::Put { key: key.clone(), value: buffer.slice(73..89), condition: Condition::Always };
+    let short = Command::Put { key: buffer.slice(64..73), value: buffer.slice(73..89), condition: Condition::Always };
     m.apply(1, 0, short);
-    let long_key = Bytes::from_static(b"long");
-    let long = Command::Put { key: long_key.clone(), value: buffer.slice(89..), condition: Condition::Always };
+    let long = Command::Put { key: Bytes::from_static(b"long"), value: buffer.slice(89..), condition: Condition::Always };
     m.apply(2, 0, long);
-    let (stored_key, stored) = m.entries.get_key_value(&key[..]).expect("stored");
-    assert_eq!((&stored_key[..], &stored.value[..]), (&b"short-key"[..], &[b's'; 16][..]));
-    assert!(!inside(stored_key) && !inside(&stored.value), "a short key or value still points into the entry");
-    assert!(inside(&m.get(b"long").expect("stored").value), "a long value is kept as it came");
+    let e = m.find(b"short-key").expect("stored");
+    assert_eq!((e.key(), e.value()), (&b"short-key"[..], &[b's'; 16][..]));
+    assert!(!inside(e.key()) && !inside(e.value()) && !inside(m.find(b"long").expect("stored").value()));
+    assert!(buffer.is_unique(), "the map holds a reference to the entry's buffer");
 }

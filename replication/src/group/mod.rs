@@ -300,7 +300,7 @@ impl<T> Group<T> {
         let term = self.storage.term_of(index).expect("the applied index is in the log window");
         let conf_state = self.storage.conf_state();
         let meta = SnapshotMeta { group: self.id, index, term, conf_state: records::conf_state_bytes(&conf_state) };
-        (meta, self.map.iter().map(|(k, v)| (k.clone(), v.clone())).collect(), conf_state)
+        (meta, self.map.pairs(), conf_state)
     }
 
     /// A snapshot installed from the leader is durable: raft may count it

@@ -148,7 +148,7 @@ pub fn replicas_converged(nodes: &[SimNode]) -> Result<(), String> {
         for core in &node.cores {
             for status in core.machine.group_status() {
                 let map = core.machine.map(status.shard).expect("a status names a group");
-                let mut entries: Vec<_> = map.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+                let mut entries = map.pairs();
                 entries.sort_by(|a, b| a.0.cmp(&b.0));
                 let replica = Replica { node: node.id, applied: status.applied, commit: status.commit, entries };
                 replicas.entry(status.shard).or_default().push(replica);
