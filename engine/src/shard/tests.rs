@@ -354,3 +354,20 @@ fn entries_do_not_pin_the_buffer_they_arrived_in() {
     assert!(!inside(e.key()) && !inside(e.value()) && !inside(m.find(b"long").expect("stored").value()));
     assert!(buffer.is_unique(), "the map holds a reference to the entry's buffer");
 }
+
+/// Prefetching is a hint: on an empty map, for absent keys and for
+/// present ones, it changes no entry and no count.
+#[test]
+fn prefetching_changes_nothing() {
+    let mut m = ShardMap::new();
+    m.prefetch([&b"a"[..], b""].into_iter());
+    for i in 0..2000u64 {
+        let put = Command::Put { key: Bytes::from(format!("k{i}")), value: b("v"), condition: Condition::Always };
+        m.apply(i + 1, 0, put);
+    }
+    let before = (m.pairs().len(), m.data_bytes(), m.memory_bytes());
+    let keys: Vec<Vec<u8>> = (0..4000).map(|i| format!("k{i}").into_bytes()).collect();
+    m.prefetch(keys.iter().map(|k| &k[..]));
+    assert_eq!((m.pairs().len(), m.data_bytes(), m.memory_bytes()), before);
+    assert_eq!(m.get(b"k1999").expect("present").value, b("v"));
+}
