@@ -24,7 +24,7 @@
 //! 44 F × { u32 length L, L bytes }   keys and values, per op
 //! ```
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes};
 
 use crate::limits::COMMAND_OVERHEAD_BYTES;
 
@@ -369,7 +369,7 @@ impl Command {
             fields[1] = f;
         }
         let len = HEADER_BYTES + fields.iter().map(|f| FIELD_HEADER_BYTES + f.len()).sum::<usize>();
-        let mut buf = BytesMut::with_capacity(len);
+        let mut buf = Vec::with_capacity(len);
         buf.put_u8(FORMAT_VERSION);
         buf.put_u8(h.op);
         buf.put_u8(h.condition);
@@ -387,7 +387,7 @@ impl Command {
             buf.put_slice(f);
         }
         assert_eq!(buf.len(), len);
-        buf.to_vec()
+        buf
     }
 
     /// Decodes an entry. Values are zero-copy slices of `data`; keys are

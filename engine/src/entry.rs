@@ -72,7 +72,8 @@ impl Entry {
         let value_len = u32::try_from(value.len()).expect("values are limited far below 4 GiB");
         let layout = layout(key.len(), value.len());
         let meta = if compressed { META_COMPRESSED } else { 0 };
-        let head = Head { refs: AtomicU32::new(1), meta: AtomicU32::new(meta), version, expires_at_ms, key_len, value_len };
+        let head =
+            Head { refs: AtomicU32::new(1), meta: AtomicU32::new(meta), version, expires_at_ms, key_len, value_len };
         // SAFETY: the layout has a non-zero size (the head); the writes stay
         // within it: the head, then key_len + value_len bytes after it.
         unsafe {

@@ -547,7 +547,11 @@ impl ShardMap {
         let counts = Counts::of(&entry);
         let hash = hash_key(&self.hasher, entry.key());
         let hasher = &self.hasher;
-        let old = match self.entries.find_or_find_insert_slot(hash, |e| e.key() == entry.key(), |e| hash_key(hasher, e.key())) {
+        let old = match self.entries.find_or_find_insert_slot(
+            hash,
+            |e| e.key() == entry.key(),
+            |e| hash_key(hasher, e.key()),
+        ) {
             // SAFETY: the bucket was just found in this table, which is
             // borrowed mutably until the swap is done.
             Ok(bucket) => Some(std::mem::replace(unsafe { bucket.as_mut() }, entry)),

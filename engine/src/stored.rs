@@ -72,7 +72,6 @@ impl Stored {
     pub fn to_plain(&self) -> Stored {
         Stored::with_expiry(self.plain(), self.version, self.expires_at_ms)
     }
-
 }
 
 #[cfg(test)]
@@ -88,6 +87,8 @@ mod tests {
         assert_eq!((c.plain(), c.plain_len()), (text.clone(), 4096));
         assert_ne!(c, Stored::new(c.value.clone(), 4), "the compressed flag is compared");
         assert_eq!(c.to_plain(), Stored::new(text, 4));
-        assert!(Stored::with_expiry(Bytes::new(), 1, 9).is_live(8) && !Stored::with_expiry(Bytes::new(), 1, 9).is_live(9));
+        assert!(
+            Stored::with_expiry(Bytes::new(), 1, 9).is_live(8) && !Stored::with_expiry(Bytes::new(), 1, 9).is_live(9)
+        );
     }
 }

@@ -215,7 +215,7 @@ async fn evict(core: &Core, memory: &Memory, wanted: usize) -> bool {
     for (shard, keys) in victims {
         // No timeout: a proposal always ends (applied, or dropped when its
         // leader is lost), and an eviction that applied is counted.
-        match core.write(shard, Command::Evict { keys }).await {
+        match core.write(shard, &Command::Evict { keys }).await {
             Ok(kv_engine::Outcome::Integer(n)) => {
                 memory.evicted.fetch_add(n as u64, Ordering::Relaxed);
             }

@@ -298,7 +298,8 @@ async fn expiry_cycle(core: Core) {
     loop {
         glommio::timer::sleep(EXPIRY_CYCLE_INTERVAL).await;
         for (shard, keys) in core.expired_keys(REAP_KEYS_PER_COMMAND_MAX) {
-            let reap = core.write(shard, Command::Reap { keys });
+            let command = Command::Reap { keys };
+            let reap = core.write(shard, &command);
             match glommio::timer::timeout(REAP_TIMEOUT, async { Ok(reap.await) }).await {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => tracing::debug!(shard, "reaping expired keys failed: {e}"),

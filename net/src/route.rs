@@ -107,7 +107,9 @@ pub async fn execute(owner: &Owner, shard: u32, op: Op, hops: u8) -> Result<Repl
     if !owner.layout.hosts(shard) {
         return forward_to_replicas(owner, shard, op, hops).await;
     }
-    let deadline = Instant::now() + ELECTION_WAIT;
+    // Read on the first retry only: a request served at once reads no clock.
+    let mut deadline_at = None;
+    let mut first_deadline = || *deadline_at.get_or_insert_with(|| Instant::now() + ELECTION_WAIT);
     loop {
         let local = match &op {
             Op::Get { key, consistency } => owner.core.read(shard, key, *consistency).await.map(Reply::Value),
@@ -121,6 +123,7 @@ pub async fn execute(owner: &Owner, shard: u32, op: Op, hops: u8) -> Result<Repl
             Err(CoreError::NotLeader { leader }) => leader,
             other => return other,
         };
+        let deadline = first_deadline();
         match (leader, &owner.peers) {
             (Some(l), Some(peers)) if l != owner.layout.node_id => {
                 if hops >= HOPS_MAX {
@@ -162,11 +165,14 @@ pub async fn execute(owner: &Owner, shard: u32, op: Op, hops: u8) -> Result<Repl
 /// is slowed to the pace of eviction, as Redis, which evicts before every
 /// write, would slow it.
 async fn write_here(owner: &Owner, shard: u32, command: &kv_engine::Command) -> Result<kv_engine::Outcome, CoreError> {
-    let deadline = Instant::now() + EVICTION_WAIT;
+    let mut deadline_at = None;
     let core = owner.core.config().core as usize;
     loop {
-        match owner.core.write(shard, command.clone()).await {
-            Err(CoreError::OutOfMemory) if owner.memory.write_waits_for_eviction(core) && Instant::now() < deadline => {
+        match owner.core.write(shard, command).await {
+            Err(CoreError::OutOfMemory)
+                if owner.memory.write_waits_for_eviction(core)
+                    && Instant::now() < *deadline_at.get_or_insert_with(|| Instant::now() + EVICTION_WAIT) =>
+            {
                 glommio::timer::sleep(MEMORY_CYCLE).await;
             }
             other => return other,

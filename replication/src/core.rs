@@ -157,9 +157,9 @@ impl Core {
 
     /// Replicates `command` through the shard's group and returns what
     /// applying it did. Resolves only once the entry is durable and applied.
-    pub async fn write(&self, shard: u32, command: Command) -> Result<Outcome, CoreError> {
+    pub async fn write(&self, shard: u32, command: &Command) -> Result<Outcome, CoreError> {
         let (tx, rx) = oneshot::channel();
-        self.0.machine.borrow_mut().propose(shard, &command, tx, now())?;
+        self.0.machine.borrow_mut().propose(shard, command, tx, now())?;
         self.0.notify();
         match rx.await {
             Ok(Answer::Write(result)) => result,

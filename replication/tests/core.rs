@@ -84,7 +84,7 @@ fn writes_survive_restart_with_their_versions() {
         let mut versions = Vec::new();
         for i in 0..50 {
             let key = format!("key-{i}");
-            match core.write(shard(&core, &key), put(&key, &format!("v{i}"))).await.unwrap() {
+            match core.write(shard(&core, &key), &put(&key, &format!("v{i}"))).await.unwrap() {
                 Outcome::Written { version } => versions.push(version),
                 other => panic!("{other:?}"),
             }
@@ -92,7 +92,7 @@ fn writes_survive_restart_with_their_versions() {
         let s = shard(&core, "key-0");
         let cas =
             Command::Put { key: Bytes::from("key-0"), value: Bytes::from("x"), condition: Condition::IfVersion(1) };
-        assert!(matches!(core.write(s, cas).await.unwrap(), Outcome::ConditionFailed { .. }));
+        assert!(matches!(core.write(s, &cas).await.unwrap(), Outcome::ConditionFailed { .. }));
         core.shutdown().await.unwrap();
         versions
     });
@@ -125,7 +125,7 @@ fn concurrent_writes_share_flushes() {
                 let core = core.clone();
                 glommio::spawn_local(async move {
                     let key = format!("k{i}");
-                    core.write(shard(&core, &key), put(&key, "v")).await.unwrap()
+                    core.write(shard(&core, &key), &put(&key, "v")).await.unwrap()
                 })
             })
             .collect();
@@ -151,10 +151,10 @@ fn sequential_writes_cost_one_flush_each() {
         let key = "lone";
         let s = shard(&core, key);
         // The first write may still carry the election's term and vote.
-        core.write(s, put(key, "v0")).await.unwrap();
+        core.write(s, &put(key, "v0")).await.unwrap();
         let flushes_before = core.stats().flushes;
         for i in 1..=100 {
-            assert!(matches!(core.write(s, put(key, &format!("v{i}"))).await.unwrap(), Outcome::Written { .. }));
+            assert!(matches!(core.write(s, &put(key, &format!("v{i}"))).await.unwrap(), Outcome::Written { .. }));
         }
         let flushes = core.stats().flushes - flushes_before;
         assert!(flushes <= 100, "100 sequential writes took {flushes} flushes");
@@ -200,7 +200,7 @@ fn a_tiny_wal_batch_cap_splits_flushes_and_loses_nothing() {
                 let (core, value) = (core.clone(), value.clone());
                 glommio::spawn_local(async move {
                     let key = format!("k{i}");
-                    core.write(shard(&core, &key), put(&key, &value)).await.unwrap()
+                    core.write(shard(&core, &key), &put(&key, &value)).await.unwrap()
                 })
             })
             .collect();
@@ -233,15 +233,15 @@ fn writes_past_the_allowance_are_refused_until_it_is_renewed() {
         let one = put("a", &"x".repeat(100)).encoded_len() as u64;
         core.set_write_allowance(Some(3 * one));
         for key in ["a", "b", "c"] {
-            let out = core.write(shard(&core, key), put(key, &"x".repeat(100))).await;
+            let out = core.write(shard(&core, key), &put(key, &"x".repeat(100))).await;
             assert!(matches!(out, Ok(Outcome::Written { .. })), "{key}: {out:?}");
         }
-        let out = core.write(shard(&core, "d"), put("d", &"x".repeat(100))).await;
+        let out = core.write(shard(&core, "d"), &put("d", &"x".repeat(100))).await;
         assert!(matches!(out, Err(kv_replication::CoreError::OutOfMemory)), "{out:?}");
         let del = Command::Delete { key: Bytes::from("a"), condition: Condition::Always };
-        assert!(core.write(shard(&core, "a"), del).await.is_ok(), "deletes need no memory");
+        assert!(core.write(shard(&core, "a"), &del).await.is_ok(), "deletes need no memory");
         core.set_write_allowance(None);
-        let out = core.write(shard(&core, "d"), put("d", &"x".repeat(100))).await;
+        let out = core.write(shard(&core, "d"), &put("d", &"x".repeat(100))).await;
         assert!(matches!(out, Ok(Outcome::Written { .. })), "{out:?}");
         core.shutdown().await.unwrap();
     });
@@ -258,7 +258,7 @@ fn only_a_leader_refuses_writes_for_memory() {
         let core = open_with(None, config).await;
         core.set_write_allowance(Some(0));
         for key in ["a", "b", "c", "d"] {
-            let out = core.write(shard(&core, key), put(key, "v")).await;
+            let out = core.write(shard(&core, key), &put(key, "v")).await;
             assert!(matches!(out, Err(kv_replication::CoreError::NotLeader { .. })), "{key}: {out:?}");
         }
         core.shutdown().await.unwrap();
@@ -275,7 +275,7 @@ fn snapshots_compact_the_wal_and_restore() {
         for round in 0..3 {
             for i in 0..200 {
                 let key = format!("key-{i}");
-                core.write(shard(&core, &key), put(&key, &format!("{round}{value}"))).await.unwrap();
+                core.write(shard(&core, &key), &put(&key, &format!("{round}{value}"))).await.unwrap();
             }
         }
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
@@ -306,7 +306,7 @@ fn snapshots_compact_the_wal_and_restore() {
 fn in_memory_mode_keeps_no_files() {
     run(move || async move {
         let core = open(None, u64::MAX).await;
-        let out = core.write(shard(&core, "a"), put("a", "1")).await.unwrap();
+        let out = core.write(shard(&core, "a"), &put("a", "1")).await.unwrap();
         assert!(matches!(out, Outcome::Written { .. }));
         assert_eq!(
             core.read(shard(&core, "a"), b"a", Consistency::Lease).await.unwrap().unwrap().value,
@@ -326,7 +326,7 @@ fn a_backup_copy_holds_every_acknowledged_write_and_seeds_a_new_node() {
         let mut versions = std::collections::BTreeMap::new();
         for i in 0..60 {
             let key = format!("key-{i}");
-            match core.write(shard(&core, &key), put(&key, &format!("v{i}"))).await.unwrap() {
+            match core.write(shard(&core, &key), &put(&key, &format!("v{i}"))).await.unwrap() {
                 Outcome::Written { version } => versions.insert(key, version),
                 other => panic!("{other:?}"),
             };
@@ -368,7 +368,7 @@ fn a_backup_copy_holds_every_acknowledged_write_and_seeds_a_new_node() {
             let stored = core.read(shard(&core, key), key.as_bytes(), Consistency::Strict).await.unwrap();
             assert_eq!(stored.map(|s| s.version), Some(*version), "{key}");
         }
-        let out = core.write(shard(&core, "new"), put("new", "1")).await.unwrap();
+        let out = core.write(shard(&core, "new"), &put("new", "1")).await.unwrap();
         assert!(matches!(out, Outcome::Written { .. }));
         core.shutdown().await.unwrap();
     });

@@ -347,7 +347,8 @@ fn entries_do_not_pin_the_buffer_they_arrived_in() {
     let mut m = ShardMap::new();
     let short = Command::Put { key: buffer.slice(64..73), value: buffer.slice(73..89), condition: Condition::Always };
     m.apply(1, 0, short);
-    let long = Command::Put { key: Bytes::from_static(b"long"), value: buffer.slice(89..), condition: Condition::Always };
+    let long =
+        Command::Put { key: Bytes::from_static(b"long"), value: buffer.slice(89..), condition: Condition::Always };
     m.apply(2, 0, long);
     let e = m.find(b"short-key").expect("stored");
     assert_eq!((e.key(), e.value()), (&b"short-key"[..], &[b's'; 16][..]));

@@ -153,7 +153,8 @@ impl<T> Group<T> {
                 .take(APPLY_PREFETCH_ENTRIES)
                 .map(|e| {
                     let normal = e.get_entry_type() == EntryType::EntryNormal && !e.data.is_empty();
-                    let decoded = normal.then(|| Command::decode(&e.data).expect("committed entries were encoded by kvd"));
+                    let decoded =
+                        normal.then(|| Command::decode(&e.data).expect("committed entries were encoded by kvd"));
                     (e, decoded)
                 })
                 .collect();

@@ -160,7 +160,6 @@ pub fn resolve(conn: &Conn, args: Args) -> Resolved {
         return Resolved::Reply(Frame::error("NOAUTH Authentication required."));
     }
     conn.last_command.set(spec.name);
-    conn.last_active.set(std::time::Instant::now());
     Resolved::Run(spec, args)
 }
 
