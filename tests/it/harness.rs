@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 /// Generous: a loaded CI machine may be slow to start a process.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a log line about something that already happened may take to
+/// be read from the process.
+pub const LOG_LINE_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub fn kvd_bin() -> &'static str {
     env!("CARGO_BIN_EXE_kvd")
@@ -104,6 +107,20 @@ impl Kvd {
 
     pub fn log(&self) -> String {
         self.log.lock().unwrap().join("\n")
+    }
+
+    /// Waits (bounded) until the log holds `needle`: the process writes its
+    /// log asynchronously, so a line about something that just happened
+    /// may not have been read yet. Whether it came.
+    pub fn wait_for_log(&self, needle: &str) -> bool {
+        let deadline = Instant::now() + LOG_LINE_TIMEOUT;
+        while !self.log().contains(needle) {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        true
     }
 
     pub fn signal(&self, sig: i32) {

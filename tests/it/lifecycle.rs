@@ -116,7 +116,7 @@ fn a_failed_fsync_poisons_the_wal_and_the_server_says_why() {
     assert_eq!(c.get(b"k").unwrap(), None);
     let again = c.put(b"other", b"v", Condition::Always).unwrap_err();
     assert!(again.to_string().contains("poisoned"), "{again}");
-    assert!(kvd.log().contains("poisoned"), "{}", kvd.log());
+    assert!(kvd.wait_for_log("poisoned"), "{}", kvd.log());
     let out = harness::kvctl(&kvd.endpoint(), &["put", "x", "y"], b"");
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     let _ = path_str(dir.path());

@@ -114,7 +114,7 @@ fn protocol_errors_and_http_requests_close_the_connection() {
     c.send(b"GET / HTTP/1.1\r\nHost: example\r\n\r\n");
     assert_eq!(c.read().unwrap(), Reply::Error("ERR wrong number of arguments for 'get' command".into()));
     assert!(c.closed_by_server());
-    assert!(kvd.log().contains("HTTP request on the RESP port"), "{}", kvd.log());
+    assert!(kvd.wait_for_log("HTTP request on the RESP port"), "{}", kvd.log());
     // An inline GET of one key is still fine.
     let mut c = Raw::connect(kvd.resp_addr);
     c.send(b"SET k v\r\nGET k\r\n");
