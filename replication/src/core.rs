@@ -174,6 +174,12 @@ impl Core {
         self.0.machine.borrow().read_now(shard, key, consistency, now())
     }
 
+    /// Starts loading the map entries of `keys` (shard, key) on this core:
+    /// a hint before a batch of reads.
+    pub fn prefetch(&self, keys: &[(u32, &[u8])]) {
+        self.0.machine.borrow().prefetch(keys);
+    }
+
     /// Reads a key at `consistency`; a strict read, or a lease read on a
     /// leader whose lease lapsed, confirms leadership with a quorum
     /// (ReadIndex) and waits for the map to catch up first.

@@ -32,6 +32,20 @@ impl<T> Machine<T> {
         Ok(group.read_local(key, now))
     }
 
+    /// Starts loading the map entries of `keys` (each with its shard), so
+    /// the reads of a pipelined batch wait for memory together (see
+    /// `ShardMap::prefetch`). A hint: shards not on this core are skipped.
+    pub fn prefetch(&self, keys: &[(u32, &[u8])]) {
+        let mut shards: Vec<u32> = keys.iter().map(|(s, _)| *s).collect();
+        shards.sort_unstable();
+        shards.dedup();
+        for shard in shards {
+            if let Some(g) = self.groups.get(&shard) {
+                g.map.prefetch(keys.iter().filter(|(s, _)| *s == shard).map(|(_, k)| *k));
+            }
+        }
+    }
+
     /// A page of the shard's live keys from `cursor` on (see [`keyspace`]),
     /// the next cursor, and the shard's key count; readable where
     /// `consistency` allows, like [`Machine::read_now`] (strict as lease).
