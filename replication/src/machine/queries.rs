@@ -32,6 +32,12 @@ impl<T> Machine<T> {
         Ok(group.read_local(key, now))
     }
 
+    /// Commit-only hard states waiting to ride the next flush (a crash
+    /// now loses them; the simulator counts how often it does).
+    pub fn commit_records_waiting(&self) -> usize {
+        self.commit_records.len()
+    }
+
     /// Starts loading the map entries of `keys` (each with its shard), so
     /// the reads of a pipelined batch wait for memory together (see
     /// `ShardMap::prefetch`). A hint: shards not on this core are skipped.

@@ -5,7 +5,7 @@
 use std::fmt;
 
 /// How many counters a coverage has.
-pub const COUNTERS: usize = 12;
+pub const COUNTERS: usize = 13;
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Coverage {
@@ -30,6 +30,10 @@ pub struct Coverage {
     pub unknown_outcomes: u64,
     /// Keys leaders proposed to evict under memory pressure.
     pub evictions: u64,
+    /// Commit-only hard states a crash lost while they waited to ride the
+    /// next flush (see ARCHITECTURE.md, "Durability protocol"): recovery
+    /// must rebuild the commit index from the log and the peers.
+    pub commit_records_lost: u64,
 }
 
 impl Coverage {
@@ -47,6 +51,7 @@ impl Coverage {
             read_index_reads,
             unknown_outcomes,
             evictions,
+            commit_records_lost,
         } = o;
         self.crashes += crashes;
         self.restarts += restarts;
@@ -60,6 +65,7 @@ impl Coverage {
         self.read_index_reads += read_index_reads;
         self.unknown_outcomes += unknown_outcomes;
         self.evictions += evictions;
+        self.commit_records_lost += commit_records_lost;
     }
 
     /// Every counter by name.
@@ -77,6 +83,7 @@ impl Coverage {
             ("read_index_reads", self.read_index_reads),
             ("unknown_outcomes", self.unknown_outcomes),
             ("evictions", self.evictions),
+            ("commit_records_lost", self.commit_records_lost),
         ]
     }
 }
@@ -97,6 +104,7 @@ impl Coverage {
             read_index_reads: c[9],
             unknown_outcomes: c[10],
             evictions: c[11],
+            commit_records_lost: c[12],
         }
     }
 }

@@ -136,13 +136,17 @@ impl SimNode {
     }
 
     /// Power loss: the machines are gone, the disk keeps what it must.
-    pub fn crash(&mut self, rng: &mut Rng) {
+    /// Returns how many commit-only hard states were waiting for a flush
+    /// (lost with the machines: they were never written).
+    pub fn crash(&mut self, rng: &mut Rng) -> u64 {
+        let waiting = self.cores.iter().map(|c| c.machine.commit_records_waiting() as u64).sum();
         self.leader_changes_before_restarts += self.leader_changes();
         self.crash_armed = false;
         self.cores.clear();
         self.fs.crash(rng);
         self.state = NodeState::Down;
         self.incarnation += 1;
+        waiting
     }
 }
 

@@ -250,9 +250,10 @@ impl World {
 
     pub fn crash_node(&mut self, id: u64) {
         let World { nodes, sched, held, .. } = self;
-        nodes[(id - 1) as usize].crash(&mut sched.rng);
+        let lost = nodes[(id - 1) as usize].crash(&mut sched.rng);
         held.remove(&id);
         self.coverage.crashes += 1;
+        self.coverage.commit_records_lost += lost;
     }
 
     fn on_tick(&mut self, node: u64, inc: u64) {
