@@ -30,7 +30,11 @@ fn wal_bytes(dir: &std::path::Path, core: u32) -> Vec<u8> {
     let wal = dir.join(format!("core-{core}/wal"));
     let mut all = Vec::new();
     for e in std::fs::read_dir(wal).unwrap() {
-        all.extend(std::fs::read(e.unwrap().path()).unwrap());
+        let path = e.unwrap().path();
+        // Segments only: the spare is zeros.
+        if path.extension().is_some_and(|e| e == "wal") {
+            all.extend(std::fs::read(path).unwrap());
+        }
     }
     all
 }

@@ -7,9 +7,10 @@
 //! the next one — group commit falls out of that.
 //!
 //! Durability protocol of a flush (what a crash at each step leaves):
-//! 1. rotation only: fdatasync the old segment (whatever the policy), create and preallocate the
-//!    new one, fsync the directory — a crash leaves an unwritten segment,
-//!    which recovery removes;
+//! 1. rotation only: fdatasync the old segment (whatever the policy), rename
+//!    the zeroed spare to the new segment's name (or, without one ready,
+//!    create and preallocate it; see [`spare`]), fsync the directory — a
+//!    crash leaves an unwritten segment, which recovery removes;
 //! 2. write — a crash leaves a torn tail, which recovery truncates;
 //! 3. fdatasync (policy `always`) — after it returns, the batch is durable
 //!    and its records may be acknowledged.
@@ -35,6 +36,7 @@
 pub mod record;
 pub mod recovery;
 pub mod segment;
+mod spare;
 pub mod state;
 
 use std::cell::RefCell;
@@ -116,6 +118,8 @@ pub struct Wal {
     /// new one's too. A file nothing writes to any more is dropped (glommio
     /// closes it) once the flush that rotated away from it is recorded.
     files: RefCell<BTreeMap<u64, Rc<DmaFile>>>,
+    /// The next segment's file, zeroed ahead of the rotation that uses it.
+    spare: spare::Spare,
 }
 
 impl Wal {
@@ -139,7 +143,9 @@ impl Wal {
                 .map_err(|e| WalError::io(&path, "open segment", e.into()))?;
             files.insert(seq, Rc::new(file));
         }
-        Ok(Wal { config, dir, state: RefCell::new(state), files: RefCell::new(files) })
+        spare::remove_leftover(&config.dir).map_err(|e| WalError::io(&config.dir, "remove the spare segment", e))?;
+        let spare = spare::Spare::default();
+        Ok(Wal { config, dir, state: RefCell::new(state), files: RefCell::new(files), spare })
     }
 
     pub fn config(&self) -> &WalConfig {
@@ -169,6 +175,11 @@ impl Wal {
         self.state.borrow().bytes_since_compaction()
     }
 
+    /// Whether the next segment's file is zeroed and waiting (see `spare`).
+    pub fn spare_ready(&self) -> bool {
+        self.spare.is_ready()
+    }
+
     /// Number of segment files the WAL holds.
     pub fn segment_count(&self) -> usize {
         self.state.borrow().segment_count()
@@ -185,6 +196,11 @@ impl Wal {
         let result = self.execute(&plan, &mut stats).await;
         let current = plan.write_seq;
         self.state.borrow_mut().finish_flush(plan, result)?;
+        if self.state.borrow().half_full() {
+            // Zeroed while the second half fills; a WAL that never gets
+            // this far (a short-lived node) writes no spare.
+            self.spare.prepare(&self.config.dir, self.config.segment_bytes);
+        }
         // After a rotation the old segment is synced and never written again.
         self.files.borrow_mut().retain(|&seq, _| seq == current);
         Ok(stats)
@@ -244,6 +260,21 @@ impl Wal {
             fdatasync(&self.file(old), &self.config.dir).await?;
         }
         let path = &rotation.path;
+        let spare = self.spare.take(&self.config.dir, path, rotation.capacity).await;
+        let file = match spare.map_err(|e| WalError::io(path, "rename the spare segment", e))? {
+            Some(zeroed) => zeroed,
+            None => Rc::new(self.create_segment(path, rotation.capacity).await?),
+        };
+        self.files.borrow_mut().insert(rotation.seq, file);
+        // Crash from here to the write: an unwritten (all zero) segment,
+        // which recovery removes.
+        // IMPORTANT: fsync folder — the new segment must survive a crash once
+        // records in it are acknowledged.
+        self.dir.sync().await.map_err(|e| WalError::io(&self.config.dir, "fsync wal directory", e.into()))
+    }
+
+    /// Creates a segment file and preallocates it (the way without a spare).
+    async fn create_segment(&self, path: &Path, capacity: u64) -> Result<DmaFile, WalError> {
         // Readable too: glommio probes the device with a read on open.
         let file = OpenOptions::new()
             .read(true)
@@ -252,16 +283,8 @@ impl Wal {
             .dma_open(path)
             .await
             .map_err(|e| WalError::io(path, "create segment", e.into()))?;
-        let file = Rc::new(file);
-        self.files.borrow_mut().insert(rotation.seq, file.clone());
-        // Crash from here to the write: an unwritten segment, which recovery
-        // removes.
-        file.pre_allocate(rotation.capacity, false)
-            .await
-            .map_err(|e| WalError::io(path, "preallocate segment", e.into()))?;
-        // IMPORTANT: fsync folder — the new segment must survive a crash once
-        // records in it are acknowledged.
-        self.dir.sync().await.map_err(|e| WalError::io(&self.config.dir, "fsync wal directory", e.into()))
+        file.pre_allocate(capacity, false).await.map_err(|e| WalError::io(path, "preallocate segment", e.into()))?;
+        Ok(file)
     }
 
     /// The open file of segment `seq`, which must be the current segment or

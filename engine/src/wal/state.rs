@@ -199,6 +199,12 @@ impl WalState {
         self.current.as_ref().map(|c| c.seq)
     }
 
+    /// Whether the current segment is at least half full (time to make
+    /// the next one ready).
+    pub fn half_full(&self) -> bool {
+        self.current.as_ref().is_some_and(|c| c.end >= c.capacity / 2)
+    }
+
     /// Number of segment files the WAL holds.
     pub fn segment_count(&self) -> usize {
         self.segments.len()

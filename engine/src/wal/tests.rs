@@ -79,8 +79,19 @@ fn copy_dir(from: &Path) -> tempfile::TempDir {
     to
 }
 
+/// The segment files of a WAL directory (not its spare), by name.
+fn segment_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).and_then(segment::parse_name).is_some())
+        .collect();
+    files.sort();
+    files
+}
+
 fn only_segment(dir: &Path) -> std::path::PathBuf {
-    let mut files: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut files = segment_files(dir);
     files.sort();
     assert_eq!(files.len(), 1, "{files:?}");
     files.pop().unwrap()
@@ -404,8 +415,7 @@ fn the_writer_writes_the_golden_bytes() {
     let dir = tempfile::tempdir().unwrap();
     write_batches(dir.path(), segment::SEGMENT_BYTES_MIN, golden_batches(1..=30));
     write_batches(dir.path(), segment::SEGMENT_BYTES_MIN, golden_batches(31..=45));
-    let mut files: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().path()).collect();
-    files.sort();
+    let files = segment_files(dir.path());
     let found: Vec<(String, usize, u32)> = files
         .iter()
         .map(|f| {
@@ -415,4 +425,53 @@ fn the_writer_writes_the_golden_bytes() {
         .collect();
     let want: Vec<(String, usize, u32)> = GOLDEN.iter().map(|&(n, l, c)| (n.to_string(), l, c)).collect();
     assert_eq!(found, want);
+}
+
+/// A spare left over by an earlier run (here: garbage) is neither read as
+/// a segment nor kept; once the current segment is half full a spare is
+/// zeroed in the background, and the next rotation takes it (the same
+/// file: its inode).
+#[test]
+fn rotations_take_the_zeroed_spare_and_a_leftover_spare_is_ignored() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join(spare::SPARE_NAME), [0xEEu8; 5000]).unwrap();
+    let path = dir.path().to_path_buf();
+    let (used, spare_inode) = run(move || async move {
+        let (records, recovered) = read_all(&path).expect("a leftover spare is not a segment");
+        assert!(records.is_empty());
+        let wal = Wal::open(config(&path, segment::SEGMENT_BYTES_MIN), recovered).await.expect("opens");
+        let spare = path.join(spare::SPARE_NAME);
+        assert!(!spare.exists(), "the leftover spare is removed");
+        let mut index = 0;
+        let mut write = async |wal: &Wal| {
+            index += 1;
+            wal.append(&entry(1, index, 1000));
+            wal.flush().await.expect("flushes");
+            assert!(index < 1000, "no rotation");
+        };
+        // Half a segment: the spare is being zeroed.
+        while !spare.exists() {
+            write(&wal).await;
+        }
+        for _ in 0..500 {
+            if wal.spare_ready() {
+                break;
+            }
+            glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(wal.spare_ready(), "the spare was not zeroed within 5 s");
+        let zeroed = std::fs::read(&spare).unwrap();
+        assert_eq!(zeroed.len() as u64, segment::SEGMENT_BYTES_MIN);
+        assert!(zeroed.iter().all(|&b| b == 0));
+        let inode = std::fs::metadata(&spare).unwrap().ino();
+        while wal.segment_count() < 2 {
+            write(&wal).await;
+        }
+        (segment_files(&path), inode)
+    });
+    let inodes: Vec<u64> = used.iter().map(|p| std::fs::metadata(p).unwrap().ino()).collect();
+    assert_eq!(inodes.last(), Some(&spare_inode), "the new segment is not the zeroed spare: {used:?}");
+    let (records, _) = read_all(dir.path()).expect("recovers");
+    assert!(!entries_only(records).is_empty());
 }
