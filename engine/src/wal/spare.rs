@@ -41,6 +41,10 @@ enum State {
     #[default]
     Absent,
     Zeroing,
+    /// Zeroing failed (a full disk, say): not tried again before the next
+    /// rotation, so a failing disk does not cost an attempt and a warning
+    /// per flush.
+    Failed,
     /// Zeroed and synced: a file of `capacity` bytes.
     Ready {
         file: Rc<DmaFile>,
@@ -67,7 +71,9 @@ impl Spare {
                 Ok(file) => State::Ready { file: Rc::new(file), capacity },
                 Err(e) => {
                     tracing::warn!(path = %path.display(), "could not prepare the next WAL segment: {e}");
-                    State::Absent
+                    // Best effort: give back what a half-made spare holds.
+                    let _ = std::fs::remove_file(&path);
+                    State::Failed
                 }
             };
             *spare.0.borrow_mut() = state;
@@ -76,6 +82,7 @@ impl Spare {
     }
 
     /// The spare, renamed to `path`, if one of `capacity` bytes is ready.
+    /// Either way, the next segment may have a spare again.
     /// The caller MUST fsync the directory before relying on the name.
     pub async fn take(&self, dir: &Path, path: &Path, capacity: u64) -> std::io::Result<Option<Rc<DmaFile>>> {
         let state = std::mem::take(&mut *self.0.borrow_mut());

@@ -475,3 +475,28 @@ fn rotations_take_the_zeroed_spare_and_a_leftover_spare_is_ignored() {
     let (records, _) = read_all(dir.path()).expect("recovers");
     assert!(!entries_only(records).is_empty());
 }
+
+/// A spare that cannot be made (here its name is taken by a directory)
+/// costs nothing but the speed-up: rotations create their segments the
+/// old way and every record is recovered.
+#[test]
+fn a_spare_that_cannot_be_made_leaves_rotations_working() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    let written = run(move || async move {
+        let (_, recovered) = read_all(&path).expect("recovers");
+        let wal = Wal::open(config(&path, segment::SEGMENT_BYTES_MIN), recovered).await.expect("opens");
+        std::fs::create_dir(path.join(spare::SPARE_NAME)).unwrap();
+        let mut index = 0;
+        while wal.segment_count() < 3 {
+            index += 1;
+            wal.append(&entry(1, index, 1000));
+            wal.flush().await.expect("flushes without a spare");
+            assert!(index < 1000, "no rotation");
+        }
+        assert!(!wal.spare_ready());
+        index
+    });
+    let (records, _) = read_all(dir.path()).expect("recovers");
+    assert_eq!(entries_only(records).len() as u64, written);
+}
