@@ -440,6 +440,24 @@ fn bad(message: &str) -> Refusal {
     Refusal { status: Status::BadRequest, message: message.to_string() }
 }
 
+/// The keys of the GET and GET_TTL frames complete at the start of `buf`
+/// (up to `frame_bytes_max` each), without decoding anything else: what a
+/// batch of reads will look up. Malformed frames are skipped here and
+/// refused when decoded.
+pub fn get_keys(buf: &[u8], frame_bytes_max: usize) -> Vec<&[u8]> {
+    let mut keys = Vec::new();
+    let mut at = 0;
+    while let Ok(Some(h)) = parse_header(&buf[at..], frame_bytes_max) {
+        let Some(frame) = buf.get(at..at + h.frame_bytes) else { break };
+        let get = [Opcode::Get as u8, Opcode::GetTtl as u8].contains(&h.code);
+        if get && frame.len() >= FRAME_HEADER_BYTES + GET_FIXED_BYTES {
+            keys.push(&frame[FRAME_HEADER_BYTES + GET_FIXED_BYTES..]);
+        }
+        at += h.frame_bytes;
+    }
+    keys
+}
+
 /// Decodes a request frame (header included).
 pub fn decode_request_frame(frame: &Bytes) -> Result<Request, Refusal> {
     if frame[6..8] != [0; 2] {
@@ -681,6 +699,26 @@ pub fn decode_response(status: u8, opcode: u8, mut body: Bytes) -> Result<Respon
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn get_keys_lists_the_keys_of_complete_get_frames_only() {
+        let mut buf = Vec::new();
+        let get = |key: &'static [u8]| Request::Get { key: Bytes::from_static(key), consistency: Consistency::Lease };
+        encode_request(1, &get(b"a"), &mut buf);
+        let put = Request::Put {
+            key: Bytes::from_static(b"p"),
+            value: Bytes::from_static(b"v"),
+            condition: Condition::Always,
+        };
+        encode_request(2, &put, &mut buf);
+        let ttl = Request::GetTtl { key: Bytes::from_static(b"bb"), consistency: Consistency::Stale };
+        encode_request(3, &ttl, &mut buf);
+        let complete = buf.len();
+        encode_request(4, &get(b"cut"), &mut buf);
+        assert_eq!(get_keys(&buf[..buf.len() - 1], 1 << 20), vec![&b"a"[..], b"bb"], "a cut frame is not read");
+        assert_eq!(get_keys(&buf, 1 << 20), vec![&b"a"[..], b"bb", b"cut"]);
+        assert_eq!(get_keys(&buf[..complete], 8), Vec::<&[u8]>::new(), "frames over the limit stop the walk");
+    }
     use super::*;
 
     fn requests() -> Vec<Request> {

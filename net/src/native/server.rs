@@ -178,6 +178,14 @@ async fn read_loop(stream: &mut TcpStream, svc: &Rc<Service>, outbox: &Rc<Outbox
             return Ok(());
         }
         want = CHUNK_BYTES;
+        if outbox.authenticated.get() {
+            // A pipelined batch of reads: load their keys' entries together
+            // before they are looked up one by one (see `Service::prefetch`).
+            let keys = codec::get_keys(&buf, svc.limits.frame_bytes_max);
+            if keys.len() > 1 {
+                svc.prefetch(keys.into_iter());
+            }
+        }
     }
 }
 
