@@ -32,7 +32,7 @@ use std::sync::atomic::{fence, AtomicU32, Ordering};
 use bytes::Bytes;
 
 use crate::compress;
-use crate::stored::Stored;
+use crate::stored::{self, Stored};
 
 /// Bit of `meta` set when the value is a zstd frame.
 const META_COMPRESSED: u32 = 1 << 31;
@@ -53,7 +53,9 @@ struct Head {
     value_len: u32,
 }
 
-const HEAD_BYTES: usize = size_of::<Head>();
+/// Bytes each block spends before its key: the per-key overhead beside the
+/// table's bucket.
+pub const HEAD_BYTES: usize = size_of::<Head>();
 const _: () = assert!(HEAD_BYTES == 32, "the head is the per-key overhead the memory numbers assume");
 const _: () = assert!(META_COMPRESSED & META_CLOCK_MASK == 0);
 
@@ -135,8 +137,7 @@ impl Entry {
 
     /// Whether the key still exists at `now_ms`.
     pub fn is_live(&self, now_ms: u64) -> bool {
-        let at = self.expires_at_ms();
-        at == 0 || at > now_ms
+        stored::is_live(self.expires_at_ms(), now_ms)
     }
 
     /// The access clock eviction reads (see `evict.rs`).
@@ -158,11 +159,7 @@ impl Entry {
 
     /// Length of the bytes the client stored, without decompressing.
     pub fn plain_len(&self) -> usize {
-        if self.is_compressed() {
-            compress::plain_len(self.value())
-        } else {
-            self.value().len()
-        }
+        stored::plain_len(self.value(), self.is_compressed())
     }
 
     /// The bytes the client stored (decompressed if need be).

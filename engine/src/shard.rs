@@ -92,15 +92,11 @@ impl ShardMap {
         if self.entries.is_empty() {
             return;
         }
-        // Pass 1: the control bytes and the bucket where each probe starts
-        // (hashbrown keeps buckets before the control bytes, bucket i at
-        // `data_end - i - 1`; a wrong guess only wastes the hint).
-        let mask = self.entries.buckets() - 1;
-        let end = self.entries.data_end().as_ptr();
+        // Pass 1: the control bytes and the bucket where each probe starts.
         for hash in &hashes {
-            let at = *hash as usize & mask;
-            crate::entry::prefetch((end as *const u8).wrapping_add(at));
-            crate::entry::prefetch(end.wrapping_sub(at + 1) as *const u8);
+            let (control, bucket) = self.probe_start(*hash);
+            crate::entry::prefetch(control);
+            crate::entry::prefetch(bucket as *const u8);
         }
         // Pass 2: the blocks of the buckets whose tag matches (a probe that
         // compares no key, so it waits for no block).
@@ -110,6 +106,16 @@ impl ShardMap {
                 false
             });
         }
+    }
+
+    /// Where a probe for `hash` starts: its control byte and its bucket.
+    /// hashbrown keeps the buckets just before the control bytes, bucket i
+    /// at `data_end - i - 1`, and starts at `hash & (buckets - 1)`; a wrong
+    /// guess would only waste the prefetch (a test pins the guess).
+    fn probe_start(&self, hash: u64) -> (*const u8, *const Entry) {
+        let at = hash as usize & (self.entries.buckets() - 1);
+        let end = self.entries.data_end().as_ptr() as *const Entry;
+        ((end as *const u8).wrapping_add(at), end.wrapping_sub(at + 1))
     }
 
     fn contains(&self, key: &[u8]) -> bool {
@@ -249,7 +255,7 @@ impl ShardMap {
     /// Estimated heap bytes: data and each block's head, the table's
     /// buckets (a pointer and a control byte each) and the expiry index.
     pub fn memory_bytes(&self) -> u64 {
-        let head = size_of::<u64>() * 4;
+        let head = crate::entry::HEAD_BYTES;
         let bucket = size_of::<Entry>() + 1;
         let expiry = size_of::<(u64, Bytes)>() * 2;
         let overhead = self.entries.len() * head + self.entries.buckets() * bucket + self.expiries.len() * expiry;

@@ -47,7 +47,7 @@ impl Stored {
 
     /// Whether the key still exists at `now_ms`.
     pub fn is_live(&self, now_ms: u64) -> bool {
-        self.expires_at_ms == 0 || self.expires_at_ms > now_ms
+        is_live(self.expires_at_ms, now_ms)
     }
 
     /// The bytes the client stored (decompressed if need be).
@@ -61,16 +61,27 @@ impl Stored {
 
     /// Length of the bytes the client stored, without decompressing.
     pub fn plain_len(&self) -> usize {
-        if self.is_compressed() {
-            compress::plain_len(&self.value)
-        } else {
-            self.value.len()
-        }
+        plain_len(&self.value, self.compressed)
     }
 
     /// The same entry with its value plain: what leaves the engine.
     pub fn to_plain(&self) -> Stored {
         Stored::with_expiry(self.plain(), self.version, self.expires_at_ms)
+    }
+}
+
+/// Whether a key expiring at `expires_at_ms` (0: never) exists at `now_ms`:
+/// the one rule for [`Stored`] and the map's [`crate::entry::Entry`].
+pub(crate) fn is_live(expires_at_ms: u64, now_ms: u64) -> bool {
+    expires_at_ms == 0 || expires_at_ms > now_ms
+}
+
+/// Length of what the client stored, from the bytes as held.
+pub(crate) fn plain_len(held: &[u8], compressed: bool) -> usize {
+    if compressed {
+        compress::plain_len(held)
+    } else {
+        held.len()
     }
 }
 

@@ -96,6 +96,12 @@ impl Owner {
     }
 }
 
+/// The deadline of a wait of `wait`, counted from the first time it is
+/// asked for: a request served at once reads no clock for it.
+fn deadline_from_first_wait(at: &mut Option<Instant>, wait: Duration) -> Instant {
+    *at.get_or_insert_with(|| Instant::now() + wait)
+}
+
 /// Runs `op` on `shard` from its owning core on this node.
 pub async fn execute(owner: &Owner, shard: u32, op: Op, hops: u8) -> Result<Reply, CoreError> {
     if let Op::Status = op {
@@ -107,9 +113,7 @@ pub async fn execute(owner: &Owner, shard: u32, op: Op, hops: u8) -> Result<Repl
     if !owner.layout.hosts(shard) {
         return forward_to_replicas(owner, shard, op, hops).await;
     }
-    // Read on the first retry only: a request served at once reads no clock.
     let mut deadline_at = None;
-    let mut first_deadline = || *deadline_at.get_or_insert_with(|| Instant::now() + ELECTION_WAIT);
     loop {
         let local = match &op {
             Op::Get { key, consistency } => owner.core.read(shard, key, *consistency).await.map(Reply::Value),
@@ -123,7 +127,7 @@ pub async fn execute(owner: &Owner, shard: u32, op: Op, hops: u8) -> Result<Repl
             Err(CoreError::NotLeader { leader }) => leader,
             other => return other,
         };
-        let deadline = first_deadline();
+        let deadline = deadline_from_first_wait(&mut deadline_at, ELECTION_WAIT);
         match (leader, &owner.peers) {
             (Some(l), Some(peers)) if l != owner.layout.node_id => {
                 if hops >= HOPS_MAX {
@@ -171,7 +175,7 @@ async fn write_here(owner: &Owner, shard: u32, command: &kv_engine::Command) -> 
         match owner.core.write(shard, command).await {
             Err(CoreError::OutOfMemory)
                 if owner.memory.write_waits_for_eviction(core)
-                    && Instant::now() < *deadline_at.get_or_insert_with(|| Instant::now() + EVICTION_WAIT) =>
+                    && Instant::now() < deadline_from_first_wait(&mut deadline_at, EVICTION_WAIT) =>
             {
                 glommio::timer::sleep(MEMORY_CYCLE).await;
             }
