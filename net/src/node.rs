@@ -186,8 +186,7 @@ async fn run(setup: CoreSetup) -> Result<(), String> {
     let core = Core::open(config, transport).await.map_err(|e| format!("core {core_index}: {e}"))?;
     core.set_background_queue(background);
     if let Some(p) = &peers {
-        let core = core.clone();
-        p.on_snapshot_sent(Box::new(move |group, to, sent| core.report_snapshot(group, to, sent)));
+        p.attach(core.clone());
     }
     let core_metrics = CoreMetrics::start(&metrics, &core, core_index);
     let owner =

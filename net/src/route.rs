@@ -75,6 +75,7 @@ impl Owner {
                     "expires": g.expires, "memory_bytes": g.memory_bytes,
                     "bytes": bytes.get(&g.shard).copied().unwrap_or(0),
                     "replicas": self.layout.replicas_of(g.shard), "follower_lag": lag,
+                    "voters": g.voters, "learners": g.learners,
                 })
             })
             .collect();

@@ -271,6 +271,18 @@ impl Core {
         self.0.notify();
     }
 
+    /// Starts readmitting `node` on its new data directory (see
+    /// `Machine::readmit`).
+    pub fn readmit(&self, node: u64, incarnation: u64) {
+        self.0.machine.borrow_mut().readmit(node, incarnation);
+    }
+
+    /// Whether every group of this core dropped `node`'s old data directory
+    /// (see `Machine::readmitted`).
+    pub fn readmitted(&self, node: u64, incarnation: u64) -> bool {
+        self.0.machine.borrow().readmitted(node, incarnation)
+    }
+
     /// The leader this core knows for `shard`, if any.
     pub fn leader_of(&self, shard: u32) -> Option<u64> {
         self.0.machine.borrow().leader_of(shard)

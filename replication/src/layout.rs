@@ -34,6 +34,11 @@ pub struct Layout {
     pub nodes: Vec<u64>,
     /// Replicas per shard (the replication factor).
     pub replicas: u32,
+    /// The directory was made for a node joining a running cluster (`kvd
+    /// --join`): its peers hear it only once they have readmitted it, and
+    /// its groups never stand for election at startup.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub joined: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -91,7 +96,13 @@ impl Layout {
         assert!(nodes.contains(&node_id), "a node is a member of its own cluster");
         assert!(replicas >= 1 && replicas as usize <= nodes.len(), "replicas within 1..=nodes");
         let shards = (cores * shards_per_core).min(SHARDS_MAX);
-        Layout { format: FORMAT, node_id, cores, shards, nodes, replicas }
+        Layout { format: FORMAT, node_id, cores, shards, nodes, replicas, joined: false }
+    }
+
+    /// The same layout, for a data directory of a node joining a running
+    /// cluster (see [`Layout::joined`]).
+    pub fn joining(self) -> Layout {
+        Layout { joined: true, ..self }
     }
 
     /// The nodes holding `shard`, preferred leader first.

@@ -50,7 +50,7 @@ impl Core {
             log_retain_entries: config.log_retain_entries,
             compress_min_bytes: config.compress_min_bytes,
         };
-        let machine = restorer.finish(restore, |shard| config.layout.replicas_of(shard))?;
+        let machine = restorer.finish(restore, |shard| config.layout.replicas_of(shard), config.layout.joined)?;
         Ok(Core::start(config, machine, wal, transport))
     }
 }

@@ -125,16 +125,21 @@ impl Restorer {
     }
 
     /// Builds the Raft nodes and the machine. `replicas_of(shard)` lists a
-    /// new shard's first voters, preferred leader first.
+    /// shard's wanted replicas, preferred leader first (a new shard's first
+    /// voters). The preferred leader stands for election at once, unless
+    /// the node `joined` a running cluster: its groups start from the same
+    /// first configuration as everyone's, and learn the rest from their
+    /// leaders' logs or snapshots once readmitted.
     pub fn finish<T>(
         self,
         config: RestoreConfig,
         replicas_of: impl Fn(u32) -> Vec<u64>,
+        joined: bool,
     ) -> Result<Machine<T>, StartError> {
         let mut groups = BTreeMap::new();
         let mut bootstrap = Vec::new();
         for (id, r) in self.restored {
-            groups.insert(id, build_group(&config, id, r, &replicas_of(id), &mut bootstrap)?);
+            groups.insert(id, build_group(&config, id, r, replicas_of(id), &mut bootstrap, !joined)?);
         }
         Ok(Machine::new(config.machine, groups, bootstrap))
     }
@@ -144,15 +149,16 @@ fn build_group<T>(
     config: &RestoreConfig,
     id: u32,
     r: Restored,
-    replicas: &[u64],
+    replicas: Vec<u64>,
     bootstrap: &mut Vec<Record>,
+    may_campaign: bool,
 ) -> Result<Group<T>, StartError> {
     let node_id = config.machine.node_id;
     let Restored { map, storage } = r;
     if storage.conf_state().voters.is_empty() {
         // A new shard: every replica starts the group with the same voters
         // (on a single node, just us), like a statically bootstrapped etcd.
-        let cs = ConfState { voters: replicas.to_vec(), ..ConfState::default() };
+        let cs = ConfState { voters: replicas.clone(), ..ConfState::default() };
         storage.set_conf_state(cs.clone());
         bootstrap.push(records::conf_state_record(id, 0, &cs));
     }
@@ -177,10 +183,11 @@ fn build_group<T>(
         compress_min_bytes: config.compress_min_bytes,
     };
     let mut group = Group::new(id, node, storage.clone(), map, group_config);
+    group.set_wanted(replicas.clone());
     // The preferred leader (first replica) stands at once instead of waiting
     // an election timeout; pre-vote keeps this from disturbing a leader
     // that is already in office.
-    if replicas.first() == Some(&node_id) && storage.conf_state().voters.contains(&node_id) {
+    if may_campaign && replicas.first() == Some(&node_id) && storage.conf_state().voters.contains(&node_id) {
         group.campaign().map_err(raft_err)?;
     }
     Ok(group)

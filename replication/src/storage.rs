@@ -255,7 +255,10 @@ impl raft::Storage for GroupStorage {
         // asks again on its next attempt to replicate.
         let mut s = self.0.borrow_mut();
         if let Some(snap) = &s.prepared {
-            if snap.get_metadata().index >= request_index && snap.get_metadata().index >= s.compacted_index {
+            // One prepared before a membership change would give a new
+            // replica a configuration without itself, which it refuses.
+            let meta = snap.get_metadata();
+            if meta.index >= request_index && meta.index >= s.compacted_index && *meta.get_conf_state() == s.conf_state {
                 return Ok(snap.clone());
             }
         }

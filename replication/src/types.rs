@@ -52,6 +52,9 @@ pub struct GroupStatus {
     pub memory_bytes: u64,
     /// On a leader: (follower, entries it lacks).
     pub follower_lag: Vec<(u64, u64)>,
+    /// The configuration this replica applied: who votes, who only learns.
+    pub voters: Vec<u64>,
+    pub learners: Vec<u64>,
 }
 
 /// One page of a shard's keys.
@@ -93,11 +96,15 @@ pub struct Bugs {
     /// Lease reads on any leader that has committed in its term, with no
     /// bound in time (a leader cut off keeps answering).
     pub unbounded_lease: bool,
+    /// Lets a node back on a new data directory in at once, as the voter
+    /// its old directory was, instead of removing it first.
+    pub readmit_without_removal: bool,
 }
 
 impl Bugs {
     /// Every seeded bug, by the name `kvsim --bug` takes.
-    pub const NAMES: [&'static str; 3] = ["ack-before-fsync", "ack-overwritten-entry", "unbounded-lease"];
+    pub const NAMES: [&'static str; 4] =
+        ["ack-before-fsync", "ack-overwritten-entry", "unbounded-lease", "readmit-without-removal"];
 
     /// The switch named `name` alone, or `None` for an unknown name.
     pub fn named(name: &str) -> Option<Bugs> {
@@ -106,6 +113,7 @@ impl Bugs {
             "ack-before-fsync" => bugs.ack_before_fsync = true,
             "ack-overwritten-entry" => bugs.ack_overwritten_entry = true,
             "unbounded-lease" => bugs.unbounded_lease = true,
+            "readmit-without-removal" => bugs.readmit_without_removal = true,
             _ => return None,
         }
         Some(bugs)

@@ -633,6 +633,8 @@ fn print_status(s: &serde_json::Value) {
                 text(&g["shard"]),
                 text(&core["core"]),
                 text(&g["replicas"]),
+                text(&g["voters"]),
+                text(&g["learners"]).replace("[]", "-"),
                 text(&g["leader"]),
                 text(&g["term"]),
                 text(&g["commit"]),
@@ -647,7 +649,7 @@ fn print_status(s: &serde_json::Value) {
         print_rows(&["PEER/CORE", "ADDR", "LINK"], &links);
     }
     println!();
-    print_rows(&["SHARD", "CORE", "REPLICAS", "LEADER", "TERM", "COMMIT", "APPLIED", "KEYS", "FOLLOWER_LAG"], &shards);
+    print_rows(&["SHARD", "CORE", "REPLICAS", "VOTERS", "LEARNERS", "LEADER", "TERM", "COMMIT", "APPLIED", "KEYS", "FOLLOWER_LAG"], &shards);
 }
 
 fn print_rows(header: &[&str], rows: &[Vec<String>]) {

@@ -83,6 +83,9 @@ fn run(mut s: Settings, notify: &Arc<Notifier>) -> Result<(), String> {
         ),
         None => Layout::new(s.node_id, cores, s.shards_per_core),
     };
+    // Kept only if the directory is new (`load_or_create`).
+    let joining = s.cluster.as_ref().is_some_and(|c| c.join.is_some());
+    let wanted = if joining { wanted.joining() } else { wanted };
     let (layout, _lock) = if s.persistent {
         let lock = prepare_data_dir(&s.data_dir)?;
         // io_uring opens paths relative to no directory: make it absolute.
@@ -91,6 +94,9 @@ fn run(mut s: Settings, notify: &Arc<Notifier>) -> Result<(), String> {
     } else {
         (wanted, None)
     };
+    if joining && !layout.joined {
+        tracing::info!("--join is ignored: the data directory exists, so this node is a member already");
+    }
     // A cluster node is always persistent (checked with the config).
     let incarnations = match &s.cluster {
         Some(_) => Some(Arc::new(Incarnations::open(&s.data_dir)?)),
@@ -155,6 +161,7 @@ fn run(mut s: Settings, notify: &Arc<Notifier>) -> Result<(), String> {
                 payload_bytes_max: s.limits.frame_bytes_max + PEER_FRAME_SLACK_BYTES,
                 endpoints: endpoints.clone(),
                 incarnations: incarnations.clone().expect("a cluster node has an incarnation"),
+                joined: layout.joined,
                 signals: signals.clone(),
             };
             (peer_config, peer_listeners[i].take().expect("one peer listener per core"))

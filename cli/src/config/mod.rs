@@ -147,6 +147,13 @@ pub struct Options {
     /// Where this node's peer listener binds [default: its entry in --peers].
     #[arg(long, env = "KVD_PEER_LISTEN")]
     pub peer_listen: Option<String>,
+    /// Starts this node on a new data directory in a running cluster, through
+    /// a member's peer address (one listed in --peers). A node whose data
+    /// directory was lost is started this way, under its old id and flags:
+    /// the members remove its lost replicas, then add it back and fill it
+    /// from their snapshots. Ignored once the directory exists.
+    #[arg(long, env = "KVD_JOIN")]
+    pub join: Option<String>,
     /// Replicas per shard, at most the number of nodes [default: min(3, nodes)].
     #[arg(long, env = "KVD_REPLICATION_FACTOR")]
     pub replication_factor: Option<u32>,
@@ -311,6 +318,8 @@ pub struct ClusterSettings {
     pub peer_listen: SocketAddr,
     pub replication_factor: u32,
     pub secret: Arc<Vec<u8>>,
+    /// `--join`: the member this node joins through.
+    pub join: Option<SocketAddr>,
 }
 
 /// Shortest cluster secret accepted.
@@ -497,6 +506,9 @@ pub fn parse_peers(s: &str) -> Result<BTreeMap<u64, SocketAddr>, String> {
 fn parse_cluster(o: &Options, node_id: u64, cores: usize) -> Result<Option<ClusterSettings>, String> {
     let peers = parse_peers(o.peers.as_deref().unwrap_or(""))?;
     if peers.is_empty() {
+        if o.join.is_some() {
+            return Err("join: a node joins a cluster: give --peers (every node, this one too) as well".into());
+        }
         return Ok(None);
     }
     let own = *peers.get(&node_id).ok_or_else(|| format!("peers: this node's id {node_id} is not in the list"))?;
@@ -523,7 +535,21 @@ fn parse_cluster(o: &Options, node_id: u64, cores: usize) -> Result<Option<Clust
             path.display()
         ));
     }
-    Ok(Some(ClusterSettings { peers, peer_listen, replication_factor, secret: Arc::new(secret) }))
+    let join = o.join.as_deref().map(|a| parse_join(a, &peers, node_id)).transpose()?;
+    Ok(Some(ClusterSettings { peers, peer_listen, replication_factor, secret: Arc::new(secret), join }))
+}
+
+/// `--join HOST:PORT`: the peer address of another member in --peers.
+fn parse_join(addr: &str, peers: &BTreeMap<u64, SocketAddr>, node_id: u64) -> Result<SocketAddr, String> {
+    let join: SocketAddr = addr.parse().map_err(|_| format!("join: {addr:?} is not an IP:PORT address"))?;
+    match peers.iter().find(|(_, a)| **a == join) {
+        Some((&id, _)) if id != node_id => Ok(join),
+        Some(_) => Err(format!("join: {join} is this node's own peer address; name another member's")),
+        None => Err(format!(
+            "join: {join} is not the peer address of a node in --peers; this version joins a node listed \
+             there (give every node the same --peers)"
+        )),
+    }
 }
 
 /// `always`, `never` or `interval:<ms>`.

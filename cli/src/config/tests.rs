@@ -55,6 +55,10 @@ fn cluster_settings() {
     let c = Settings::from_options(ok).unwrap().cluster.expect("a cluster");
     assert_eq!((c.peers.len(), c.replication_factor, c.peer_listen.port()), (3, 3, 7480));
     assert_eq!(c.secret.len(), 20, "trailing newline trimmed");
+    assert_eq!(c.join, None);
+    let joining = Options { join: Some("127.0.0.1:7490".into()), ..cluster_options(peers, &secret) };
+    let c = Settings::from_options(joining).unwrap().cluster.expect("a cluster");
+    assert_eq!(c.join, Some("127.0.0.1:7490".parse().unwrap()));
     let bad = [
         (vec!["--peers", peers], "secret"),
         (vec!["--peers", "2=127.0.0.1:7490"], "not in the list"),
@@ -67,6 +71,10 @@ fn cluster_settings() {
             vec!["--peers", peers, "--cluster-secret-file", secret.to_str().unwrap(), "--persistence", "none"],
             "persistence",
         ),
+        (vec!["--join", "127.0.0.1:7490"], "give --peers"),
+        (vec!["--peers", peers, "--cluster-secret-file", secret.to_str().unwrap(), "--join", "127.0.0.1:7510"], "not the peer address"),
+        (vec!["--peers", peers, "--cluster-secret-file", secret.to_str().unwrap(), "--join", "127.0.0.1:7480"], "own peer address"),
+        (vec!["--peers", peers, "--cluster-secret-file", secret.to_str().unwrap(), "--join", "nowhere"], "IP:PORT"),
     ];
     for (args, needle) in bad {
         let cli = Options::try_parse_from(["kvd", "--cores", "0"].into_iter().chain(args.iter().copied())).unwrap();

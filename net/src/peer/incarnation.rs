@@ -13,8 +13,18 @@
 //! refused in both directions; told so, it stops with a message.
 //!
 //! A cluster being created is unaffected: no node has recorded anything yet.
+//!
+//! **Readmission.** A node restarted on a new directory with `kvd --join`
+//! asks to be let back in (a flag in its hello). Each core of this node
+//! then removes it from the groups that still count its old directory as a
+//! voter (`Machine::readmit`); once every core reports that done for that
+//! directory ([`Incarnations::core_clear`]), the record is replaced with
+//! the new incarnation ([`Incarnations::replace`]) and the node is heard
+//! again, as a learner its leaders fill from snapshots and then promote.
+//! Until then it is refused on every connection, in both directions, so
+//! no vote or acknowledgement from the forgotten state ever counts.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -30,6 +40,9 @@ pub struct Incarnations {
     /// Where the peers' incarnations are kept.
     file: PathBuf,
     known: Mutex<BTreeMap<u64, u64>>,
+    /// Per (node, new incarnation) being readmitted: the cores whose groups
+    /// no longer count the old one as a voter.
+    clear: Mutex<BTreeMap<(u64, u64), BTreeSet<u32>>>,
 }
 
 /// A peer's incarnation against the one recorded for it.
@@ -63,7 +76,7 @@ impl Incarnations {
             Err(e) if e.kind() == io::ErrorKind::NotFound => BTreeMap::new(),
             Err(e) => return Err(format!("{}: {e}", file.display())),
         };
-        Ok(Incarnations { own, file, known: Mutex::new(known) })
+        Ok(Incarnations { own, file, known: Mutex::new(known), clear: Mutex::default() })
     }
 
     pub fn own(&self) -> u64 {
@@ -93,6 +106,39 @@ impl Incarnations {
             return Err(e);
         }
         Ok(Seen::New)
+    }
+}
+
+impl Incarnations {
+    /// Core `core` no longer counts `node`'s directory before `incarnation`
+    /// as a voter in any of its groups.
+    pub fn core_clear(&self, node: u64, incarnation: u64, core: u32) {
+        self.clear.lock().expect("not poisoned").entry((node, incarnation)).or_default().insert(core);
+    }
+
+    /// Whether every one of this node's `cores` is clear of `node`'s old
+    /// directory (see [`Incarnations::core_clear`]).
+    pub fn admissible(&self, node: u64, incarnation: u64, cores: u32) -> bool {
+        let clear = self.clear.lock().expect("not poisoned");
+        clear.get(&(node, incarnation)).is_some_and(|c| (0..cores).all(|core| c.contains(&core)))
+    }
+
+    /// Replaces `node`'s record with `incarnation`, durably: its new
+    /// directory is admitted (call only once [`Incarnations::admissible`]).
+    pub fn replace(&self, node: u64, incarnation: u64) -> io::Result<()> {
+        let mut known = self.known.lock().expect("not poisoned");
+        let before = known.insert(node, incarnation);
+        if before == Some(incarnation) {
+            return Ok(());
+        }
+        if let Err(e) = kv_engine::fsutil::write_durable(&self.file, render_peers(&known).as_bytes()) {
+            match before {
+                Some(b) => known.insert(node, b),
+                None => known.remove(&node),
+            };
+            return Err(e);
+        }
+        Ok(())
     }
 }
 
@@ -141,6 +187,24 @@ mod tests {
         let other = Incarnations::open(wiped.path()).unwrap();
         assert_ne!(other.own(), first.own(), "a new directory is a new incarnation");
         assert_eq!(other.seen(2, 7), Seen::New);
+    }
+
+    #[test]
+    fn a_new_directory_is_admitted_once_every_core_is_clear_of_the_old_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let inc = Incarnations::open(dir.path()).unwrap();
+        inc.record(2, 7).unwrap();
+        assert!(!inc.admissible(2, 8, 2));
+        inc.core_clear(2, 8, 1);
+        assert!(!inc.admissible(2, 8, 2), "core 0 still counts the old directory");
+        inc.core_clear(2, 9, 0);
+        assert!(!inc.admissible(2, 8, 2), "clear of another directory");
+        inc.core_clear(2, 8, 0);
+        assert!(inc.admissible(2, 8, 2));
+        inc.replace(2, 8).unwrap();
+        assert_eq!((inc.seen(2, 8), inc.seen(2, 7)), (Seen::Same, Seen::Other(8)));
+        let again = Incarnations::open(dir.path()).unwrap();
+        assert_eq!(again.seen(2, 8), Seen::Same, "the replacement is durable");
     }
 
     #[test]

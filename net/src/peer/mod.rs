@@ -27,7 +27,7 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::net::TcpStream;
 use glommio::sync::Semaphore;
-use kv_replication::{oneshot, CoreError};
+use kv_replication::{oneshot, Core, CoreError};
 use raft::eraftpb::Message;
 
 use crate::mesh::{Op, Reply};
@@ -47,6 +47,10 @@ const LINK_QUEUE_MESSAGES_MAX: usize = 65_536;
 /// Forwarded requests one inbound connection runs at once; more are
 /// answered Busy.
 const INBOUND_FORWARDS_MAX: u64 = 4096;
+/// How often a node that joined dials the peers it is not connected to: it
+/// has nothing to send until its groups are added, but the members act
+/// only on its handshakes (see `incarnation.rs`, "Readmission").
+const JOIN_DIAL_INTERVAL: Duration = Duration::from_secs(1);
 
 /// What a core needs to know about its peers.
 #[derive(Debug, Clone)]
@@ -68,6 +72,9 @@ pub struct PeerConfig {
     /// Raised when a peer says this node's data directory is not the one
     /// it knew: the node stops.
     pub signals: Arc<NodeSignals>,
+    /// The data directory was made by `kvd --join`: handshakes ask to be
+    /// readmitted, and peers are dialled until connected.
+    pub joined: bool,
 }
 
 /// The per-core address of a node's peer listener.
@@ -84,18 +91,20 @@ struct Link {
     wake: LocalSender<()>,
     up: Cell<bool>,
     broken: Cell<bool>,
+    /// Connect even with nothing to send (a joined node dialling).
+    dial: Cell<bool>,
+    /// Whether "waiting to be readmitted" was logged for this link.
+    join_wait_logged: Cell<bool>,
 }
 
 /// A forwarded request waiting for its reply: the node asked, and the waiter.
 type Waiting = (u64, oneshot::Sender<Result<Reply, CoreError>>);
 
-/// Called when a snapshot message was sent (true) or could not be (false).
-pub type SnapshotReport = Box<dyn Fn(u32, u64, bool)>;
-
 /// One core's peer transport.
 pub struct Peers {
     config: PeerConfig,
-    snapshot_report: RefCell<Option<SnapshotReport>>,
+    /// The core these links serve (set once it is open).
+    core: RefCell<Option<Core>>,
     links: BTreeMap<u64, Rc<Link>>,
     waiting: RefCell<HashMap<u64, Waiting>>,
     next_id: Cell<u64>,
@@ -143,13 +152,15 @@ impl Peers {
                 wake,
                 up: Cell::new(false),
                 broken: Cell::new(false),
+                dial: Cell::new(false),
+                join_wait_logged: Cell::new(false),
             });
             wakeups.push((link.clone(), woken));
             links.insert(node, link);
         }
         let peers = Rc::new(Peers {
             config,
-            snapshot_report: RefCell::new(None),
+            core: RefCell::new(None),
             links,
             waiting: RefCell::new(HashMap::new()),
             next_id: Cell::new(1),
@@ -159,6 +170,9 @@ impl Peers {
         for (link, woken) in wakeups {
             glommio::spawn_local(link_writer(peers.clone(), link, woken)).detach();
         }
+        if peers.config.joined {
+            glommio::spawn_local(dial_peers(peers.clone())).detach();
+        }
         peers
     }
 
@@ -166,19 +180,50 @@ impl Peers {
         self.config.node_id
     }
 
-    /// Sets who learns the fate of snapshot messages (raft-rs must be told,
-    /// or a follower whose snapshot was lost is never sent another).
-    pub fn on_snapshot_sent(&self, report: SnapshotReport) {
-        *self.snapshot_report.borrow_mut() = Some(report);
+    /// Attaches the core these links serve, once it is open: it learns the
+    /// fate of snapshot messages (raft-rs must be told, or a follower whose
+    /// snapshot was lost is never sent another) and readmits peers.
+    pub fn attach(&self, core: Core) {
+        *self.core.borrow_mut() = Some(core);
     }
 
     fn report_snapshots(&self, messages: &[(u32, Message)], sent: bool) {
-        if let Some(report) = self.snapshot_report.borrow().as_ref() {
+        if let Some(core) = self.core.borrow().as_ref() {
             for (group, m) in
                 messages.iter().filter(|(_, m)| m.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot)
             {
-                report(*group, m.to, sent);
+                core.report_snapshot(*group, m.to, sent);
             }
+        }
+    }
+
+    /// Whether `node`'s new data directory `incarnation` may be heard: every
+    /// core of this node has removed its old one from the groups it voted in.
+    fn admissible(&self, node: u64, incarnation: u64) -> bool {
+        let c = &self.config;
+        if let Some(core) = self.core.borrow().as_ref() {
+            if core.readmitted(node, incarnation) {
+                c.incarnations.core_clear(node, incarnation, c.core);
+            }
+        }
+        c.incarnations.admissible(node, incarnation, c.cores)
+    }
+
+    /// An authenticated member is back on a new data directory and asks to
+    /// rejoin: this core starts removing its old one from its groups.
+    fn start_readmission(&self, node: u64, incarnation: u64) {
+        if self.links.get(&node).is_some_and(|l| l.up.get()) {
+            // Its old directory is still connected here: two processes
+            // claim the id, or the old one just died; wait for the link.
+            tracing::warn!(
+                core = self.config.core,
+                node,
+                "node {node} asks to rejoin on a new data directory while its old one is still connected; waiting"
+            );
+            return;
+        }
+        if let Some(core) = self.core.borrow().as_ref() {
+            core.readmit(node, incarnation);
         }
     }
 
@@ -282,7 +327,8 @@ async fn link_writer(peers: Rc<Peers>, link: Rc<Link>, woken: LocalReceiver<()>)
         let raft = std::mem::take(&mut *link.raft.borrow_mut());
         let forwards = std::mem::take(&mut *link.forwards.borrow_mut());
         let ids = std::mem::take(&mut *link.forward_ids.borrow_mut());
-        if raft.is_empty() && forwards.is_empty() {
+        let dial = link.dial.replace(false);
+        if raft.is_empty() && forwards.is_empty() && !dial {
             continue;
         }
         if link.broken.replace(false) {
@@ -317,6 +363,9 @@ async fn link_writer(peers: Rc<Peers>, link: Rc<Link>, woken: LocalReceiver<()>)
         let mut out = Vec::new();
         wire::put_raft_frames(&mut out, &raft, peers.config.payload_bytes_max);
         out.extend_from_slice(&forwards);
+        if out.is_empty() {
+            continue;
+        }
         let stream = conn.as_mut().expect("connected above");
         let written = stream.write_all(&out).await;
         peers.report_snapshots(&raft, written.is_ok());
@@ -329,6 +378,18 @@ async fn link_writer(peers: Rc<Peers>, link: Rc<Link>, woken: LocalReceiver<()>)
         }
     }
     peers.fail_node(link.node);
+}
+
+/// Wakes the links of a joined node that are not connected, so its
+/// handshakes reach the members (see [`JOIN_DIAL_INTERVAL`]).
+async fn dial_peers(peers: Rc<Peers>) {
+    while !peers.stopping.get() {
+        for link in peers.links.values().filter(|l| !l.up.get()) {
+            link.dial.set(true);
+            let _ = link.wake.try_send(());
+        }
+        glommio::timer::sleep(JOIN_DIAL_INTERVAL).await;
+    }
 }
 
 fn io_err(e: impl std::fmt::Display) -> io::Error {
@@ -352,19 +413,21 @@ async fn connect(peers: &Rc<Peers>, link: &Rc<Link>) -> io::Result<TcpStream> {
             shards: c.shards,
             incarnation: own,
             nonce,
+            joined: c.joined,
         };
         stream.write_all(&hello.encode()).await?;
         let mut buf = [0u8; wire::CHALLENGE_BYTES];
         stream.read_exact(&mut buf).await?;
         let ch = Challenge::decode(&buf).ok_or_else(|| io_err("not a kvd peer (bad magic)"))?;
         match ch.status {
-            wire::STATUS_OK | wire::STATUS_FORGOTTEN => {}
+            wire::STATUS_OK | wire::STATUS_FORGOTTEN | wire::STATUS_JOIN_WAIT => {}
             wire::STATUS_SHAPE_MISMATCH => return Err(io_err("the peer has a different number of cores or shards")),
             wire::STATUS_UNKNOWN_NODE => return Err(io_err(format!("the peer does not know node {}", c.node_id))),
             s => return Err(io_err(format!("the peer refused the handshake (status {s})"))),
         }
         let server =
-            Binding::server((link.node, ch.incarnation), (c.node_id, own), c.core, (&nonce, &ch.nonce), ch.status);
+            Binding::server((link.node, ch.incarnation), (c.node_id, own), c.core, (&nonce, &ch.nonce), ch.status)
+                .opener_joined(c.joined);
         if ch.node != link.node || !wire::proof_matches(&c.secret, &server, &ch.mac) {
             return Err(io_err("the peer failed authentication: is the cluster secret the same everywhere?"));
         }
@@ -373,8 +436,22 @@ async fn connect(peers: &Rc<Peers>, link: &Rc<Link>) -> io::Result<TcpStream> {
             c.signals.fail_with(forgotten_message(c, link.node));
             return Err(io_err(format!("node {} knows this node with another data directory", link.node)));
         }
-        check_peer_incarnation(c, link.node, ch.incarnation)?;
-        let client = Binding::client((c.node_id, own), (link.node, ch.incarnation), c.core, (&ch.nonce, &nonce));
+        let client = Binding::client((c.node_id, own), (link.node, ch.incarnation), c.core, (&ch.nonce, &nonce))
+            .opener_joined(c.joined);
+        if ch.status == wire::STATUS_JOIN_WAIT {
+            // The member acts once it knows who asks: prove it, then wait.
+            stream.write_all(&wire::proof(&c.secret, &client)).await?;
+            if !link.join_wait_logged.replace(true) {
+                tracing::info!(
+                    core = c.core,
+                    node = link.node,
+                    "node {} is removing this node's lost data from its shards before letting it back in; waiting",
+                    link.node
+                );
+            }
+            return Err(io_err(format!("node {} is readmitting this node", link.node)));
+        }
+        peers.check_incarnation(link.node, ch.incarnation)?;
         stream.write_all(&wire::proof(&c.secret, &client)).await?;
         let mut info = Vec::new();
         wire::put_frame(&mut info, wire::FRAME_INFO, c.endpoints.encode().as_bytes());
@@ -439,59 +516,86 @@ pub async fn accept_loop(listener: glommio::net::TcpListener, peers: Rc<Peers>, 
 }
 
 /// The acceptor's half of the handshake; returns the authenticated node.
-async fn accept_handshake(stream: &mut TcpStream, c: &PeerConfig) -> io::Result<u64> {
+async fn accept_handshake(stream: &mut TcpStream, peers: &Peers) -> io::Result<u64> {
+    let c = &peers.config;
     let mut buf = [0u8; wire::HELLO_BYTES];
     stream.read_exact(&mut buf).await?;
     let hello = PeerHello::decode(&buf).ok_or_else(|| io_err("not a kvd peer (bad magic)"))?;
+    let seen = c.incarnations.seen(hello.node, hello.incarnation);
     let status = if !c.peers.contains_key(&hello.node) {
         wire::STATUS_UNKNOWN_NODE
     } else if hello.cores != c.cores || hello.shards != c.shards {
         wire::STATUS_SHAPE_MISMATCH
     } else if hello.core != c.core || hello.version != wire::PEER_VERSION {
         wire::STATUS_WRONG_CORE
-    } else if let Seen::Other(_) = c.incarnations.seen(hello.node, hello.incarnation) {
-        wire::STATUS_FORGOTTEN
+    } else if let Seen::Other(_) = seen {
+        match (hello.joined, peers.admissible(hello.node, hello.incarnation)) {
+            (false, _) => wire::STATUS_FORGOTTEN,
+            (true, false) => wire::STATUS_JOIN_WAIT,
+            (true, true) => wire::STATUS_OK,
+        }
     } else {
         wire::STATUS_OK
     };
     let nonce: [u8; wire::NONCE_BYTES] = rand::random();
     let own = c.incarnations.own();
     let server =
-        Binding::server((c.node_id, own), (hello.node, hello.incarnation), c.core, (&hello.nonce, &nonce), status);
+        Binding::server((c.node_id, own), (hello.node, hello.incarnation), c.core, (&hello.nonce, &nonce), status)
+            .opener_joined(hello.joined);
     let mac = wire::proof(&c.secret, &server);
     stream.write_all(&Challenge { status, node: c.node_id, incarnation: own, nonce, mac }.encode()).await?;
-    if status != wire::STATUS_OK {
+    if status != wire::STATUS_OK && status != wire::STATUS_JOIN_WAIT {
         return Err(io_err(format!("refused node {} (status {status})", hello.node)));
     }
     let mut proof = [0u8; wire::MAC_BYTES];
     stream.read_exact(&mut proof).await?;
-    let client = Binding::client((hello.node, hello.incarnation), (c.node_id, own), c.core, (&nonce, &hello.nonce));
+    let client = Binding::client((hello.node, hello.incarnation), (c.node_id, own), c.core, (&nonce, &hello.nonce))
+        .opener_joined(hello.joined);
     if !wire::proof_matches(&c.secret, &client, &proof) {
         tracing::warn!(core = c.core, claimed = hello.node, "a peer failed authentication (wrong cluster secret?)");
         return Err(io_err("authentication failed"));
     }
-    check_peer_incarnation(c, hello.node, hello.incarnation)?;
+    if status == wire::STATUS_JOIN_WAIT {
+        peers.start_readmission(hello.node, hello.incarnation);
+        return Err(io_err(format!("node {} is being readmitted on a new data directory", hello.node)));
+    }
+    peers.check_incarnation(hello.node, hello.incarnation)?;
     Ok(hello.node)
 }
 
-/// Records an authenticated peer's incarnation the first time, and refuses
-/// a peer whose data directory is not the one recorded.
-fn check_peer_incarnation(c: &PeerConfig, node: u64, incarnation: u64) -> io::Result<()> {
-    match c.incarnations.record(node, incarnation) {
-        Ok(Seen::New) => {
-            tracing::debug!(core = c.core, node, incarnation = format_args!("{incarnation:016x}"), "met a peer");
-            Ok(())
+impl Peers {
+    /// Records an authenticated peer's incarnation the first time; admits a
+    /// new one once every core is clear of the old one (readmission), and
+    /// refuses it before.
+    fn check_incarnation(&self, node: u64, incarnation: u64) -> io::Result<()> {
+        let c = &self.config;
+        match c.incarnations.record(node, incarnation) {
+            Ok(Seen::New) => {
+                tracing::debug!(core = c.core, node, incarnation = format_args!("{incarnation:016x}"), "met a peer");
+                Ok(())
+            }
+            Ok(Seen::Same) => Ok(()),
+            Ok(Seen::Other(_)) if self.admissible(node, incarnation) => {
+                c.incarnations
+                    .replace(node, incarnation)
+                    .map_err(|e| io_err(format!("cannot record node {node}'s incarnation: {e}")))?;
+                tracing::info!(
+                    core = c.core,
+                    node,
+                    "node {node}'s new data directory is admitted: no shard here counts its old one as a voter"
+                );
+                Ok(())
+            }
+            Ok(Seen::Other(known)) => {
+                let why = format!(
+                    "node {node} came back with a new data directory (incarnation {incarnation:016x}, this node \
+                     knew {known:016x}): it forgot its Raft log and votes, so it is refused until it is readmitted"
+                );
+                tracing::debug!(core = c.core, "{why}");
+                Err(io_err(why))
+            }
+            Err(e) => Err(io_err(format!("cannot record node {node}'s incarnation: {e}"))),
         }
-        Ok(Seen::Same) => Ok(()),
-        Ok(Seen::Other(known)) => {
-            let why = format!(
-                "node {node} came back with a new data directory (incarnation {incarnation:016x}, this node knew \
-                 {known:016x}): it forgot its Raft log and votes, so it is refused"
-            );
-            tracing::warn!(core = c.core, "{why}");
-            Err(io_err(why))
-        }
-        Err(e) => Err(io_err(format!("cannot record node {node}'s incarnation: {e}"))),
     }
 }
 
@@ -500,8 +604,9 @@ fn forgotten_message(c: &PeerConfig, by: u64) -> String {
     format!(
         "node {by} knows node {id} with another data directory: this one is new (wiped, replaced or restored), so \
          node {id} has forgotten the Raft log and votes the cluster counts on, and must not rejoin under id {id}. \
-         Start it on its old data directory (or, if another machine runs as node {id}, give this one its own id); \
-         kvd cannot yet add a node that lost its data back as a new member",
+         Start it on its old data directory; or, if that is lost, start it again with the same flags plus \
+         `--join HOST:PORT` (another member's peer address): the members then remove its lost replicas and add \
+         it back, filled from their snapshots. If another machine runs as node {id}, give this one its own id",
         id = c.node_id
     )
 }
@@ -509,7 +614,7 @@ fn forgotten_message(c: &PeerConfig, by: u64) -> String {
 async fn serve_inbound(mut stream: TcpStream, peers: &Rc<Peers>, owner: &Rc<Owner>) -> io::Result<()> {
     stream.set_nodelay(true)?;
     let handshake = glommio::timer::timeout(HANDSHAKE_TIMEOUT, async {
-        accept_handshake(&mut stream, &peers.config).await.map_err(glommio::GlommioError::from)
+        accept_handshake(&mut stream, peers).await.map_err(glommio::GlommioError::from)
     });
     let from = handshake.await.map_err(io_err)?;
     let (wake, woken) = local_channel::new_bounded(1);

@@ -24,7 +24,7 @@ use sha2::Sha256;
 use crate::mesh::{Op, Reply};
 
 pub const PEER_MAGIC: [u8; 4] = *b"KVDP";
-pub const PEER_VERSION: u16 = 2;
+pub const PEER_VERSION: u16 = 3;
 pub const NONCE_BYTES: usize = 16;
 pub const MAC_BYTES: usize = 32;
 pub const HELLO_BYTES: usize = 52;
@@ -59,6 +59,16 @@ pub const STATUS_WRONG_CORE: u16 = 3;
 /// The opener's data directory is not the one the acceptor met before
 /// under that node id (see [`super::incarnation`]).
 pub const STATUS_FORGOTTEN: u16 = 4;
+/// The opener is back on a new data directory and asked to rejoin
+/// ([`PeerHello::joined`]): the acceptor's groups still count its old one
+/// as a voter. The handshake still completes (the acceptor must know the
+/// opener is a member before it acts), then the connection closes; the
+/// opener tries again until it is let in.
+pub const STATUS_JOIN_WAIT: u16 = 5;
+
+/// [`PeerHello`] flag: the opener's data directory was made to join a
+/// running cluster (`kvd --join`).
+const HELLO_FLAG_JOINED: u16 = 1;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -73,6 +83,9 @@ pub struct PeerHello {
     /// The opener's data directory's incarnation.
     pub incarnation: u64,
     pub nonce: [u8; NONCE_BYTES],
+    /// The opener's directory was made by `kvd --join`: if it is new to the
+    /// acceptor under a known id, it asks to be readmitted.
+    pub joined: bool,
 }
 
 impl PeerHello {
@@ -80,6 +93,8 @@ impl PeerHello {
         let mut b = [0u8; HELLO_BYTES];
         b[0..4].copy_from_slice(&PEER_MAGIC);
         b[4..6].copy_from_slice(&self.version.to_le_bytes());
+        let flags = if self.joined { HELLO_FLAG_JOINED } else { 0 };
+        b[6..8].copy_from_slice(&flags.to_le_bytes());
         b[8..16].copy_from_slice(&self.node.to_le_bytes());
         b[16..20].copy_from_slice(&self.core.to_le_bytes());
         b[20..24].copy_from_slice(&self.cores.to_le_bytes());
@@ -90,7 +105,8 @@ impl PeerHello {
     }
 
     pub fn decode(b: &[u8; HELLO_BYTES]) -> Option<PeerHello> {
-        if b[0..4] != PEER_MAGIC || b[6..8] != [0, 0] {
+        let flags = u16::from_le_bytes([b[6], b[7]]);
+        if b[0..4] != PEER_MAGIC || flags & !HELLO_FLAG_JOINED != 0 {
             return None;
         }
         let u32_at = |at: usize| u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"));
@@ -102,6 +118,7 @@ impl PeerHello {
             shards: u32_at(24),
             incarnation: u64::from_le_bytes(b[28..36].try_into().expect("8 bytes")),
             nonce: b[36..HELLO_BYTES].try_into().expect("nonce"),
+            joined: flags & HELLO_FLAG_JOINED != 0,
         })
     }
 }
@@ -154,6 +171,8 @@ pub struct Binding<'a> {
     pub nonces: (&'a [u8], &'a [u8]),
     /// The handshake status the prover sends (`STATUS_OK` for the client).
     pub status: u16,
+    /// The opener's [`PeerHello::joined`] (so it cannot be flipped in flight).
+    pub joined: bool,
 }
 
 impl<'a> Binding<'a> {
@@ -166,12 +185,17 @@ impl<'a> Binding<'a> {
         nonces: (&'a [u8], &'a [u8]),
         status: u16,
     ) -> Binding<'a> {
-        Binding { role: "server", from: acceptor, to: opener, core, nonces, status }
+        Binding { role: "server", from: acceptor, to: opener, core, nonces, status, joined: false }
     }
 
     /// The opener's proof; `nonces` the acceptor's then the opener's.
     pub fn client(opener: (u64, u64), acceptor: (u64, u64), core: u32, nonces: (&'a [u8], &'a [u8])) -> Binding<'a> {
-        Binding { role: "client", from: opener, to: acceptor, core, nonces, status: STATUS_OK }
+        Binding { role: "client", from: opener, to: acceptor, core, nonces, status: STATUS_OK, joined: false }
+    }
+
+    /// Binds the opener's [`PeerHello::joined`] flag too.
+    pub fn opener_joined(self, joined: bool) -> Binding<'a> {
+        Binding { joined, ..self }
     }
 }
 
@@ -181,13 +205,14 @@ impl<'a> Binding<'a> {
 /// it), and a refusal cannot be forged.
 fn proof_mac(secret: &[u8], b: &Binding) -> HmacSha256 {
     let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC takes keys of any length");
-    mac.update(b"kvd-peer-v2 ");
+    mac.update(b"kvd-peer-v3 ");
     mac.update(b.role.as_bytes());
     for v in [b.from.0, b.from.1, b.to.0, b.to.1] {
         mac.update(&v.to_le_bytes());
     }
     mac.update(&b.core.to_le_bytes());
     mac.update(&b.status.to_le_bytes());
+    mac.update(&[u8::from(b.joined)]);
     mac.update(b.nonces.0);
     mac.update(b.nonces.1);
     mac
@@ -609,8 +634,13 @@ mod tests {
     #[test]
     fn handshake_messages_round_trip_and_proofs_bind_everything() {
         let h =
-            PeerHello { version: 2, node: 3, core: 1, cores: 2, shards: 16, incarnation: 5, nonce: [7; NONCE_BYTES] };
+            PeerHello { version: 2, node: 3, core: 1, cores: 2, shards: 16, incarnation: 5, nonce: [7; NONCE_BYTES], joined: false };
         assert_eq!(PeerHello::decode(&h.encode()), Some(h));
+        let j = PeerHello { joined: true, ..h };
+        assert_eq!(PeerHello::decode(&j.encode()), Some(j));
+        let mut unknown_flag = h.encode();
+        unknown_flag[6] = 2;
+        assert_eq!(PeerHello::decode(&unknown_flag), None, "an unknown flag is refused");
         let c = Challenge { status: 0, node: 2, incarnation: 6, nonce: [9; NONCE_BYTES], mac: [1; MAC_BYTES] };
         assert_eq!(Challenge::decode(&c.encode()), Some(c));
         let b = Binding {
@@ -620,6 +650,7 @@ mod tests {
             core: 1,
             nonces: (&[1; 16], &[2; 16]),
             status: STATUS_OK,
+            joined: false,
         };
         let p = proof(b"secret", &b);
         assert!(proof_matches(b"secret", &b, &p));
@@ -631,6 +662,7 @@ mod tests {
             Binding { to: (3, 4), ..b },
             Binding { core: 0, ..b },
             Binding { status: STATUS_FORGOTTEN, ..b },
+            b.opener_joined(true),
             Binding { nonces: (&[2; 16], &[1; 16]), ..b },
         ] {
             assert!(!proof_matches(b"secret", &wrong, &p), "{wrong:?}");

@@ -11,7 +11,9 @@
 //! - `ready.rs`: Ready handling (raft-rs's contract), applying entries,
 //!   installing a leader's snapshot.
 //! - `reads.rs`: strict reads (ReadIndex) and the time-bounded leader lease.
+//! - `membership.rs`: conf changes toward the wanted replicas.
 
+mod membership;
 mod reads;
 mod ready;
 
@@ -27,6 +29,7 @@ use crate::storage::GroupStorage;
 use crate::types::{Answer, Bugs, Now};
 use crate::{records, CoreError, GroupStatus};
 
+pub use membership::MembershipStep;
 use reads::Reads;
 pub(crate) use ready::ReadyCtx;
 
@@ -71,6 +74,10 @@ pub(crate) struct Group<T> {
     led: bool,
     /// The node is over its memory limit: keep no applied entries.
     pub memory_pressure: bool,
+    /// The nodes that should hold this shard (`membership.rs`).
+    wanted: Vec<u64>,
+    /// Voters the configurations applied since the last look dropped.
+    dropped_voters: Vec<u64>,
 }
 
 impl<T> Group<T> {
@@ -95,6 +102,8 @@ impl<T> Group<T> {
             bugs: Bugs::default(),
             led: false,
             memory_pressure: false,
+            wanted: Vec::new(),
+            dropped_voters: Vec::new(),
         }
     }
 
@@ -163,6 +172,7 @@ impl<T> Group<T> {
         } else {
             Vec::new()
         };
+        let (voters, learners) = self.membership();
         GroupStatus {
             shard: self.id,
             leader: self.leader_id(),
@@ -175,6 +185,8 @@ impl<T> Group<T> {
             expires: self.map.expires_len(),
             memory_bytes: self.map.memory_bytes(),
             follower_lag,
+            voters,
+            learners,
         }
     }
 

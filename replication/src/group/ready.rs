@@ -131,7 +131,9 @@ impl<T> Group<T> {
             "installing a snapshot from the leader"
         );
         self.map.restore(meta.index, entries);
+        let before = self.storage.conf_state().voters;
         self.storage.apply_snapshot(meta);
+        self.note_dropped_voters(&before);
         // Writes waiting here were overtaken by the leader's history.
         for (_, p) in std::mem::take(&mut self.pending) {
             answers.push((p.waiter, Answer::Write(Err(CoreError::Dropped))));
@@ -217,7 +219,9 @@ impl<T> Group<T> {
             self.node.apply_conf_change(&cc)
         }
         .expect("committed conf change applies");
+        let before = self.storage.conf_state().voters;
         self.storage.set_conf_state(cs.clone());
+        self.note_dropped_voters(&before);
         if let Some(records) = records {
             records.push_back(conf_state_record(self.id, entry.index, &cs));
         }

@@ -19,6 +19,8 @@
 //! - `drive.rs`: Ready handling across groups, group commit, persistence.
 //! - `snapshots.rs`: snapshots for followers, periodic snapshots.
 //! - `queries.rs`: reads that need no waiting, status, scans, expiry.
+//! - `membership.rs`: readmitting a node on a new data directory, conf
+//!   changes toward each group's wanted replicas.
 //!
 //! Architecture Invariant: an answer to a write is released only after the
 //! WAL batch carrying its entry was reported durable (`flushed(Ok)`) on a
@@ -26,6 +28,7 @@
 //! persisted again.
 
 mod drive;
+mod membership;
 mod memory;
 mod queries;
 mod snapshots;
@@ -150,6 +153,8 @@ pub struct Machine<T> {
     /// Bytes of writes that need memory this core may still admit before
     /// the caller measures again (`None`: no limit).
     write_allowance: Option<u64>,
+    /// Nodes back on new data directories, being readmitted.
+    readmissions: membership::Readmissions,
 }
 
 impl<T> Machine<T> {
@@ -174,6 +179,7 @@ impl<T> Machine<T> {
             bugs: Bugs::default(),
             out: Outputs::default(),
             write_allowance: None,
+            readmissions: Default::default(),
         }
     }
 
@@ -277,6 +283,13 @@ impl<T> Machine<T> {
     /// Delivers a message from a peer to `group`. Unknown groups and
     /// messages raft refuses are dropped (Raft tolerates loss).
     pub fn step(&mut self, group: u32, message: Message) -> Result<(), String> {
+        if self.unheard(group, message.from, message.get_msg_type()) {
+            return Err(format!(
+                "group {group} still counts node {}'s lost data directory as a voter: its {:?} does not count",
+                message.from,
+                message.get_msg_type()
+            ));
+        }
         match self.groups.get_mut(&group) {
             Some(g) => g.step(message),
             None => Err(format!("no group {group} on this core")),
@@ -289,6 +302,7 @@ impl<T> Machine<T> {
             g.tick(now);
         }
         self.expire_prepared(now);
+        self.reconfigure();
     }
 
     /// Starts handing every group this core leads to another voter (a

@@ -5,7 +5,7 @@
 use std::fmt;
 
 /// How many counters a coverage has.
-pub const COUNTERS: usize = 13;
+pub const COUNTERS: usize = 15;
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Coverage {
@@ -34,6 +34,10 @@ pub struct Coverage {
     /// next flush (see ARCHITECTURE.md, "Durability protocol"): recovery
     /// must rebuild the commit index from the log and the peers.
     pub commit_records_lost: u64,
+    /// Disks lost (nodes restarted on empty ones), and nodes on new disks
+    /// a peer admitted again after removing their old ones.
+    pub wipes: u64,
+    pub readmissions: u64,
 }
 
 impl Coverage {
@@ -52,6 +56,8 @@ impl Coverage {
             unknown_outcomes,
             evictions,
             commit_records_lost,
+            wipes,
+            readmissions,
         } = o;
         self.crashes += crashes;
         self.restarts += restarts;
@@ -66,6 +72,8 @@ impl Coverage {
         self.unknown_outcomes += unknown_outcomes;
         self.evictions += evictions;
         self.commit_records_lost += commit_records_lost;
+        self.wipes += wipes;
+        self.readmissions += readmissions;
     }
 
     /// Every counter by name.
@@ -84,6 +92,8 @@ impl Coverage {
             ("unknown_outcomes", self.unknown_outcomes),
             ("evictions", self.evictions),
             ("commit_records_lost", self.commit_records_lost),
+            ("wipes", self.wipes),
+            ("readmissions", self.readmissions),
         ]
     }
 }
@@ -105,6 +115,8 @@ impl Coverage {
             unknown_outcomes: c[10],
             evictions: c[11],
             commit_records_lost: c[12],
+            wipes: c[13],
+            readmissions: c[14],
         }
     }
 }

@@ -8,6 +8,7 @@
 //! files with the engine's recovery code, so torn tails, rotation,
 //! checkpoints and compaction are those of a real node.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use kv_engine::snapshot::{self, SnapshotMeta};
@@ -75,6 +76,11 @@ pub struct SimNode {
     pub crash_armed: bool,
     /// Over its memory limit: evicting under this policy.
     pub evicting: Option<kv_engine::evict::Policy>,
+    /// Its data directory's incarnation: a new number for a new disk.
+    pub directory: u64,
+    /// The directory incarnation it first met for each peer (kept on its
+    /// disk: durable, and lost with it).
+    pub known: BTreeMap<u64, u64>,
 }
 
 impl SimNode {
@@ -91,6 +97,8 @@ impl SimNode {
             leader_changes_before_restarts: 0,
             crash_armed: false,
             evicting: None,
+            directory: 1,
+            known: BTreeMap::new(),
         }
     }
 
@@ -150,6 +158,19 @@ impl SimNode {
     }
 }
 
+impl SimNode {
+    /// The disk dies: the node crashes and comes back (on `Restart`) on an
+    /// empty one, as a node started with `kvd --join`.
+    pub fn wipe(&mut self, rng: &mut Rng) -> u64 {
+        let lost = self.crash(rng);
+        self.fs = SimFs::default();
+        self.known.clear();
+        self.directory += 1;
+        self.layout = self.layout.clone().joining();
+        lost
+    }
+}
+
 fn wal_dir(core_dir: &Path) -> PathBuf {
     core_dir.join("wal")
 }
@@ -204,7 +225,7 @@ fn recover_core(fs: &mut SimFs, layout: &Layout, core: u32, dir: &Path) -> Resul
         log_retain_entries: SIM_LOG_RETAIN_ENTRIES,
         compress_min_bytes: SIM_COMPRESS_MIN_BYTES,
     };
-    let machine = restorer.finish(config, |shard| layout.replicas_of(shard)).map_err(|e| e.to_string())?;
+    let machine = restorer.finish(config, |shard| layout.replicas_of(shard), layout.joined).map_err(|e| e.to_string())?;
     let core = SimCore { machine, wal, flushing: None, snapshotting: false, drive_scheduled: false };
     Ok((core, repaired))
 }

@@ -34,6 +34,11 @@ pub enum Fault {
     Restart {
         node: u64,
     },
+    /// The node stops and its disk is replaced by an empty one; it starts
+    /// again (`Restart`) as `kvd --join` would, to be readmitted.
+    Wipe {
+        node: u64,
+    },
     /// The node stops running (SIGSTOP); its clocks go on.
     Pause {
         node: u64,
@@ -83,6 +88,7 @@ pub const EPISODES: &[Episode] = &[
     ("lossy-network", 2, lossy_network),
     ("disk-faults", 1, disk_faults),
     ("memory-pressure", 2, memory_pressure),
+    ("wipe", 2, wipe_one),
 ];
 
 /// The cluster's shape.
@@ -148,12 +154,20 @@ impl Scenario {
             .collect();
         let mut faults_end_us = rng.between(4_000_000, 10_000_000);
         let mut faults = Vec::new();
+        let mut wiped = false;
         for _ in 0..rng.between(1, 6) {
             let start = rng.between(300_000, faults_end_us - 300_000);
             let end = (start + rng.between(200_000, 3_000_000)).min(faults_end_us);
             let weights: Vec<u64> = EPISODES.iter().map(|e| e.1).collect();
-            let (_, _, expand) = EPISODES[rng.weighted(&weights)];
-            faults.extend(expand(&mut rng, &shape, start, end));
+            let (name, _, expand) = EPISODES[rng.weighted(&weights)];
+            let events = expand(&mut rng, &shape, start, end);
+            // One lost disk per run: a second one before the first node is
+            // back in every group could take a shard's last copies, which
+            // no replication survives.
+            if name == "wipe" && std::mem::replace(&mut wiped, true) {
+                continue;
+            }
+            faults.extend(events);
         }
         // The fault phase lasts until its last fault.
         faults_end_us = faults.iter().map(|(at, _)| *at).max().unwrap_or(0).max(faults_end_us);
@@ -194,6 +208,16 @@ fn crash_many(rng: &mut Rng, shape: &Shape, start: u64, end: u64) -> Vec<(u64, F
         events.push((end + rng.between(0, 200_000), Fault::Restart { node }));
     }
     events
+}
+
+/// A node loses its disk; it comes back on an empty one after `end`.
+fn wipe_one(rng: &mut Rng, shape: &Shape, start: u64, end: u64) -> Vec<(u64, Fault)> {
+    if shape.nodes < 3 {
+        // A single node's only copy would go: nothing could bring it back.
+        return Vec::new();
+    }
+    let node = any_node(rng, shape);
+    vec![(start, Fault::Wipe { node }), (end, Fault::Restart { node })]
 }
 
 fn pause_one(rng: &mut Rng, shape: &Shape, start: u64, end: u64) -> Vec<(u64, Fault)> {

@@ -265,6 +265,9 @@ impl World {
             self.node(node).cores[core].machine.tick(now);
             self.schedule_drive(node, core as u32);
         }
+        if self.node(node).layout.joined {
+            self.dial(node);
+        }
         let interval = self.node(node).tick_interval_us();
         self.sched.after(interval, Event::Tick { node, inc });
     }
@@ -320,11 +323,12 @@ impl World {
     fn send(&mut self, from: u64, core: u32, group: u32, message: Message) {
         let to = message.to;
         let is_snapshot = message.get_msg_type() == MessageType::MsgSnapshot;
+        let admitted = self.handshake(from, to, core);
         let World { net, sched, .. } = self;
-        let deliveries = net.deliveries(from, to, &mut sched.rng);
+        let deliveries = if admitted { net.deliveries(from, to, &mut sched.rng) } else { Vec::new() };
         if is_snapshot {
             // The real transport reports whether the snapshot left.
-            let sent = !net.is_cut(from, to);
+            let sent = admitted && !net.is_cut(from, to);
             self.node(from).cores[core as usize].machine.report_snapshot(group, to, sent);
             self.schedule_drive(from, core);
         }
@@ -441,6 +445,14 @@ impl World {
                 } else {
                     self.crash_node(node);
                 }
+            }
+            Fault::Wipe { node } => {
+                let World { nodes, sched, held, .. } = self;
+                let lost = nodes[(node - 1) as usize].wipe(&mut sched.rng);
+                held.remove(&node);
+                self.coverage.crashes += 1;
+                self.coverage.commit_records_lost += lost;
+                self.coverage.wipes += 1;
             }
             Fault::Restart { node } => {
                 if self.node(node).state == NodeState::Down {
@@ -559,5 +571,66 @@ impl World {
         }
         self.healed_at = Some(self.sched.now);
         self.clients_after_heal(SETTLE_US);
+    }
+}
+
+/// The peer handshake's incarnation rule (`net/src/peer/incarnation.rs`):
+/// a node back on a new data directory is heard only if it joined (`kvd
+/// --join`), and then each core it talks to readmits it (its machine keeps
+/// its votes and acknowledgements out of the groups that still count its
+/// old directory); the new directory is recorded once every core of the
+/// peer has readmitted it.
+impl World {
+    /// Whether `a` and `b` accept each other on `core` now (each side
+    /// checks the other's directory, as both halves of a handshake do).
+    fn handshake(&mut self, a: u64, b: u64, core: u32) -> bool {
+        let b_admits_a = self.admits(b, a, core);
+        b_admits_a && self.admits(a, b, core)
+    }
+
+    /// Whether `node` hears `peer`'s data directory on `core`.
+    fn admits(&mut self, node: u64, peer: u64, core: u32) -> bool {
+        if node == peer {
+            return true;
+        }
+        let (directory, joined) = {
+            let p = &self.nodes[(peer - 1) as usize];
+            (p.directory, p.layout.joined)
+        };
+        let n = self.node(node);
+        let up = n.state == NodeState::Up;
+        match n.known.get(&peer).copied() {
+            Some(d) if d == directory => true,
+            None if !joined => {
+                if up {
+                    n.known.insert(peer, directory);
+                }
+                true
+            }
+            // Another directory that did not ask to rejoin: refused (a real
+            // node is told so and stops).
+            _ if !joined => false,
+            // A joined directory is never taken on trust, even at a first
+            // meeting: its node may have voted here on the one it lost.
+            _ if !up => false,
+            _ => {
+                n.cores[core as usize].machine.readmit(peer, directory);
+                if n.cores.iter().all(|c| c.machine.readmitted(peer, directory)) {
+                    n.known.insert(peer, directory);
+                    self.coverage.readmissions += 1;
+                }
+                true
+            }
+        }
+    }
+
+    /// A joined node dials every peer on every core (see `dial_peers` in
+    /// `net/src/peer/mod.rs`): its handshakes start readmission.
+    fn dial(&mut self, node: u64) {
+        for peer in 1..=self.nodes.len() as u64 {
+            for core in 0..self.node(node).cores.len() as u32 {
+                self.handshake(node, peer, core);
+            }
+        }
     }
 }

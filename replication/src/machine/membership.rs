@@ -1,0 +1,132 @@
+//! A core's side of membership: readmitting a node whose data directory
+//! was replaced, and stepping each group it leads toward its wanted
+//! replicas (`group/membership.rs` decides the steps).
+//!
+//! **Readmission.** A node back on a new data directory has forgotten its
+//! log and its votes. Wherever a group still counts its old directory as a
+//! voter, what it says must not count: a vote or an acknowledgement from
+//! it would stand for state it lost. So from [`Machine::readmit`] on, each
+//! group of this core that had the node as a voter drops the node's votes
+//! and acknowledgements ([`Machine::step`]) until the group applies a
+//! configuration without it (the group's leader removes it; a follower
+//! applies the removal from the log). Everything else the node sends is
+//! safe to hear: what it asks for votes only counts in its own groups,
+//! and as a leader (once readmitted and elected) it sends the true log.
+//! Then, like any missing replica, it is added back as a learner, filled
+//! from a snapshot and the log, and promoted once caught up.
+//!
+//! The transport calls `readmit` when a member on a new directory asks to
+//! rejoin, and records the new directory once [`Machine::readmitted`]
+//! holds on every core (after which no group anywhere on the node counts
+//! the old one). The new directory is named by an opaque `incarnation`: a
+//! readmission of another one starts over.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use raft::eraftpb::MessageType;
+
+use super::Machine;
+use crate::group::MembershipStep;
+
+/// A readmission under way on this core.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Readmission {
+    incarnation: u64,
+    /// Groups that still count the node's old directory as a voter.
+    pending: BTreeSet<u32>,
+}
+
+pub(super) type Readmissions = BTreeMap<u64, Readmission>;
+
+impl<T> Machine<T> {
+    /// Starts readmitting `node` on its new data directory `incarnation`
+    /// (idempotent): every group of this core in which it votes ignores its
+    /// votes and acknowledgements until it applied a configuration without
+    /// it. Call only for a node that proved it is a cluster member.
+    pub fn readmit(&mut self, node: u64, incarnation: u64) {
+        assert_ne!(node, self.config.node_id, "a node never readmits itself");
+        if self.readmissions.get(&node).is_some_and(|r| r.incarnation == incarnation) {
+            return;
+        }
+        let pending: BTreeSet<u32> = self.groups.values().filter(|g| g.has_voter(node)).map(|g| g.id).collect();
+        tracing::info!(
+            core = self.config.core,
+            node,
+            groups = pending.len(),
+            "node {node} is back on a new data directory: removing it from the groups it voted in, to add it back"
+        );
+        self.readmissions.insert(node, Readmission { incarnation, pending });
+    }
+
+    /// Whether every group of this core has dropped `node`'s old data
+    /// directory since [`Machine::readmit`] was called for `incarnation`
+    /// (false if it was not called).
+    pub fn readmitted(&self, node: u64, incarnation: u64) -> bool {
+        if self.bugs.readmit_without_removal {
+            return true;
+        }
+        self.readmissions.get(&node).is_some_and(|r| r.incarnation == incarnation && r.pending.is_empty())
+    }
+
+    /// Every readmission under way: (node, incarnation, readmitted).
+    pub fn readmissions(&self) -> Vec<(u64, u64, bool)> {
+        self.readmissions.iter().map(|(&n, r)| (n, r.incarnation, r.pending.is_empty())).collect()
+    }
+
+    /// Whether `group` must not hear `from`'s vote or acknowledgement in a
+    /// message of type `kind`: it still counts `from`'s old directory.
+    pub(super) fn unheard(&self, group: u32, from: u64, kind: MessageType) -> bool {
+        let counts = matches!(
+            kind,
+            MessageType::MsgAppendResponse
+                | MessageType::MsgHeartbeatResponse
+                | MessageType::MsgRequestVoteResponse
+                | MessageType::MsgRequestPreVoteResponse
+        );
+        counts
+            && !self.bugs.readmit_without_removal
+            && self.readmissions.get(&from).is_some_and(|r| r.pending.contains(&group))
+    }
+
+    /// Proposes the next membership change of every group this core leads
+    /// (at most one pending per group). Called on every tick: membership
+    /// moves at the pace of conf changes, not of requests.
+    pub(super) fn reconfigure(&mut self) {
+        if self.stopping || self.poisoned.is_some() {
+            return;
+        }
+        let readmissions = &self.readmissions;
+        let core = self.config.core;
+        for g in self.groups.values_mut() {
+            let id = g.id;
+            let stale = |n: u64| readmissions.get(&n).is_some_and(|r| r.pending.contains(&id));
+            let Some(step) = g.membership_step(stale) else { continue };
+            match g.propose_membership(step) {
+                Ok(()) => log_step(core, id, step),
+                Err(e) => tracing::debug!(core, group = id, "membership change {step:?} not proposed: {e}"),
+            }
+        }
+    }
+}
+
+/// `group` applied configurations that dropped the voters `dropped`: it no
+/// longer counts their old directories.
+pub(super) fn note_dropped(readmissions: &mut Readmissions, group: u32, dropped: Vec<u64>) {
+    for node in dropped {
+        if let Some(r) = readmissions.get_mut(&node) {
+            r.pending.remove(&group);
+        }
+    }
+}
+
+fn log_step(core: u32, group: u32, step: MembershipStep) {
+    match step {
+        MembershipStep::Remove(n) => {
+            tracing::info!(core, group, node = n, "removing node {n}'s old data directory from shard {group}")
+        }
+        MembershipStep::AddLearner(n) => tracing::info!(core, group, node = n, "adding node {n} to shard {group} as a learner"),
+        MembershipStep::Promote(n) => {
+            tracing::info!(core, group, node = n, "node {n} caught up on shard {group}: promoting it to voter")
+        }
+    }
+}
