@@ -283,6 +283,11 @@ impl Core {
         self.0.machine.borrow().readmitted(node, incarnation)
     }
 
+    /// Every readmission under way on this core: (node, incarnation, done).
+    pub fn readmissions(&self) -> Vec<(u64, u64, bool)> {
+        self.0.machine.borrow().readmissions()
+    }
+
     /// The leader this core knows for `shard`, if any.
     pub fn leader_of(&self, shard: u32) -> Option<u64> {
         self.0.machine.borrow().leader_of(shard)

@@ -258,7 +258,8 @@ impl raft::Storage for GroupStorage {
             // One prepared before a membership change would give a new
             // replica a configuration without itself, which it refuses.
             let meta = snap.get_metadata();
-            if meta.index >= request_index && meta.index >= s.compacted_index && *meta.get_conf_state() == s.conf_state {
+            if meta.index >= request_index && meta.index >= s.compacted_index && *meta.get_conf_state() == s.conf_state
+            {
                 return Ok(snap.clone());
             }
         }

@@ -19,6 +19,7 @@ mod kvctl;
 mod lifecycle;
 mod load;
 mod local_cluster;
+mod membership;
 mod memory;
 mod metrics;
 mod notify;

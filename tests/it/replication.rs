@@ -14,7 +14,7 @@ use crate::cluster::Cluster;
 use crate::harness::{kvctl, seed, stdout};
 use crate::load::{self, Load};
 
-const KEYS: usize = 8;
+pub(crate) const KEYS: usize = 8;
 
 /// Every node's strict view of every key, appended to the history.
 fn final_reads(c: &Cluster, load_origin: std::time::Instant) -> Vec<kv_sim::linearizability::Event> {
@@ -25,7 +25,7 @@ fn final_reads(c: &Cluster, load_origin: std::time::Instant) -> Vec<kv_sim::line
 
 /// Stops the load, reads every key through every node once the cluster has
 /// converged, and checks the whole history.
-fn finish_and_check(c: &Cluster, load: Load, seed: u64) {
+pub(crate) fn finish_and_check(c: &Cluster, load: Load, seed: u64) {
     let origin = load.origin;
     let mut history = load.finish();
     history.extend(final_reads(c, origin));
@@ -195,7 +195,16 @@ fn strangers_without_the_cluster_secret_are_refused() {
     // Node 2's real incarnation (the acceptor knows it): only the proof is wrong.
     let text = std::fs::read_to_string(c.data_dir(2).join("incarnation")).unwrap();
     let incarnation = u64::from_str_radix(text.trim(), 16).unwrap();
-    let hello = PeerHello { version: PEER_VERSION, node: 2, core: 0, cores: 1, shards: 8, incarnation, nonce: [1; 16] };
+    let hello = PeerHello {
+        version: PEER_VERSION,
+        node: 2,
+        core: 0,
+        cores: 1,
+        shards: 8,
+        incarnation,
+        nonce: [1; 16],
+        joined: false,
+    };
     s.write_all(&hello.encode()).unwrap();
     let mut ch = [0u8; CHALLENGE_BYTES];
     s.read_exact(&mut ch).unwrap();

@@ -649,7 +649,22 @@ fn print_status(s: &serde_json::Value) {
         print_rows(&["PEER/CORE", "ADDR", "LINK"], &links);
     }
     println!();
-    print_rows(&["SHARD", "CORE", "REPLICAS", "VOTERS", "LEARNERS", "LEADER", "TERM", "COMMIT", "APPLIED", "KEYS", "FOLLOWER_LAG"], &shards);
+    print_rows(
+        &[
+            "SHARD",
+            "CORE",
+            "REPLICAS",
+            "VOTERS",
+            "LEARNERS",
+            "LEADER",
+            "TERM",
+            "COMMIT",
+            "APPLIED",
+            "KEYS",
+            "FOLLOWER_LAG",
+        ],
+        &shards,
+    );
 }
 
 fn print_rows(header: &[&str], rows: &[Vec<String>]) {

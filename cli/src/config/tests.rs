@@ -72,8 +72,14 @@ fn cluster_settings() {
             "persistence",
         ),
         (vec!["--join", "127.0.0.1:7490"], "give --peers"),
-        (vec!["--peers", peers, "--cluster-secret-file", secret.to_str().unwrap(), "--join", "127.0.0.1:7510"], "not the peer address"),
-        (vec!["--peers", peers, "--cluster-secret-file", secret.to_str().unwrap(), "--join", "127.0.0.1:7480"], "own peer address"),
+        (
+            vec!["--peers", peers, "--cluster-secret-file", secret.to_str().unwrap(), "--join", "127.0.0.1:7510"],
+            "not the peer address",
+        ),
+        (
+            vec!["--peers", peers, "--cluster-secret-file", secret.to_str().unwrap(), "--join", "127.0.0.1:7480"],
+            "own peer address",
+        ),
         (vec!["--peers", peers, "--cluster-secret-file", secret.to_str().unwrap(), "--join", "nowhere"], "IP:PORT"),
     ];
     for (args, needle) in bad {

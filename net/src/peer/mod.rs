@@ -47,10 +47,11 @@ const LINK_QUEUE_MESSAGES_MAX: usize = 65_536;
 /// Forwarded requests one inbound connection runs at once; more are
 /// answered Busy.
 const INBOUND_FORWARDS_MAX: u64 = 4096;
-/// How often a node that joined dials the peers it is not connected to: it
-/// has nothing to send until its groups are added, but the members act
-/// only on its handshakes (see `incarnation.rs`, "Readmission").
-const JOIN_DIAL_INTERVAL: Duration = Duration::from_secs(1);
+/// How often a core looks at its readmissions (to record the directories
+/// every core has readmitted) and, on a node that joined, dials the peers it
+/// is not connected to (members start readmitting it on its handshakes;
+/// see `incarnation.rs`).
+const MEMBERSHIP_INTERVAL: Duration = Duration::from_secs(1);
 
 /// What a core needs to know about its peers.
 #[derive(Debug, Clone)]
@@ -93,8 +94,6 @@ struct Link {
     broken: Cell<bool>,
     /// Connect even with nothing to send (a joined node dialling).
     dial: Cell<bool>,
-    /// Whether "waiting to be readmitted" was logged for this link.
-    join_wait_logged: Cell<bool>,
 }
 
 /// A forwarded request waiting for its reply: the node asked, and the waiter.
@@ -153,7 +152,6 @@ impl Peers {
                 up: Cell::new(false),
                 broken: Cell::new(false),
                 dial: Cell::new(false),
-                join_wait_logged: Cell::new(false),
             });
             wakeups.push((link.clone(), woken));
             links.insert(node, link);
@@ -170,9 +168,7 @@ impl Peers {
         for (link, woken) in wakeups {
             glommio::spawn_local(link_writer(peers.clone(), link, woken)).detach();
         }
-        if peers.config.joined {
-            glommio::spawn_local(dial_peers(peers.clone())).detach();
-        }
+        glommio::spawn_local(membership_task(peers.clone())).detach();
         peers
     }
 
@@ -197,33 +193,25 @@ impl Peers {
         }
     }
 
-    /// Whether `node`'s new data directory `incarnation` may be heard: every
-    /// core of this node has removed its old one from the groups it voted in.
-    fn admissible(&self, node: u64, incarnation: u64) -> bool {
+    /// Records the new directories every core of this node has readmitted
+    /// (no group here counts their nodes' old ones any more).
+    fn record_readmitted(&self) {
         let c = &self.config;
-        if let Some(core) = self.core.borrow().as_ref() {
-            if core.readmitted(node, incarnation) {
-                c.incarnations.core_clear(node, incarnation, c.core);
+        let Some(done) = self.core.borrow().as_ref().map(|core| core.readmissions()) else { return };
+        for (node, incarnation, _) in done.into_iter().filter(|(_, _, done)| *done) {
+            c.incarnations.core_clear(node, incarnation, c.core);
+            if c.incarnations.seen(node, incarnation) == Seen::Same
+                || !c.incarnations.admissible(node, incarnation, c.cores)
+            {
+                continue;
             }
-        }
-        c.incarnations.admissible(node, incarnation, c.cores)
-    }
-
-    /// An authenticated member is back on a new data directory and asks to
-    /// rejoin: this core starts removing its old one from its groups.
-    fn start_readmission(&self, node: u64, incarnation: u64) {
-        if self.links.get(&node).is_some_and(|l| l.up.get()) {
-            // Its old directory is still connected here: two processes
-            // claim the id, or the old one just died; wait for the link.
-            tracing::warn!(
-                core = self.config.core,
-                node,
-                "node {node} asks to rejoin on a new data directory while its old one is still connected; waiting"
-            );
-            return;
-        }
-        if let Some(core) = self.core.borrow().as_ref() {
-            core.readmit(node, incarnation);
+            match c.incarnations.replace(node, incarnation) {
+                Ok(()) => tracing::info!(
+                    node,
+                    "node {node}'s new data directory is readmitted: no shard here counts its old one any more"
+                ),
+                Err(e) => tracing::warn!(node, "cannot record node {node}'s new data directory: {e}"),
+            }
         }
     }
 
@@ -380,15 +368,17 @@ async fn link_writer(peers: Rc<Peers>, link: Rc<Link>, woken: LocalReceiver<()>)
     peers.fail_node(link.node);
 }
 
-/// Wakes the links of a joined node that are not connected, so its
-/// handshakes reach the members (see [`JOIN_DIAL_INTERVAL`]).
-async fn dial_peers(peers: Rc<Peers>) {
+/// See [`MEMBERSHIP_INTERVAL`].
+async fn membership_task(peers: Rc<Peers>) {
     while !peers.stopping.get() {
-        for link in peers.links.values().filter(|l| !l.up.get()) {
-            link.dial.set(true);
-            let _ = link.wake.try_send(());
+        peers.record_readmitted();
+        if peers.config.joined {
+            for link in peers.links.values().filter(|l| !l.up.get()) {
+                link.dial.set(true);
+                let _ = link.wake.try_send(());
+            }
         }
-        glommio::timer::sleep(JOIN_DIAL_INTERVAL).await;
+        glommio::timer::sleep(MEMBERSHIP_INTERVAL).await;
     }
 }
 
@@ -420,14 +410,14 @@ async fn connect(peers: &Rc<Peers>, link: &Rc<Link>) -> io::Result<TcpStream> {
         stream.read_exact(&mut buf).await?;
         let ch = Challenge::decode(&buf).ok_or_else(|| io_err("not a kvd peer (bad magic)"))?;
         match ch.status {
-            wire::STATUS_OK | wire::STATUS_FORGOTTEN | wire::STATUS_JOIN_WAIT => {}
+            wire::STATUS_OK | wire::STATUS_FORGOTTEN => {}
             wire::STATUS_SHAPE_MISMATCH => return Err(io_err("the peer has a different number of cores or shards")),
             wire::STATUS_UNKNOWN_NODE => return Err(io_err(format!("the peer does not know node {}", c.node_id))),
             s => return Err(io_err(format!("the peer refused the handshake (status {s})"))),
         }
         let server =
             Binding::server((link.node, ch.incarnation), (c.node_id, own), c.core, (&nonce, &ch.nonce), ch.status)
-                .opener_joined(c.joined);
+                .joined(c.joined, ch.joined);
         if ch.node != link.node || !wire::proof_matches(&c.secret, &server, &ch.mac) {
             return Err(io_err("the peer failed authentication: is the cluster secret the same everywhere?"));
         }
@@ -436,22 +426,9 @@ async fn connect(peers: &Rc<Peers>, link: &Rc<Link>) -> io::Result<TcpStream> {
             c.signals.fail_with(forgotten_message(c, link.node));
             return Err(io_err(format!("node {} knows this node with another data directory", link.node)));
         }
+        peers.check_incarnation(link.node, ch.incarnation, ch.joined)?;
         let client = Binding::client((c.node_id, own), (link.node, ch.incarnation), c.core, (&ch.nonce, &nonce))
-            .opener_joined(c.joined);
-        if ch.status == wire::STATUS_JOIN_WAIT {
-            // The member acts once it knows who asks: prove it, then wait.
-            stream.write_all(&wire::proof(&c.secret, &client)).await?;
-            if !link.join_wait_logged.replace(true) {
-                tracing::info!(
-                    core = c.core,
-                    node = link.node,
-                    "node {} is removing this node's lost data from its shards before letting it back in; waiting",
-                    link.node
-                );
-            }
-            return Err(io_err(format!("node {} is readmitting this node", link.node)));
-        }
-        peers.check_incarnation(link.node, ch.incarnation)?;
+            .joined(c.joined, ch.joined);
         stream.write_all(&wire::proof(&c.secret, &client)).await?;
         let mut info = Vec::new();
         wire::put_frame(&mut info, wire::FRAME_INFO, c.endpoints.encode().as_bytes());
@@ -521,19 +498,14 @@ async fn accept_handshake(stream: &mut TcpStream, peers: &Peers) -> io::Result<u
     let mut buf = [0u8; wire::HELLO_BYTES];
     stream.read_exact(&mut buf).await?;
     let hello = PeerHello::decode(&buf).ok_or_else(|| io_err("not a kvd peer (bad magic)"))?;
-    let seen = c.incarnations.seen(hello.node, hello.incarnation);
     let status = if !c.peers.contains_key(&hello.node) {
         wire::STATUS_UNKNOWN_NODE
     } else if hello.cores != c.cores || hello.shards != c.shards {
         wire::STATUS_SHAPE_MISMATCH
     } else if hello.core != c.core || hello.version != wire::PEER_VERSION {
         wire::STATUS_WRONG_CORE
-    } else if let Seen::Other(_) = seen {
-        match (hello.joined, peers.admissible(hello.node, hello.incarnation)) {
-            (false, _) => wire::STATUS_FORGOTTEN,
-            (true, false) => wire::STATUS_JOIN_WAIT,
-            (true, true) => wire::STATUS_OK,
-        }
+    } else if let (Seen::Other(_), false) = (c.incarnations.seen(hello.node, hello.incarnation), hello.joined) {
+        wire::STATUS_FORGOTTEN
     } else {
         wire::STATUS_OK
     };
@@ -541,57 +513,58 @@ async fn accept_handshake(stream: &mut TcpStream, peers: &Peers) -> io::Result<u
     let own = c.incarnations.own();
     let server =
         Binding::server((c.node_id, own), (hello.node, hello.incarnation), c.core, (&hello.nonce, &nonce), status)
-            .opener_joined(hello.joined);
+            .joined(hello.joined, c.joined);
     let mac = wire::proof(&c.secret, &server);
-    stream.write_all(&Challenge { status, node: c.node_id, incarnation: own, nonce, mac }.encode()).await?;
-    if status != wire::STATUS_OK && status != wire::STATUS_JOIN_WAIT {
+    let challenge = Challenge { status, node: c.node_id, incarnation: own, nonce, mac, joined: c.joined };
+    stream.write_all(&challenge.encode()).await?;
+    if status != wire::STATUS_OK {
         return Err(io_err(format!("refused node {} (status {status})", hello.node)));
     }
     let mut proof = [0u8; wire::MAC_BYTES];
     stream.read_exact(&mut proof).await?;
     let client = Binding::client((hello.node, hello.incarnation), (c.node_id, own), c.core, (&nonce, &hello.nonce))
-        .opener_joined(hello.joined);
+        .joined(hello.joined, c.joined);
     if !wire::proof_matches(&c.secret, &client, &proof) {
         tracing::warn!(core = c.core, claimed = hello.node, "a peer failed authentication (wrong cluster secret?)");
         return Err(io_err("authentication failed"));
     }
-    if status == wire::STATUS_JOIN_WAIT {
-        peers.start_readmission(hello.node, hello.incarnation);
-        return Err(io_err(format!("node {} is being readmitted on a new data directory", hello.node)));
-    }
-    peers.check_incarnation(hello.node, hello.incarnation)?;
+    peers.check_incarnation(hello.node, hello.incarnation, hello.joined)?;
     Ok(hello.node)
 }
 
 impl Peers {
-    /// Records an authenticated peer's incarnation the first time; admits a
-    /// new one once every core is clear of the old one (readmission), and
-    /// refuses it before.
-    fn check_incarnation(&self, node: u64, incarnation: u64) -> io::Result<()> {
+    /// Checks an authenticated peer's data directory: recorded the first
+    /// time; refused if it is not the one recorded, unless the peer joined
+    /// (`kvd --join`): a joined directory is never taken on trust, even at
+    /// a first meeting (its node may have voted here on the one it lost):
+    /// this core readmits it, and it is recorded once every core has.
+    fn check_incarnation(&self, node: u64, incarnation: u64, joined: bool) -> io::Result<()> {
         let c = &self.config;
+        let seen = c.incarnations.seen(node, incarnation);
+        if seen == Seen::Same {
+            return Ok(());
+        }
+        if joined {
+            let core = self.core.borrow();
+            let core = core.as_ref().ok_or_else(|| io_err("this core is still starting"))?;
+            if !core.readmitted(node, incarnation) {
+                tracing::info!(core = c.core, node, "node {node} joined on a new data directory: readmitting it");
+            }
+            core.readmit(node, incarnation);
+            return Ok(());
+        }
         match c.incarnations.record(node, incarnation) {
             Ok(Seen::New) => {
                 tracing::debug!(core = c.core, node, incarnation = format_args!("{incarnation:016x}"), "met a peer");
                 Ok(())
             }
             Ok(Seen::Same) => Ok(()),
-            Ok(Seen::Other(_)) if self.admissible(node, incarnation) => {
-                c.incarnations
-                    .replace(node, incarnation)
-                    .map_err(|e| io_err(format!("cannot record node {node}'s incarnation: {e}")))?;
-                tracing::info!(
-                    core = c.core,
-                    node,
-                    "node {node}'s new data directory is admitted: no shard here counts its old one as a voter"
-                );
-                Ok(())
-            }
             Ok(Seen::Other(known)) => {
                 let why = format!(
                     "node {node} came back with a new data directory (incarnation {incarnation:016x}, this node \
-                     knew {known:016x}): it forgot its Raft log and votes, so it is refused until it is readmitted"
+                     knew {known:016x}) without --join: it forgot its Raft log and votes, so it is refused"
                 );
-                tracing::debug!(core = c.core, "{why}");
+                tracing::warn!(core = c.core, "{why}");
                 Err(io_err(why))
             }
             Err(e) => Err(io_err(format!("cannot record node {node}'s incarnation: {e}"))),

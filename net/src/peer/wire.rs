@@ -59,16 +59,10 @@ pub const STATUS_WRONG_CORE: u16 = 3;
 /// The opener's data directory is not the one the acceptor met before
 /// under that node id (see [`super::incarnation`]).
 pub const STATUS_FORGOTTEN: u16 = 4;
-/// The opener is back on a new data directory and asked to rejoin
-/// ([`PeerHello::joined`]): the acceptor's groups still count its old one
-/// as a voter. The handshake still completes (the acceptor must know the
-/// opener is a member before it acts), then the connection closes; the
-/// opener tries again until it is let in.
-pub const STATUS_JOIN_WAIT: u16 = 5;
 
-/// [`PeerHello`] flag: the opener's data directory was made to join a
-/// running cluster (`kvd --join`).
-const HELLO_FLAG_JOINED: u16 = 1;
+/// [`PeerHello`] and [`Challenge`] flag: the sender's data directory was
+/// made to join a running cluster (`kvd --join`).
+const FLAG_JOINED: u16 = 1;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -93,7 +87,7 @@ impl PeerHello {
         let mut b = [0u8; HELLO_BYTES];
         b[0..4].copy_from_slice(&PEER_MAGIC);
         b[4..6].copy_from_slice(&self.version.to_le_bytes());
-        let flags = if self.joined { HELLO_FLAG_JOINED } else { 0 };
+        let flags = if self.joined { FLAG_JOINED } else { 0 };
         b[6..8].copy_from_slice(&flags.to_le_bytes());
         b[8..16].copy_from_slice(&self.node.to_le_bytes());
         b[16..20].copy_from_slice(&self.core.to_le_bytes());
@@ -106,7 +100,7 @@ impl PeerHello {
 
     pub fn decode(b: &[u8; HELLO_BYTES]) -> Option<PeerHello> {
         let flags = u16::from_le_bytes([b[6], b[7]]);
-        if b[0..4] != PEER_MAGIC || flags & !HELLO_FLAG_JOINED != 0 {
+        if b[0..4] != PEER_MAGIC || flags & !FLAG_JOINED != 0 {
             return None;
         }
         let u32_at = |at: usize| u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"));
@@ -118,7 +112,7 @@ impl PeerHello {
             shards: u32_at(24),
             incarnation: u64::from_le_bytes(b[28..36].try_into().expect("8 bytes")),
             nonce: b[36..HELLO_BYTES].try_into().expect("nonce"),
-            joined: flags & HELLO_FLAG_JOINED != 0,
+            joined: flags & FLAG_JOINED != 0,
         })
     }
 }
@@ -132,6 +126,8 @@ pub struct Challenge {
     pub incarnation: u64,
     pub nonce: [u8; NONCE_BYTES],
     pub mac: [u8; MAC_BYTES],
+    /// The acceptor's directory was made by `kvd --join`.
+    pub joined: bool,
 }
 
 impl Challenge {
@@ -139,6 +135,8 @@ impl Challenge {
         let mut b = [0u8; CHALLENGE_BYTES];
         b[0..4].copy_from_slice(&PEER_MAGIC);
         b[4..6].copy_from_slice(&self.status.to_le_bytes());
+        let flags = if self.joined { FLAG_JOINED } else { 0 };
+        b[6..8].copy_from_slice(&flags.to_le_bytes());
         b[8..16].copy_from_slice(&self.node.to_le_bytes());
         b[16..24].copy_from_slice(&self.incarnation.to_le_bytes());
         b[24..40].copy_from_slice(&self.nonce);
@@ -147,8 +145,10 @@ impl Challenge {
     }
 
     pub fn decode(b: &[u8; CHALLENGE_BYTES]) -> Option<Challenge> {
-        (b[0..4] == PEER_MAGIC).then(|| Challenge {
+        let flags = u16::from_le_bytes([b[6], b[7]]);
+        (b[0..4] == PEER_MAGIC && flags & !FLAG_JOINED == 0).then(|| Challenge {
             status: u16::from_le_bytes([b[4], b[5]]),
+            joined: flags & FLAG_JOINED != 0,
             node: u64::from_le_bytes(b[8..16].try_into().expect("8 bytes")),
             incarnation: u64::from_le_bytes(b[16..24].try_into().expect("8 bytes")),
             nonce: b[24..40].try_into().expect("nonce"),
@@ -171,8 +171,9 @@ pub struct Binding<'a> {
     pub nonces: (&'a [u8], &'a [u8]),
     /// The handshake status the prover sends (`STATUS_OK` for the client).
     pub status: u16,
-    /// The opener's [`PeerHello::joined`] (so it cannot be flipped in flight).
-    pub joined: bool,
+    /// The opener's [`PeerHello::joined`] and the acceptor's
+    /// [`Challenge::joined`] (so neither can be flipped in flight).
+    pub joined: (bool, bool),
 }
 
 impl<'a> Binding<'a> {
@@ -185,17 +186,17 @@ impl<'a> Binding<'a> {
         nonces: (&'a [u8], &'a [u8]),
         status: u16,
     ) -> Binding<'a> {
-        Binding { role: "server", from: acceptor, to: opener, core, nonces, status, joined: false }
+        Binding { role: "server", from: acceptor, to: opener, core, nonces, status, joined: (false, false) }
     }
 
     /// The opener's proof; `nonces` the acceptor's then the opener's.
     pub fn client(opener: (u64, u64), acceptor: (u64, u64), core: u32, nonces: (&'a [u8], &'a [u8])) -> Binding<'a> {
-        Binding { role: "client", from: opener, to: acceptor, core, nonces, status: STATUS_OK, joined: false }
+        Binding { role: "client", from: opener, to: acceptor, core, nonces, status: STATUS_OK, joined: (false, false) }
     }
 
-    /// Binds the opener's [`PeerHello::joined`] flag too.
-    pub fn opener_joined(self, joined: bool) -> Binding<'a> {
-        Binding { joined, ..self }
+    /// Binds the opener's and the acceptor's `joined` flags too.
+    pub fn joined(self, opener: bool, acceptor: bool) -> Binding<'a> {
+        Binding { joined: (opener, acceptor), ..self }
     }
 }
 
@@ -212,7 +213,7 @@ fn proof_mac(secret: &[u8], b: &Binding) -> HmacSha256 {
     }
     mac.update(&b.core.to_le_bytes());
     mac.update(&b.status.to_le_bytes());
-    mac.update(&[u8::from(b.joined)]);
+    mac.update(&[u8::from(b.joined.0), u8::from(b.joined.1)]);
     mac.update(b.nonces.0);
     mac.update(b.nonces.1);
     mac
@@ -633,16 +634,33 @@ mod tests {
 
     #[test]
     fn handshake_messages_round_trip_and_proofs_bind_everything() {
-        let h =
-            PeerHello { version: 2, node: 3, core: 1, cores: 2, shards: 16, incarnation: 5, nonce: [7; NONCE_BYTES], joined: false };
+        let h = PeerHello {
+            version: 2,
+            node: 3,
+            core: 1,
+            cores: 2,
+            shards: 16,
+            incarnation: 5,
+            nonce: [7; NONCE_BYTES],
+            joined: false,
+        };
         assert_eq!(PeerHello::decode(&h.encode()), Some(h));
         let j = PeerHello { joined: true, ..h };
         assert_eq!(PeerHello::decode(&j.encode()), Some(j));
         let mut unknown_flag = h.encode();
         unknown_flag[6] = 2;
         assert_eq!(PeerHello::decode(&unknown_flag), None, "an unknown flag is refused");
-        let c = Challenge { status: 0, node: 2, incarnation: 6, nonce: [9; NONCE_BYTES], mac: [1; MAC_BYTES] };
+        let c = Challenge {
+            status: 0,
+            node: 2,
+            incarnation: 6,
+            nonce: [9; NONCE_BYTES],
+            mac: [1; MAC_BYTES],
+            joined: false,
+        };
         assert_eq!(Challenge::decode(&c.encode()), Some(c));
+        let j = Challenge { joined: true, ..c };
+        assert_eq!(Challenge::decode(&j.encode()), Some(j));
         let b = Binding {
             role: "server",
             from: (2, 6),
@@ -650,7 +668,7 @@ mod tests {
             core: 1,
             nonces: (&[1; 16], &[2; 16]),
             status: STATUS_OK,
-            joined: false,
+            joined: (false, false),
         };
         let p = proof(b"secret", &b);
         assert!(proof_matches(b"secret", &b, &p));
@@ -662,7 +680,8 @@ mod tests {
             Binding { to: (3, 4), ..b },
             Binding { core: 0, ..b },
             Binding { status: STATUS_FORGOTTEN, ..b },
-            b.opener_joined(true),
+            b.joined(true, false),
+            b.joined(false, true),
             Binding { nonces: (&[2; 16], &[1; 16]), ..b },
         ] {
             assert!(!proof_matches(b"secret", &wrong, &p), "{wrong:?}");

@@ -88,10 +88,7 @@ impl<T> Group<T> {
         if let Some(&n) = self.wanted.iter().find(|n| !known(n)) {
             return Some(MembershipStep::AddLearner(n));
         }
-        self.wanted
-            .iter()
-            .find(|n| cs.learners.contains(n) && self.caught_up(**n))
-            .map(|&n| MembershipStep::Promote(n))
+        self.wanted.iter().find(|n| cs.learners.contains(n) && self.caught_up(**n)).map(|&n| MembershipStep::Promote(n))
     }
 
     fn caught_up(&self, node: u64) -> bool {

@@ -124,7 +124,9 @@ fn log_step(core: u32, group: u32, step: MembershipStep) {
         MembershipStep::Remove(n) => {
             tracing::info!(core, group, node = n, "removing node {n}'s old data directory from shard {group}")
         }
-        MembershipStep::AddLearner(n) => tracing::info!(core, group, node = n, "adding node {n} to shard {group} as a learner"),
+        MembershipStep::AddLearner(n) => {
+            tracing::info!(core, group, node = n, "adding node {n} to shard {group} as a learner")
+        }
         MembershipStep::Promote(n) => {
             tracing::info!(core, group, node = n, "node {n} caught up on shard {group}: promoting it to voter")
         }

@@ -225,7 +225,8 @@ fn recover_core(fs: &mut SimFs, layout: &Layout, core: u32, dir: &Path) -> Resul
         log_retain_entries: SIM_LOG_RETAIN_ENTRIES,
         compress_min_bytes: SIM_COMPRESS_MIN_BYTES,
     };
-    let machine = restorer.finish(config, |shard| layout.replicas_of(shard), layout.joined).map_err(|e| e.to_string())?;
+    let machine =
+        restorer.finish(config, |shard| layout.replicas_of(shard), layout.joined).map_err(|e| e.to_string())?;
     let core = SimCore { machine, wal, flushing: None, snapshotting: false, drive_scheduled: false };
     Ok((core, repaired))
 }

@@ -1,0 +1,88 @@
+//! Membership changes between real kvd processes: a node whose data
+//! directory was lost rejoins with `kvd --join` under a concurrent load,
+//! the members remove its lost replicas, add it back and promote it once
+//! caught up; the cluster then survives the loss of another node, and the
+//! recorded history is linearizable.
+
+use std::time::Duration;
+
+use crate::cluster::Cluster;
+use crate::harness::seed;
+use crate::load::Load;
+use crate::replication::{finish_and_check, KEYS};
+
+/// Node `id`'s entry for `of` in its own `--peers` flag.
+fn peer_entry(c: &Cluster, id: u64, of: u64) -> String {
+    let peers = c.flag(id, "--peers").expect("a cluster node has --peers");
+    let entry = peers.split(',').find(|e| e.starts_with(&format!("{of}="))).expect("every node is listed");
+    entry.split_once('=').expect("ID=ADDR").1.to_string()
+}
+
+/// Whether `observer` sees node `id` as a voter of every shard it should
+/// hold, and no learner anywhere.
+fn voter_everywhere(c: &Cluster, observer: u64, id: u64) -> bool {
+    c.groups(observer).iter().all(|g| {
+        let has = |field: &str| g[field].as_array().is_some_and(|a| a.iter().any(|n| n.as_u64() == Some(id)));
+        let learners = g["learners"].as_array().map_or(0, |a| a.len());
+        (has("voters") || !has("replicas")) && learners == 0
+    })
+}
+
+#[test]
+fn a_node_that_lost_its_disk_rejoins_with_join_and_the_cluster_survives_losing_another() {
+    let seed = seed("a_node_that_lost_its_disk_rejoins_with_join_and_the_cluster_survives_losing_another");
+    let mut c = Cluster::start(3, &[]);
+    let load = Load::start(c.endpoints(), 4, KEYS, seed);
+    assert!(load.wait_for_acks(100, Duration::from_secs(30)));
+
+    // Node 3's disk dies.
+    c.kill(3);
+    std::fs::remove_dir_all(c.data_dir(3)).unwrap();
+    assert!(load.wait_for_acks(100, Duration::from_secs(60)), "writes go on without node 3");
+
+    // Started as before, it is refused and says how to rejoin.
+    let (status, log) = c.start_node_expecting_exit(3);
+    assert!(status.is_none_or(|s| !s.success()), "exited {status:?}:\n{log}");
+    assert!(log.contains("--join"), "the refusal does not name --join:\n{log}");
+    std::fs::remove_dir_all(c.data_dir(3)).unwrap();
+
+    // With --join it is readmitted, filled and promoted, while the load runs.
+    let member = peer_entry(&c, 3, 1);
+    c.set_args(3, |args| args.extend(["--join".to_string(), member]));
+    c.start_node(3, &[]);
+    // Positive signs first: each member recorded the new directory (once no
+    // shard there counted the old one) and the leaders promoted node 3.
+    let incarnation = std::fs::read_to_string(c.data_dir(3).join("incarnation")).unwrap();
+    let record = format!("3 {}", incarnation.trim());
+    c.wait_until("nodes 1 and 2 record node 3's new data directory", || {
+        [1, 2]
+            .iter()
+            .all(|&id| std::fs::read_to_string(c.data_dir(id).join("peers")).is_ok_and(|p| p.contains(&record)))
+    });
+    let logs = || format!("{}{}", c.node(1).log(), c.node(2).log());
+    c.wait_until("a leader removed, re-added and promoted node 3", || {
+        ["removing node 3's old data directory", "adding node 3 to shard", "promoting it to voter"]
+            .iter()
+            .all(|step| logs().contains(step))
+    });
+    c.wait_until("nodes 1 and 2 see node 3 as a voter of its shards again", || {
+        voter_everywhere(&c, 1, 3) && voter_everywhere(&c, 2, 3)
+    });
+    assert!(load.wait_for_acks(100, Duration::from_secs(60)));
+    c.wait_converged();
+
+    // Node 3 now holds what node 1 held: the cluster survives losing node 1.
+    c.kill(1);
+    assert!(load.wait_for_acks(200, Duration::from_secs(60)), "nodes 2 and 3 form a quorum of every shard");
+    for id in [2, 3] {
+        assert!(!c.node(id).log().contains("panicked"), "node {id}:\n{}", c.node(id).log());
+    }
+    // A restart of the rejoined node keeps it a member (no second removal).
+    assert!(c.stop(3), "a clean stop exits 0");
+    c.start_node(3, &[]);
+    c.start_node(1, &[]);
+    c.wait_for_leaders();
+    assert!(load.wait_for_acks(100, Duration::from_secs(60)));
+    assert!(voter_everywhere(&c, 2, 3));
+    finish_and_check(&c, load, seed);
+}
