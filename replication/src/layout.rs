@@ -220,12 +220,26 @@ mod tests {
     }
 
     #[test]
+    fn a_joined_directory_stays_joined_and_an_old_one_does_not_become_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let joined = Layout::load_or_create(dir.path(), Layout::new(1, 2, 8).joining()).unwrap();
+        assert!(joined.joined);
+        assert!(Layout::load_or_create(dir.path(), Layout::new(1, 2, 8)).unwrap().joined, "kept across starts");
+        let old = tempfile::tempdir().unwrap();
+        Layout::load_or_create(old.path(), Layout::new(1, 2, 8)).unwrap();
+        let text = std::fs::read_to_string(old.path().join(FILE_NAME)).unwrap();
+        assert!(!text.contains("joined"), "a layout file of a created node is unchanged:\n{text}");
+        assert!(!Layout::load_or_create(old.path(), Layout::new(1, 2, 8).joining()).unwrap().joined);
+    }
+
+    #[test]
     fn placement_is_fixed_balanced_and_moves_little() {
         let nodes: Vec<u64> = (1..=5).collect();
         let l = Layout::cluster(1, nodes.clone(), 3, 4, 64);
         // Known values pin the hash: it must never change.
-        assert_eq!(rendezvous_score(0, 1), rendezvous_score(0, 1));
-        assert_ne!(rendezvous_score(0, 1), rendezvous_score(1, 1));
+        assert_eq!(rendezvous_score(0, 1), 0xb55a_8fa0_6753_7a73);
+        assert_eq!(rendezvous_score(1, 1), 0x2095_214b_ec52_7c99);
+        assert_eq!(rendezvous_score(5, 3), 0x8c5b_973b_559f_0061);
         let mut replicas = std::collections::BTreeMap::<u64, usize>::new();
         let mut leaders = std::collections::BTreeMap::<u64, usize>::new();
         for s in 0..l.shards {

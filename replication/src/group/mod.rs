@@ -247,12 +247,14 @@ impl<T> Group<T> {
         if !self.is_leader() {
             return false;
         }
+        // Learners cannot lead (raft-rs ignores a transfer to one).
+        let voters = self.storage.conf_state().voters;
         let target = self
             .node
             .raft
             .prs()
             .iter()
-            .filter(|(id, _)| **id != me)
+            .filter(|(id, _)| **id != me && voters.contains(id))
             .max_by_key(|(_, pr)| pr.matched)
             .map(|(id, _)| *id);
         match target {
@@ -267,7 +269,7 @@ impl<T> Group<T> {
     /// Hands leadership back to `preferred` if it is fully caught up (this
     /// is how leaders return to their preferred replicas after a failover).
     pub fn yield_to(&mut self, preferred: u64) -> bool {
-        if !self.is_leader() || preferred == self.node_id() {
+        if !self.is_leader() || preferred == self.node_id() || !self.has_voter(preferred) {
             return false;
         }
         let last = self.last_index();
