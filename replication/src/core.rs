@@ -283,6 +283,11 @@ impl Core {
         self.0.machine.borrow().readmitted(node, incarnation)
     }
 
+    /// The data directory `node` is being readmitted on, if it is.
+    pub fn readmitting(&self, node: u64) -> Option<u64> {
+        self.0.machine.borrow().readmitting(node)
+    }
+
     /// Every readmission under way on this core: (node, incarnation, done).
     pub fn readmissions(&self) -> Vec<(u64, u64, bool)> {
         self.0.machine.borrow().readmissions()

@@ -139,7 +139,7 @@ impl Restorer {
         let mut groups = BTreeMap::new();
         let mut bootstrap = Vec::new();
         for (id, r) in self.restored {
-            groups.insert(id, build_group(&config, id, r, replicas_of(id), &mut bootstrap, !joined)?);
+            groups.insert(id, build_group(&config, id, r, replicas_of(id), &mut bootstrap, joined)?);
         }
         Ok(Machine::new(config.machine, groups, bootstrap))
     }
@@ -151,16 +151,13 @@ fn build_group<T>(
     r: Restored,
     replicas: Vec<u64>,
     bootstrap: &mut Vec<Record>,
-    may_campaign: bool,
+    joined: bool,
 ) -> Result<Group<T>, StartError> {
     let node_id = config.machine.node_id;
     let Restored { map, storage } = r;
     if storage.conf_state().voters.is_empty() {
-        // A new shard: every replica starts the group with the same voters
-        // (on a single node, just us), like a statically bootstrapped etcd.
-        let cs = ConfState { voters: replicas.clone(), ..ConfState::default() };
-        storage.set_conf_state(cs.clone());
-        bootstrap.push(records::conf_state_record(id, 0, &cs));
+        storage.set_conf_state(first_conf_state(&replicas, node_id, joined));
+        bootstrap.push(records::conf_state_record(id, 0, &storage.conf_state()));
     }
     raise_hard_state_to_snapshot(&storage, map.applied_index());
     let raft_config = raft::Config {
@@ -187,10 +184,26 @@ fn build_group<T>(
     // The preferred leader (first replica) stands at once instead of waiting
     // an election timeout; pre-vote keeps this from disturbing a leader
     // that is already in office.
-    if may_campaign && replicas.first() == Some(&node_id) && storage.conf_state().voters.contains(&node_id) {
+    if !joined && replicas.first() == Some(&node_id) && storage.conf_state().voters.contains(&node_id) {
         group.campaign().map_err(raft_err)?;
     }
     Ok(group)
+}
+
+/// A new shard's first configuration: every replica starts the group with
+/// the same voters (on a single node, just us), like a statically
+/// bootstrapped etcd. A node that joined a running cluster (its directory
+/// replaces a lost one) starts as a learner of that same configuration: it
+/// applies the same log from index 1, but never counts itself a voter (it
+/// neither stands for election nor votes for itself) until a leader has
+/// removed its lost directory, added it back and promoted it.
+fn first_conf_state(replicas: &[u64], node_id: u64, joined: bool) -> ConfState {
+    let others: Vec<u64> = replicas.iter().copied().filter(|&n| n != node_id).collect();
+    if joined && !others.is_empty() && others.len() < replicas.len() {
+        ConfState { voters: others, learners: vec![node_id], ..ConfState::default() }
+    } else {
+        ConfState { voters: replicas.to_vec(), ..ConfState::default() }
+    }
 }
 
 /// The snapshot may be newer than the last hard state that reached the WAL

@@ -1,8 +1,9 @@
 //! Membership changes between real kvd processes: a node whose data
 //! directory was lost rejoins with `kvd --join` under a concurrent load,
 //! the members remove its lost replicas, add it back and promote it once
-//! caught up; the cluster then survives the loss of another node, and the
-//! recorded history is linearizable.
+//! caught up; the cluster then survives the loss of another node; the
+//! joining node and a leader may crash midway. Every recorded history is
+//! linearizable.
 
 use std::time::Duration;
 
@@ -28,30 +29,22 @@ fn voter_everywhere(c: &Cluster, observer: u64, id: u64) -> bool {
     })
 }
 
-#[test]
-fn a_node_that_lost_its_disk_rejoins_with_join_and_the_cluster_survives_losing_another() {
-    let seed = seed("a_node_that_lost_its_disk_rejoins_with_join_and_the_cluster_survives_losing_another");
-    let mut c = Cluster::start(3, &[]);
-    let load = Load::start(c.endpoints(), 4, KEYS, seed);
-    assert!(load.wait_for_acks(100, Duration::from_secs(30)));
-
-    // Node 3's disk dies.
-    c.kill(3);
-    std::fs::remove_dir_all(c.data_dir(3)).unwrap();
-    assert!(load.wait_for_acks(100, Duration::from_secs(60)), "writes go on without node 3");
-
-    // Started as before, it is refused and says how to rejoin.
-    let (status, log) = c.start_node_expecting_exit(3);
-    assert!(status.is_none_or(|s| !s.success()), "exited {status:?}:\n{log}");
-    assert!(log.contains("--join"), "the refusal does not name --join:\n{log}");
-    std::fs::remove_dir_all(c.data_dir(3)).unwrap();
-
-    // With --join it is readmitted, filled and promoted, while the load runs.
-    let member = peer_entry(&c, 3, 1);
+/// Starts the stopped node 3 on an empty data directory with `--join`
+/// through node 1.
+fn join_on_an_empty_directory(c: &mut Cluster) {
+    let dir = c.data_dir(3);
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+    let member = peer_entry(c, 3, 1);
     c.set_args(3, |args| args.extend(["--join".to_string(), member]));
     c.start_node(3, &[]);
-    // Positive signs first: each member recorded the new directory (once no
-    // shard there counted the old one) and the leaders promoted node 3.
+}
+
+/// Waits until nodes 1 and 2 recorded node 3's directory as it is now (each
+/// once no shard there counted the old one), and see node 3 as a voter of
+/// its shards again.
+fn wait_readmitted(c: &Cluster) {
     let incarnation = std::fs::read_to_string(c.data_dir(3).join("incarnation")).unwrap();
     let record = format!("3 {}", incarnation.trim());
     c.wait_until("nodes 1 and 2 record node 3's new data directory", || {
@@ -59,15 +52,38 @@ fn a_node_that_lost_its_disk_rejoins_with_join_and_the_cluster_survives_losing_a
             .iter()
             .all(|&id| std::fs::read_to_string(c.data_dir(id).join("peers")).is_ok_and(|p| p.contains(&record)))
     });
-    let logs = || format!("{}{}", c.node(1).log(), c.node(2).log());
-    c.wait_until("a leader removed, re-added and promoted node 3", || {
-        ["removing node 3's old data directory", "adding node 3 to shard", "promoting it to voter"]
-            .iter()
-            .all(|step| logs().contains(step))
-    });
     c.wait_until("nodes 1 and 2 see node 3 as a voter of its shards again", || {
-        voter_everywhere(&c, 1, 3) && voter_everywhere(&c, 2, 3)
+        voter_everywhere(c, 1, 3) && voter_everywhere(c, 2, 3)
     });
+}
+
+fn members_log(c: &Cluster) -> String {
+    format!("{}{}", c.node(1).log(), c.node(2).log())
+}
+
+#[test]
+fn a_node_that_lost_its_disk_rejoins_with_join_and_the_cluster_survives_losing_another() {
+    let seed = seed("a_node_that_lost_its_disk_rejoins_with_join_and_the_cluster_survives_losing_another");
+    let mut c = Cluster::start(3, &[]);
+    let load = Load::start(c.endpoints(), 4, KEYS, seed);
+    assert!(load.wait_for_acks(100, Duration::from_secs(30)));
+
+    // Node 3's disk dies; started as before, it is refused and says how to
+    // rejoin.
+    c.kill(3);
+    std::fs::remove_dir_all(c.data_dir(3)).unwrap();
+    assert!(load.wait_for_acks(100, Duration::from_secs(60)), "writes go on without node 3");
+    let (status, log) = c.start_node_expecting_exit(3);
+    assert!(status.is_none_or(|s| !s.success()), "exited {status:?}:\n{log}");
+    assert!(log.contains("--join"), "the refusal does not name --join:\n{log}");
+
+    // With --join it is readmitted, filled and promoted while the load runs.
+    join_on_an_empty_directory(&mut c);
+    wait_readmitted(&c);
+    let logs = members_log(&c);
+    for step in ["removing node 3's old data directory", "adding node 3 to shard", "promoting it to voter"] {
+        assert!(logs.contains(step), "no leader logged {step:?}");
+    }
     assert!(load.wait_for_acks(100, Duration::from_secs(60)));
     c.wait_converged();
 
@@ -77,12 +93,37 @@ fn a_node_that_lost_its_disk_rejoins_with_join_and_the_cluster_survives_losing_a
     for id in [2, 3] {
         assert!(!c.node(id).log().contains("panicked"), "node {id}:\n{}", c.node(id).log());
     }
-    // A restart of the rejoined node keeps it a member (no second removal).
+    // A restart of the rejoined node keeps it a member.
     assert!(c.stop(3), "a clean stop exits 0");
     c.start_node(3, &[]);
     c.start_node(1, &[]);
     c.wait_for_leaders();
     assert!(load.wait_for_acks(100, Duration::from_secs(60)));
     assert!(voter_everywhere(&c, 2, 3));
+    finish_and_check(&c, load, seed);
+}
+
+#[test]
+fn a_readmission_survives_the_joining_node_and_a_leader_crashing_midway() {
+    let seed = seed("a_readmission_survives_the_joining_node_and_a_leader_crashing_midway");
+    let mut c = Cluster::start(3, &[]);
+    let load = Load::start(c.endpoints(), 4, KEYS, seed);
+    assert!(load.wait_for_acks(100, Duration::from_secs(30)));
+    c.kill(3);
+    join_on_an_empty_directory(&mut c);
+    c.wait_until("a leader added node 3 back as a learner", || members_log(&c).contains("adding node 3 to shard"));
+    // Midway the joining node dies (its directory stays `joined`), then the
+    // busiest leader dies too.
+    c.kill(3);
+    c.start_node(3, &[]);
+    let leader = c.busiest_leader(2);
+    c.kill(leader);
+    std::thread::sleep(Duration::from_secs(1));
+    c.start_node(leader, &[]);
+    wait_readmitted(&c);
+    assert!(load.wait_for_acks(100, Duration::from_secs(60)));
+    for id in 1..=3 {
+        assert!(!c.node(id).log().contains("panicked"), "node {id}:\n{}", c.node(id).log());
+    }
     finish_and_check(&c, load, seed);
 }

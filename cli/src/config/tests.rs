@@ -81,6 +81,19 @@ fn cluster_settings() {
             "own peer address",
         ),
         (vec!["--peers", peers, "--cluster-secret-file", secret.to_str().unwrap(), "--join", "nowhere"], "IP:PORT"),
+        (
+            vec![
+                "--peers",
+                peers,
+                "--cluster-secret-file",
+                secret.to_str().unwrap(),
+                "--replication-factor",
+                "1",
+                "--join",
+                "127.0.0.1:7490",
+            ],
+            "no other copy",
+        ),
     ];
     for (args, needle) in bad {
         let cli = Options::try_parse_from(["kvd", "--cores", "0"].into_iter().chain(args.iter().copied())).unwrap();

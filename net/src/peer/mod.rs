@@ -492,8 +492,9 @@ pub async fn accept_loop(listener: glommio::net::TcpListener, peers: Rc<Peers>, 
     .await
 }
 
-/// The acceptor's half of the handshake; returns the authenticated node.
-async fn accept_handshake(stream: &mut TcpStream, peers: &Peers) -> io::Result<u64> {
+/// The acceptor's half of the handshake; returns the authenticated node and
+/// its data directory's incarnation.
+async fn accept_handshake(stream: &mut TcpStream, peers: &Peers) -> io::Result<(u64, u64)> {
     let c = &peers.config;
     let mut buf = [0u8; wire::HELLO_BYTES];
     stream.read_exact(&mut buf).await?;
@@ -529,7 +530,7 @@ async fn accept_handshake(stream: &mut TcpStream, peers: &Peers) -> io::Result<u
         return Err(io_err("authentication failed"));
     }
     peers.check_incarnation(hello.node, hello.incarnation, hello.joined)?;
-    Ok(hello.node)
+    Ok((hello.node, hello.incarnation))
 }
 
 impl Peers {
@@ -589,10 +590,11 @@ async fn serve_inbound(mut stream: TcpStream, peers: &Rc<Peers>, owner: &Rc<Owne
     let handshake = glommio::timer::timeout(HANDSHAKE_TIMEOUT, async {
         accept_handshake(&mut stream, peers).await.map_err(glommio::GlommioError::from)
     });
-    let from = handshake.await.map_err(io_err)?;
+    let (from, incarnation) = handshake.await.map_err(io_err)?;
     let (wake, woken) = local_channel::new_bounded(1);
     let conn = Inbound {
         from,
+        incarnation,
         peers: peers.clone(),
         owner: owner.clone(),
         replies: Rc::new(RefCell::new(Vec::new())),
@@ -626,6 +628,8 @@ async fn serve_inbound(mut stream: TcpStream, peers: &Rc<Peers>, owner: &Rc<Owne
 /// One authenticated inbound connection from node `from`.
 struct Inbound {
     from: u64,
+    /// The data directory `from` runs on, as its handshake said.
+    incarnation: u64,
     peers: Rc<Peers>,
     owner: Rc<Owner>,
     replies: Rc<RefCell<Vec<u8>>>,
@@ -667,6 +671,11 @@ impl Inbound {
                 to = m.to,
                 "dropped a raft message with a forged address"
             );
+            return;
+        }
+        if self.owner.core.readmitting(self.from).is_some_and(|i| i != self.incarnation) {
+            // From the directory the node lost (a connection that outlived
+            // it): what it says stands for forgotten state.
             return;
         }
         self.owner.core.step(group, m);

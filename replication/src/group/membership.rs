@@ -111,6 +111,23 @@ impl<T> Group<T> {
         Ok(())
     }
 
+    /// Asks the leader to remove voter `node` (its data directory was
+    /// replaced), from a follower: raft-rs forwards the proposal. For a
+    /// follower that cannot tell whether the node's voter is the old
+    /// directory or already the new one (it restarted midway, and its log
+    /// replay re-applied everything before the readmission began): removing
+    /// a new one again costs one more snapshot, never safety. A leader with
+    /// a change pending turns this into an empty entry.
+    pub fn request_removal(&mut self, node: u64) -> Result<(), CoreError> {
+        // Never the leader itself: raft-rs keeps a removed leader in office.
+        if self.is_leader() || self.leader_id().is_none_or(|l| l == node) || !self.has_voter(node) {
+            return Err(CoreError::NotLeader { leader: self.leader_id() });
+        }
+        let change = ConfChangeSingle { change_type: ConfChangeType::RemoveNode, node_id: node, ..Default::default() };
+        let cc = ConfChangeV2 { changes: vec![change].into(), ..Default::default() };
+        self.node.propose_conf_change(Vec::new(), cc).map_err(|_| CoreError::NotLeader { leader: None })
+    }
+
     /// Records the voters of `before` that the configuration now applied no
     /// longer has (for [`Group::take_dropped_voters`]).
     pub(super) fn note_dropped_voters(&mut self, before: &[u64]) {

@@ -23,6 +23,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+/// Ticks a group waits for its leader to remove a readmitted node before,
+/// as a follower, it asks for the removal itself (then again after as many
+/// ticks while it waits). Long enough that a leader that readmits the node
+/// too has done it (a few ticks), so that requests rarely remove a node
+/// already added back.
+pub const REMOVAL_REQUEST_TICKS: u32 = 30;
+
 use raft::eraftpb::MessageType;
 
 use super::Machine;
@@ -34,6 +41,8 @@ pub(super) struct Readmission {
     incarnation: u64,
     /// Groups that still count the node's old directory as a voter.
     pending: BTreeSet<u32>,
+    /// Ticks since the readmission began (or a follower last asked).
+    ticks: u32,
 }
 
 pub(super) type Readmissions = BTreeMap<u64, Readmission>;
@@ -55,7 +64,7 @@ impl<T> Machine<T> {
             groups = pending.len(),
             "node {node} is back on a new data directory: removing it from the groups it voted in, to add it back"
         );
-        self.readmissions.insert(node, Readmission { incarnation, pending });
+        self.readmissions.insert(node, Readmission { incarnation, pending, ticks: 0 });
     }
 
     /// Whether every group of this core has dropped `node`'s old data
@@ -68,6 +77,11 @@ impl<T> Machine<T> {
         self.readmissions.get(&node).is_some_and(|r| r.incarnation == incarnation && r.pending.is_empty())
     }
 
+    /// The data directory `node` is being readmitted on, if it is.
+    pub fn readmitting(&self, node: u64) -> Option<u64> {
+        self.readmissions.get(&node).map(|r| r.incarnation)
+    }
+
     /// Every readmission under way: (node, incarnation, readmitted).
     pub fn readmissions(&self) -> Vec<(u64, u64, bool)> {
         self.readmissions.iter().map(|(&n, r)| (n, r.incarnation, r.pending.is_empty())).collect()
@@ -75,7 +89,20 @@ impl<T> Machine<T> {
 
     /// Whether `group` must not hear `from`'s vote or acknowledgement in a
     /// message of type `kind`: it still counts `from`'s old directory.
-    pub(super) fn unheard(&self, group: u32, from: u64, kind: MessageType) -> bool {
+    ///
+    /// A leader's message from a readmitted node proves the group is past
+    /// its old directory: a joined directory's groups count it a learner
+    /// (`restore.rs`, `first_conf_state`) until a leader that had removed
+    /// the old directory promotes the new one, so it can only lead after
+    /// that. (Such a group may still list the node as a voter here when this
+    /// node restarted midway and its snapshot came after the removal.)
+    pub(super) fn unheard(&mut self, group: u32, from: u64, kind: MessageType) -> bool {
+        if matches!(kind, MessageType::MsgAppend | MessageType::MsgHeartbeat | MessageType::MsgSnapshot) {
+            if let Some(r) = self.readmissions.get_mut(&from) {
+                r.pending.remove(&group);
+            }
+            return false;
+        }
         let counts = matches!(
             kind,
             MessageType::MsgAppendResponse
@@ -95,6 +122,7 @@ impl<T> Machine<T> {
         if self.stopping || self.poisoned.is_some() {
             return;
         }
+        self.request_removals();
         let readmissions = &self.readmissions;
         let core = self.config.core;
         for g in self.groups.values_mut() {
@@ -104,6 +132,34 @@ impl<T> Machine<T> {
             match g.propose_membership(step) {
                 Ok(()) => log_step(core, id, step),
                 Err(e) => tracing::debug!(core, group = id, "membership change {step:?} not proposed: {e}"),
+            }
+        }
+    }
+}
+
+impl<T> Machine<T> {
+    /// A follower group still waiting, after [`REMOVAL_REQUEST_TICKS`], for a
+    /// readmitted node's removal asks its leader for it (the leader may not
+    /// know the node's directory was replaced: it may have readmitted it
+    /// already, before this node restarted).
+    fn request_removals(&mut self) {
+        let core = self.config.core;
+        for (&node, r) in self.readmissions.iter_mut().filter(|(_, r)| !r.pending.is_empty()) {
+            r.ticks += 1;
+            if r.ticks < REMOVAL_REQUEST_TICKS {
+                continue;
+            }
+            r.ticks = 0;
+            for id in &r.pending {
+                let Some(g) = self.groups.get_mut(id) else { continue };
+                if g.request_removal(node).is_ok() {
+                    tracing::info!(
+                        core,
+                        group = id,
+                        node,
+                        "asking shard {id}'s leader to remove node {node}'s old data directory"
+                    );
+                }
             }
         }
     }

@@ -8,7 +8,8 @@
 //!   writes, a value is always read back with the version its write got,
 //!   and versions never go back in real time on one key;
 //! - after the faults end, the replicas of every shard converge to the same
-//!   applied index and the same map (`replicas_converged`);
+//!   applied index and the same map (`replicas_converged`), and every node
+//!   has readmitted every peer that lost its disk (`directories_recorded`);
 //! - applied ≤ committed on every replica at every step (checked as the
 //!   world runs, `Machine::invariant_violation`).
 
@@ -126,6 +127,20 @@ fn versions(history: &History, shard_of: impl Fn(&[u8]) -> u32) -> Vec<String> {
         }
     }
     failures
+}
+
+/// Whether every node recorded the data directory every peer that lost its
+/// disk runs on now: each readmission finished everywhere (none waits on a
+/// group that never drops the old directory).
+pub fn directories_recorded(nodes: &[SimNode]) -> Result<(), String> {
+    for peer in nodes.iter().filter(|p| p.layout.joined) {
+        for node in nodes.iter().filter(|n| n.id != peer.id) {
+            if node.known.get(&peer.id) != Some(&peer.directory) {
+                return Err(format!("node {} has not readmitted node {}'s new data directory", node.id, peer.id));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// One replica of a shard as the convergence check sees it.

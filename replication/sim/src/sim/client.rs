@@ -488,7 +488,9 @@ impl World {
     }
 
     fn check_convergence(&mut self) {
-        match super::check::replicas_converged(&self.nodes) {
+        let converged = super::check::replicas_converged(&self.nodes)
+            .and_then(|()| super::check::directories_recorded(&self.nodes));
+        match converged {
             Ok(()) => self.clients.phase = Phase::Done,
             Err(why) if self.sched.now > self.clients.converge_deadline_us => {
                 self.fail(format!("replicas did not converge within {} s: {why}", CONVERGE_LIMIT_US / 1_000_000))

@@ -48,19 +48,64 @@ const CRASH_MID_FLUSH_WAIT_US: u64 = 100_000;
 const POISONED_RESTART_US: u64 = 500_000;
 
 pub enum Event {
-    Tick { node: u64, inc: u64 },
-    Drive { node: u64, core: u32, inc: u64 },
-    Deliver { to: u64, core: u32, group: u32, message: Message },
-    FlushDone { node: u64, core: u32, inc: u64, failed: bool },
-    Prepared { node: u64, core: u32, inc: u64, source: SnapshotSource, data: Vec<u8> },
-    SnapshotsWritten { node: u64, core: u32, inc: u64, files: Vec<(SnapshotMeta, Vec<u8>)> },
-    Background { node: u64, inc: u64, cycle: u64 },
-    Request { node: u64, request: Request },
-    Response { client: usize, op: u64, response: Response },
+    Tick {
+        node: u64,
+        inc: u64,
+    },
+    Drive {
+        node: u64,
+        core: u32,
+        inc: u64,
+    },
+    /// `directory`: the sender's data directory when it sent (a message of
+    /// a directory since lost dies with its connection).
+    Deliver {
+        to: u64,
+        core: u32,
+        group: u32,
+        message: Message,
+        directory: u64,
+    },
+    FlushDone {
+        node: u64,
+        core: u32,
+        inc: u64,
+        failed: bool,
+    },
+    Prepared {
+        node: u64,
+        core: u32,
+        inc: u64,
+        source: SnapshotSource,
+        data: Vec<u8>,
+    },
+    SnapshotsWritten {
+        node: u64,
+        core: u32,
+        inc: u64,
+        files: Vec<(SnapshotMeta, Vec<u8>)>,
+    },
+    Background {
+        node: u64,
+        inc: u64,
+        cycle: u64,
+    },
+    Request {
+        node: u64,
+        request: Request,
+    },
+    Response {
+        client: usize,
+        op: u64,
+        response: Response,
+    },
     Client(super::client::ClientEvent),
     Fault(Fault),
     EndFaults,
-    PoisonedRestart { node: u64, inc: u64 },
+    PoisonedRestart {
+        node: u64,
+        inc: u64,
+    },
 }
 
 /// The clock and the queue of events.
@@ -179,7 +224,10 @@ impl World {
         match event {
             Event::Tick { node, inc } => self.on_tick(node, inc),
             Event::Drive { node, core, inc } => self.on_drive(node, core, inc),
-            Event::Deliver { to, core, group, message } => {
+            Event::Deliver { to, core, group, message, directory } => {
+                if self.node(message.from).directory != directory {
+                    return;
+                }
                 let n = self.node(to);
                 // A message may reach a core a restarted node no longer
                 // has the group on, or a peer refuses it: Raft tolerates loss.
@@ -332,8 +380,9 @@ impl World {
             self.node(from).cores[core as usize].machine.report_snapshot(group, to, sent);
             self.schedule_drive(from, core);
         }
+        let directory = self.node(from).directory;
         for delay in deliveries {
-            self.sched.after(delay, Event::Deliver { to, core, group, message: message.clone() });
+            self.sched.after(delay, Event::Deliver { to, core, group, message: message.clone(), directory });
         }
     }
 
