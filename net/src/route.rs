@@ -90,9 +90,17 @@ impl Owner {
         // "replayed": the core has applied everything its log had committed
         // (and, for groups with no other voter, leads them): see
         // `Core::is_ready`.
+        let readmissions: Vec<serde_json::Value> = self
+            .core
+            .readmissions()
+            .into_iter()
+            .map(|(node, incarnation, pending)| {
+                serde_json::json!({"node": node, "incarnation": format!("{incarnation:016x}"), "waiting_shards": pending})
+            })
+            .collect();
         serde_json::json!({
             "core": self.core.config().core, "replayed": self.core.is_ready(), "groups": groups, "links": links,
-            "endpoints": endpoints, "poisoned": self.core.poisoned(),
+            "endpoints": endpoints, "poisoned": self.core.poisoned(), "readmissions": readmissions,
         })
     }
 }

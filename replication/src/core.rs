@@ -288,8 +288,9 @@ impl Core {
         self.0.machine.borrow().readmitting(node)
     }
 
-    /// Every readmission under way on this core: (node, incarnation, done).
-    pub fn readmissions(&self) -> Vec<(u64, u64, bool)> {
+    /// Every readmission on this core: (node, incarnation, the groups that
+    /// still count its old directory).
+    pub fn readmissions(&self) -> Vec<(u64, u64, Vec<u32>)> {
         self.0.machine.borrow().readmissions()
     }
 

@@ -80,6 +80,11 @@ fn a_node_that_lost_its_disk_rejoins_with_join_and_the_cluster_survives_losing_a
     // With --join it is readmitted, filled and promoted while the load runs.
     join_on_an_empty_directory(&mut c);
     wait_readmitted(&c);
+    let incarnation = std::fs::read_to_string(c.data_dir(3).join("incarnation")).unwrap();
+    let shown = &c.status(1)["cores"][0]["readmissions"];
+    assert_eq!(shown[0]["node"], 3, "{shown}");
+    assert_eq!(shown[0]["incarnation"], incarnation.trim(), "{shown}");
+    assert_eq!(shown[0]["waiting_shards"], serde_json::json!([]), "{shown}");
     let logs = members_log(&c);
     for step in ["removing node 3's old data directory", "adding node 3 to shard", "promoting it to voter"] {
         assert!(logs.contains(step), "no leader logged {step:?}");

@@ -620,7 +620,18 @@ fn print_status(s: &serde_json::Value) {
     );
     let mut links = vec![];
     let mut shards = vec![];
+    let mut readmissions = vec![];
     for core in s["cores"].as_array().into_iter().flatten() {
+        for r in core["readmissions"].as_array().into_iter().flatten() {
+            let waiting = r["waiting_shards"].as_array().map_or(0, |w| w.len());
+            let state =
+                if waiting == 0 { "done".to_string() } else { format!("{waiting} shards still count the old one") };
+            readmissions.push(vec![
+                format!("{}/{}", text(&r["node"]), text(&core["core"])),
+                text(&r["incarnation"]),
+                state,
+            ]);
+        }
         for l in core["links"].as_array().into_iter().flatten() {
             let up = if l["connected"] == true { "up" } else { "down" };
             links.push(vec![format!("{}/{}", text(&l["node"]), text(&core["core"])), text(&l["addr"]), up.to_string()]);
@@ -647,6 +658,10 @@ fn print_status(s: &serde_json::Value) {
     if !links.is_empty() {
         println!();
         print_rows(&["PEER/CORE", "ADDR", "LINK"], &links);
+    }
+    if !readmissions.is_empty() {
+        println!();
+        print_rows(&["READMITTING/CORE", "NEW_DIRECTORY", "STATE"], &readmissions);
     }
     println!();
     print_rows(

@@ -198,7 +198,7 @@ impl Peers {
     fn record_readmitted(&self) {
         let c = &self.config;
         let Some(done) = self.core.borrow().as_ref().map(|core| core.readmissions()) else { return };
-        for (node, incarnation, _) in done.into_iter().filter(|(_, _, done)| *done) {
+        for (node, incarnation, _) in done.into_iter().filter(|(_, _, pending)| pending.is_empty()) {
             c.incarnations.core_clear(node, incarnation, c.core);
             if c.incarnations.seen(node, incarnation) == Seen::Same
                 || !c.incarnations.admissible(node, incarnation, c.cores)

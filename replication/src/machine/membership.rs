@@ -82,9 +82,10 @@ impl<T> Machine<T> {
         self.readmissions.get(&node).map(|r| r.incarnation)
     }
 
-    /// Every readmission under way: (node, incarnation, readmitted).
-    pub fn readmissions(&self) -> Vec<(u64, u64, bool)> {
-        self.readmissions.iter().map(|(&n, r)| (n, r.incarnation, r.pending.is_empty())).collect()
+    /// Every readmission under way (or done) on this core: (node,
+    /// incarnation, the groups that still count its old directory).
+    pub fn readmissions(&self) -> Vec<(u64, u64, Vec<u32>)> {
+        self.readmissions.iter().map(|(&n, r)| (n, r.incarnation, r.pending.iter().copied().collect())).collect()
     }
 
     /// Whether `group` must not hear `from`'s vote or acknowledgement in a
