@@ -67,11 +67,17 @@ impl<T> Group<T> {
         (cs.voters, cs.learners)
     }
 
+    /// Whether this group has a learner (a replica being filled).
+    pub fn has_learners(&self) -> bool {
+        !self.storage.conf_state().learners.is_empty()
+    }
+
     /// The next membership change this replica should propose: `None`
     /// unless it leads, no change is pending, and the configuration
     /// differs from the wanted one. `stale(n)` says whether voter `n` must
-    /// be removed (its data directory was replaced).
-    pub fn membership_step(&self, stale: impl Fn(u64) -> bool) -> Option<MembershipStep> {
+    /// be removed (its data directory was replaced); `may_add` whether a
+    /// learner may be added now (fills are bounded per core).
+    pub fn membership_step(&self, stale: impl Fn(u64) -> bool, may_add: bool) -> Option<MembershipStep> {
         if !self.is_leader() || self.node.raft.has_pending_conf() {
             return None;
         }
@@ -85,7 +91,7 @@ impl<T> Group<T> {
             return Some(MembershipStep::Remove(n));
         }
         let known = |n: &u64| cs.voters.contains(n) || cs.learners.contains(n);
-        if let Some(&n) = self.wanted.iter().find(|n| !known(n)) {
+        if let Some(&n) = self.wanted.iter().find(|n| !known(n)).filter(|_| may_add) {
             return Some(MembershipStep::AddLearner(n));
         }
         self.wanted.iter().find(|n| cs.learners.contains(n) && self.caught_up(**n)).map(|&n| MembershipStep::Promote(n))

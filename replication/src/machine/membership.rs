@@ -30,6 +30,11 @@ use std::collections::{BTreeMap, BTreeSet};
 /// already added back.
 pub const REMOVAL_REQUEST_TICKS: u32 = 30;
 
+/// Learners a core's leaders fill at once. Filling one copies its shard
+/// into a snapshot, encodes it and sends it on the core that serves the
+/// shard's writes: one at a time keeps that work from stalling them all.
+pub const FILLS_PER_CORE_MAX: usize = 1;
+
 use raft::eraftpb::MessageType;
 
 use super::Machine;
@@ -126,10 +131,14 @@ impl<T> Machine<T> {
         self.request_removals();
         let readmissions = &self.readmissions;
         let core = self.config.core;
+        let mut fills = self.groups.values().filter(|g| g.is_leader() && g.has_learners()).count();
         for g in self.groups.values_mut() {
             let id = g.id;
             let stale = |n: u64| readmissions.get(&n).is_some_and(|r| r.pending.contains(&id));
-            let Some(step) = g.membership_step(stale) else { continue };
+            let Some(step) = g.membership_step(stale, fills < FILLS_PER_CORE_MAX) else { continue };
+            if let MembershipStep::AddLearner(_) = step {
+                fills += 1;
+            }
             match g.propose_membership(step) {
                 Ok(()) => log_step(core, id, step),
                 Err(e) => tracing::debug!(core, group = id, "membership change {step:?} not proposed: {e}"),
