@@ -110,7 +110,16 @@ fn a_follower_catches_up_from_the_log_and_by_snapshot() {
     let round = |c: &mut Cluster, writer: &mut kv_net::client::Client, keys: usize, tag: &str| {
         c.kill(3);
         for i in 0..keys {
-            writer.put(format!("{tag}{i}").as_bytes(), &value(tag, i), Condition::Always).unwrap();
+            // Right after the kill a write forwarded to node 3 (if it led
+            // the shard) has an unknown outcome: these puts are idempotent,
+            // so send them again (bounded) until the new leader takes them.
+            let (key, v) = (format!("{tag}{i}"), value(tag, i));
+            let mut attempts = 0;
+            while let Err(e) = writer.put(key.as_bytes(), &v, Condition::Always) {
+                attempts += 1;
+                assert!(attempts < 100, "{key}: {e:?}");
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
         }
         c.start_node(3, &[]);
         let mut reader = c.client(3);
