@@ -35,8 +35,8 @@ pub struct Layout {
     /// Replicas per shard (the replication factor).
     pub replicas: u32,
     /// The directory was made for a node joining a running cluster (`kvd
-    /// --join`): its peers hear it only once they have readmitted it, and
-    /// its groups never stand for election at startup.
+    /// --join`): its peers readmit it, and its groups start as learners
+    /// (see `restore.rs`, `first_conf_state`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub joined: bool,
 }

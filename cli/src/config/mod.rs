@@ -536,8 +536,11 @@ fn parse_cluster(o: &Options, node_id: u64, cores: usize) -> Result<Option<Clust
         ));
     }
     let join = o.join.as_deref().map(|a| parse_join(a, &peers, node_id)).transpose()?;
-    if join.is_some() && replication_factor == 1 {
-        return Err("join: with one replica per shard a lost node's data has no other copy to rejoin from".into());
+    if join.is_some() && replication_factor < 3 {
+        return Err(format!(
+            "join: with {replication_factor} replica(s) per shard a lost node cannot be readmitted: its lost \
+             replica must be removed first, which takes a majority of each shard without it (3 replicas or more)"
+        ));
     }
     Ok(Some(ClusterSettings { peers, peer_listen, replication_factor, secret: Arc::new(secret), join }))
 }

@@ -88,11 +88,11 @@ fn cluster_settings() {
                 "--cluster-secret-file",
                 secret.to_str().unwrap(),
                 "--replication-factor",
-                "1",
+                "2",
                 "--join",
                 "127.0.0.1:7490",
             ],
-            "no other copy",
+            "3 replicas or more",
         ),
     ];
     for (args, needle) in bad {

@@ -15,14 +15,14 @@
 //! A cluster being created is unaffected: no node has recorded anything yet.
 //!
 //! **Readmission.** A node restarted on a new directory with `kvd --join`
-//! asks to be let back in (a flag in its hello). Each core of this node
-//! then removes it from the groups that still count its old directory as a
-//! voter (`Machine::readmit`); once every core reports that done for that
-//! directory ([`Incarnations::core_clear`]), the record is replaced with
-//! the new incarnation ([`Incarnations::replace`]) and the node is heard
-//! again, as a learner its leaders fill from snapshots and then promote.
-//! Until then it is refused on every connection, in both directions, so
-//! no vote or acknowledgement from the forgotten state ever counts.
+//! says so (a flag in its handshake). Its connections are accepted, and
+//! each core of this node readmits it (`Machine::readmit`): the groups
+//! that still count its old directory (as a voter or a learner) neither
+//! hear its votes and acknowledgements nor send it anything until they
+//! have removed it; leaders then add it back as a learner, fill it and
+//! promote it. Once every core reports that done for that directory
+//! ([`Incarnations::core_clear`]), the record is replaced with the new
+//! incarnation ([`Incarnations::replace`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;

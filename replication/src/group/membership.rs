@@ -67,9 +67,17 @@ impl<T> Group<T> {
         (cs.voters, cs.learners)
     }
 
-    /// Whether this group has a learner (a replica being filled).
-    pub fn has_learners(&self) -> bool {
-        !self.storage.conf_state().learners.is_empty()
+    /// Whether `node` votes or learns in this group.
+    pub fn has_member(&self, node: u64) -> bool {
+        let cs = self.storage.conf_state();
+        cs.voters.contains(&node) || cs.learners.contains(&node)
+    }
+
+    /// Whether this group, as leader, is filling a learner that answers (a
+    /// learner whose node is down takes no fill slot).
+    pub fn is_filling(&self) -> bool {
+        let learners = self.storage.conf_state().learners;
+        self.is_leader() && learners.iter().any(|l| self.node.raft.prs().get(*l).is_some_and(|pr| pr.recent_active))
     }
 
     /// The next membership change this replica should propose: `None`
@@ -87,7 +95,7 @@ impl<T> Group<T> {
             return None;
         }
         let me = self.node_id();
-        if let Some(&n) = cs.voters.iter().find(|&&n| n != me && stale(n)) {
+        if let Some(&n) = cs.voters.iter().chain(&cs.learners).find(|&&n| n != me && stale(n)) {
             return Some(MembershipStep::Remove(n));
         }
         let known = |n: &u64| cs.voters.contains(n) || cs.learners.contains(n);
@@ -134,15 +142,16 @@ impl<T> Group<T> {
         self.node.propose_conf_change(Vec::new(), cc).map_err(|_| CoreError::NotLeader { leader: None })
     }
 
-    /// Records the voters of `before` that the configuration now applied no
-    /// longer has (for [`Group::take_dropped_voters`]).
+    /// Records the members (voters and learners) of `before` that the
+    /// configuration now applied no longer has (for
+    /// [`Group::take_dropped_voters`]).
     pub(super) fn note_dropped_voters(&mut self, before: &[u64]) {
-        let now = self.storage.conf_state().voters;
-        self.dropped_voters.extend(before.iter().filter(|n| !now.contains(n)));
+        let dropped: Vec<u64> = before.iter().copied().filter(|&n| !self.has_member(n)).collect();
+        self.dropped_voters.extend(dropped);
     }
 
-    /// The voters dropped by configurations applied since the last call, in
-    /// order (a node removed and added back between two calls is listed).
+    /// The members dropped by configurations applied since the last call,
+    /// in order (a node removed and added back between two calls is listed).
     pub fn take_dropped_voters(&mut self) -> Vec<u64> {
         std::mem::take(&mut self.dropped_voters)
     }

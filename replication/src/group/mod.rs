@@ -240,9 +240,10 @@ impl<T> Group<T> {
         }
     }
 
-    /// Hands leadership to the most caught-up voter. Returns whether a
-    /// transfer started.
-    pub fn transfer_leadership(&mut self) -> bool {
+    /// Hands leadership to the most caught-up voter, except those `lost`
+    /// says this group still counts as a lost data directory. Returns
+    /// whether a transfer started.
+    pub fn transfer_leadership(&mut self, lost: impl Fn(u64) -> bool) -> bool {
         let me = self.node_id();
         if !self.is_leader() {
             return false;
@@ -254,7 +255,7 @@ impl<T> Group<T> {
             .raft
             .prs()
             .iter()
-            .filter(|(id, _)| **id != me && voters.contains(id))
+            .filter(|(id, _)| **id != me && voters.contains(id) && !lost(**id))
             .max_by_key(|(_, pr)| pr.matched)
             .map(|(id, _)| *id);
         match target {

@@ -62,7 +62,9 @@ impl<T> Machine<T> {
         if self.readmissions.get(&node).is_some_and(|r| r.incarnation == incarnation) {
             return;
         }
-        let pending: BTreeSet<u32> = self.groups.values().filter(|g| g.has_voter(node)).map(|g| g.id).collect();
+        // Learners too: one left by an interrupted readmission of an older
+        // directory has a `Progress` that speaks for that one.
+        let pending: BTreeSet<u32> = self.groups.values().filter(|g| g.has_member(node)).map(|g| g.id).collect();
         tracing::info!(
             core = self.config.core,
             node,
@@ -121,6 +123,18 @@ impl<T> Machine<T> {
             && self.readmissions.get(&from).is_some_and(|r| r.pending.contains(&group))
     }
 
+    /// Drops the messages groups would send to a node they still count as
+    /// a lost directory: a snapshot or entries from such a group could make
+    /// the node's new directory a voter (in its own view) before its old
+    /// one is removed, and nothing it answers would count anyway.
+    pub(super) fn silence_readmitted(&mut self) {
+        if self.bugs.readmit_without_removal || self.readmissions.values().all(|r| r.pending.is_empty()) {
+            return;
+        }
+        let readmissions = &self.readmissions;
+        self.out.messages.retain(|(group, m)| !counts_lost_directory(readmissions, *group, m.to));
+    }
+
     /// Proposes the next membership change of every group this core leads
     /// (at most one pending per group). Called on every tick: membership
     /// moves at the pace of conf changes, not of requests.
@@ -131,10 +145,10 @@ impl<T> Machine<T> {
         self.request_removals();
         let readmissions = &self.readmissions;
         let core = self.config.core;
-        let mut fills = self.groups.values().filter(|g| g.is_leader() && g.has_learners()).count();
+        let mut fills = self.groups.values().filter(|g| g.is_leader() && g.is_filling()).count();
         for g in self.groups.values_mut() {
             let id = g.id;
-            let stale = |n: u64| readmissions.get(&n).is_some_and(|r| r.pending.contains(&id));
+            let stale = |n: u64| counts_lost_directory(readmissions, id, n);
             let Some(step) = g.membership_step(stale, fills < FILLS_PER_CORE_MAX) else { continue };
             if let MembershipStep::AddLearner(_) = step {
                 fills += 1;
@@ -175,7 +189,12 @@ impl<T> Machine<T> {
     }
 }
 
-/// `group` applied configurations that dropped the voters `dropped`: it no
+/// Whether `group` still counts `node`'s lost data directory.
+pub(super) fn counts_lost_directory(readmissions: &Readmissions, group: u32, node: u64) -> bool {
+    readmissions.get(&node).is_some_and(|r| r.pending.contains(&group))
+}
+
+/// `group` applied configurations that dropped the members `dropped`: it no
 /// longer counts their old directories.
 pub(super) fn note_dropped(readmissions: &mut Readmissions, group: u32, dropped: Vec<u64>) {
     for node in dropped {

@@ -201,6 +201,7 @@ impl<T> Machine<T> {
 
     /// Everything produced since the last call.
     pub fn take_outputs(&mut self) -> Outputs<T> {
+        self.silence_readmitted();
         std::mem::take(&mut self.out)
     }
 
@@ -209,6 +210,7 @@ impl<T> Machine<T> {
     /// grow fresh vectors after every drive.
     pub fn swap_outputs(&mut self, spent: &mut Outputs<T>) {
         assert!(spent.is_empty(), "swap_outputs with outputs not carried out");
+        self.silence_readmitted();
         std::mem::swap(&mut self.out, spent);
     }
 
@@ -308,15 +310,28 @@ impl<T> Machine<T> {
     /// Starts handing every group this core leads to another voter (a
     /// graceful stop). Returns how many transfers started.
     pub fn transfer_leadership(&mut self) -> usize {
-        self.groups.values_mut().map(|g| g.transfer_leadership()).filter(|started| *started).count()
+        let readmissions = &self.readmissions;
+        self.groups
+            .values_mut()
+            .map(|g| {
+                let id = g.id;
+                g.transfer_leadership(|n| membership::counts_lost_directory(readmissions, id, n))
+            })
+            .filter(|started| *started)
+            .count()
     }
 
     /// Hands groups back to their preferred leaders where those are caught
     /// up. Returns how many transfers started.
     pub fn rebalance_leaders(&mut self, preferred: impl Fn(u32) -> Option<u64>) -> usize {
+        let readmissions = &self.readmissions;
         self.groups
             .values_mut()
-            .filter_map(|g| preferred(g.id).map(|p| g.yield_to(p)))
+            .filter_map(|g| {
+                let p = preferred(g.id)?;
+                // Never to a directory this group still counts as lost.
+                (!membership::counts_lost_directory(readmissions, g.id, p)).then(|| g.yield_to(p))
+            })
             .filter(|started| *started)
             .count()
     }

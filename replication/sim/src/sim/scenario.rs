@@ -154,18 +154,27 @@ impl Scenario {
             .collect();
         let mut faults_end_us = rng.between(4_000_000, 10_000_000);
         let mut faults = Vec::new();
-        let mut wiped = false;
+        let mut wiped: Option<u64> = None;
         for _ in 0..rng.between(1, 6) {
             let start = rng.between(300_000, faults_end_us - 300_000);
             let end = (start + rng.between(200_000, 3_000_000)).min(faults_end_us);
             let weights: Vec<u64> = EPISODES.iter().map(|e| e.1).collect();
             let (name, _, expand) = EPISODES[rng.weighted(&weights)];
-            let events = expand(&mut rng, &shape, start, end);
-            // One lost disk per run: a second one before the first node is
-            // back in every group could take a shard's last copies, which
-            // no replication survives.
-            if name == "wipe" && std::mem::replace(&mut wiped, true) {
-                continue;
+            let mut events = expand(&mut rng, &shape, start, end);
+            // Disks of one node only: a second node's lost before the first
+            // is back in every group could take a shard's last copies, which
+            // no replication survives. The same node may lose its disk again
+            // mid-readmission (its older new directory is then stale too).
+            if name == "wipe" {
+                let first = *wiped.get_or_insert_with(|| match events.first() {
+                    Some((_, Fault::Wipe { node })) => *node,
+                    _ => 0,
+                });
+                for (_, f) in &mut events {
+                    if let Fault::Wipe { node } | Fault::Restart { node } = f {
+                        *node = first;
+                    }
+                }
             }
             faults.extend(events);
         }
