@@ -222,3 +222,22 @@ fn raise_hard_state_to_snapshot(storage: &GroupStorage, snapshot_index: u64) {
         storage.set_hard_state(hs);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_joined_node_starts_as_a_learner_of_the_first_configuration() {
+        let cs = |voters: &[u64], learners: &[u64]| ConfState {
+            voters: voters.to_vec(),
+            learners: learners.to_vec(),
+            ..ConfState::default()
+        };
+        assert_eq!(first_conf_state(&[1, 2, 3], 3, false), cs(&[1, 2, 3], &[]));
+        assert_eq!(first_conf_state(&[1, 2, 3], 3, true), cs(&[1, 2], &[3]));
+        assert_eq!(first_conf_state(&[2, 3, 1], 2, true), cs(&[3, 1], &[2]), "the others keep their order");
+        // Nothing to learn from: a sole replica stays its own voter.
+        assert_eq!(first_conf_state(&[3], 3, true), cs(&[3], &[]));
+    }
+}
