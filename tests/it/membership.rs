@@ -117,6 +117,16 @@ fn a_readmission_survives_the_joining_node_and_a_leader_crashing_midway() {
     c.kill(3);
     join_on_an_empty_directory(&mut c);
     c.wait_until("a leader added node 3 back as a learner", || members_log(&c).contains("adding node 3 to shard"));
+    // Really midway: leaders fill one learner at a time, and eight shards
+    // take several ticks each.
+    let unfinished = |id: u64| {
+        c.status(id)["cores"].as_array().unwrap().iter().any(|core| {
+            core["groups"].as_array().unwrap().iter().any(|g| !g["learners"].as_array().unwrap().is_empty())
+                || core["readmissions"].as_array().unwrap().iter().any(|r| r["waiting_shards"] != serde_json::json!([]))
+                || !voter_everywhere(&c, id, 3)
+        })
+    };
+    assert!(unfinished(1) || unfinished(2), "the readmission finished before the crashes");
     // Midway the joining node dies (its directory stays `joined`), then the
     // busiest leader dies too.
     c.kill(3);
