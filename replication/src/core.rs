@@ -230,10 +230,19 @@ impl Core {
         self.0.machine.borrow().expired_keys(max, now())
     }
 
-    /// Delivers a message from a peer to `group`. Unknown groups and
-    /// messages raft refuses are dropped (Raft tolerates loss).
-    pub fn step(&self, group: u32, message: Message) {
-        let stepped = self.0.machine.borrow_mut().step(group, message);
+    /// Delivers a message from a peer to `group`; `incarnation` is the
+    /// sender's data directory, as its connection's handshake said.
+    /// Unknown groups, messages raft refuses, and messages from a directory
+    /// other than the one the sender is being readmitted on (a connection
+    /// that outlived the directory it came from) are dropped (Raft
+    /// tolerates loss).
+    pub fn step(&self, group: u32, message: Message, incarnation: u64) {
+        let mut machine = self.0.machine.borrow_mut();
+        if machine.readmitting(message.from).is_some_and(|i| i != incarnation) {
+            return;
+        }
+        let stepped = machine.step(group, message);
+        drop(machine);
         match stepped {
             Ok(()) => self.0.notify(),
             Err(e) => tracing::debug!(core = self.0.config.core, group, "dropped a peer message: {e}"),
@@ -281,11 +290,6 @@ impl Core {
     /// (see `Machine::readmitted`).
     pub fn readmitted(&self, node: u64, incarnation: u64) -> bool {
         self.0.machine.borrow().readmitted(node, incarnation)
-    }
-
-    /// The data directory `node` is being readmitted on, if it is.
-    pub fn readmitting(&self, node: u64) -> Option<u64> {
-        self.0.machine.borrow().readmitting(node)
     }
 
     /// Every readmission on this core: (node, incarnation, the groups that

@@ -57,6 +57,14 @@ fn wait_readmitted(c: &Cluster) {
     });
 }
 
+/// Three nodes with a seeded load that has had 100 writes acknowledged.
+fn three_nodes_under_load(seed: u64) -> (Cluster, Load) {
+    let c = Cluster::start(3, &[]);
+    let load = Load::start(c.endpoints(), 4, KEYS, seed);
+    assert!(load.wait_for_acks(100, Duration::from_secs(30)));
+    (c, load)
+}
+
 fn members_log(c: &Cluster) -> String {
     format!("{}{}", c.node(1).log(), c.node(2).log())
 }
@@ -64,9 +72,7 @@ fn members_log(c: &Cluster) -> String {
 #[test]
 fn a_node_that_lost_its_disk_rejoins_with_join_and_the_cluster_survives_losing_another() {
     let seed = seed("a_node_that_lost_its_disk_rejoins_with_join_and_the_cluster_survives_losing_another");
-    let mut c = Cluster::start(3, &[]);
-    let load = Load::start(c.endpoints(), 4, KEYS, seed);
-    assert!(load.wait_for_acks(100, Duration::from_secs(30)));
+    let (mut c, load) = three_nodes_under_load(seed);
 
     // Node 3's disk dies; started as before, it is refused and says how to
     // rejoin.
@@ -111,9 +117,7 @@ fn a_node_that_lost_its_disk_rejoins_with_join_and_the_cluster_survives_losing_a
 #[test]
 fn a_readmission_survives_the_joining_node_and_a_leader_crashing_midway() {
     let seed = seed("a_readmission_survives_the_joining_node_and_a_leader_crashing_midway");
-    let mut c = Cluster::start(3, &[]);
-    let load = Load::start(c.endpoints(), 4, KEYS, seed);
-    assert!(load.wait_for_acks(100, Duration::from_secs(30)));
+    let (mut c, load) = three_nodes_under_load(seed);
     c.kill(3);
     join_on_an_empty_directory(&mut c);
     c.wait_until("a leader added node 3 back as a learner", || members_log(&c).contains("adding node 3 to shard"));

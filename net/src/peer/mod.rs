@@ -673,12 +673,7 @@ impl Inbound {
             );
             return;
         }
-        if self.owner.core.readmitting(self.from).is_some_and(|i| i != self.incarnation) {
-            // From the directory the node lost (a connection that outlived
-            // it): what it says stands for forgotten state.
-            return;
-        }
-        self.owner.core.step(group, m);
+        self.owner.core.step(group, m, self.incarnation);
     }
 
     /// Runs a forwarded request in a task of its own (bounded per connection).

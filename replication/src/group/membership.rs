@@ -22,7 +22,7 @@
 //!   promotion never leaves a quorum waiting on a replica still loading a
 //!   snapshot.
 
-use raft::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2};
+use raft::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2, ConfState};
 use raft::ProgressState;
 
 use super::Group;
@@ -45,13 +45,21 @@ pub enum MembershipStep {
 }
 
 impl MembershipStep {
-    fn change(self) -> (ConfChangeType, u64) {
-        match self {
+    /// The conf change: one node, so a simple change (never joint).
+    fn change(self) -> ConfChangeV2 {
+        let (change_type, node_id) = match self {
             MembershipStep::Remove(n) => (ConfChangeType::RemoveNode, n),
             MembershipStep::AddLearner(n) => (ConfChangeType::AddLearnerNode, n),
             MembershipStep::Promote(n) => (ConfChangeType::AddNode, n),
-        }
+        };
+        let change = ConfChangeSingle { change_type, node_id, ..Default::default() };
+        ConfChangeV2 { changes: vec![change].into(), ..Default::default() }
     }
+}
+
+/// Whether `node` votes or learns in the configuration `cs`.
+pub(super) fn is_member(cs: &ConfState, node: u64) -> bool {
+    cs.voters.contains(&node) || cs.learners.contains(&node)
 }
 
 impl<T> Group<T> {
@@ -69,8 +77,7 @@ impl<T> Group<T> {
 
     /// Whether `node` votes or learns in this group.
     pub fn has_member(&self, node: u64) -> bool {
-        let cs = self.storage.conf_state();
-        cs.voters.contains(&node) || cs.learners.contains(&node)
+        is_member(&self.storage.conf_state(), node)
     }
 
     /// Whether this group, as leader, is filling a learner that answers (a
@@ -98,8 +105,7 @@ impl<T> Group<T> {
         if let Some(&n) = cs.voters.iter().chain(&cs.learners).find(|&&n| n != me && stale(n)) {
             return Some(MembershipStep::Remove(n));
         }
-        let known = |n: &u64| cs.voters.contains(n) || cs.learners.contains(n);
-        if let Some(&n) = self.wanted.iter().find(|n| !known(n)).filter(|_| may_add) {
+        if let Some(&n) = self.wanted.iter().find(|&&n| !is_member(&cs, n)).filter(|_| may_add) {
             return Some(MembershipStep::AddLearner(n));
         }
         self.wanted.iter().find(|n| cs.learners.contains(n) && self.caught_up(**n)).map(|&n| MembershipStep::Promote(n))
@@ -116,11 +122,8 @@ impl<T> Group<T> {
     /// when the entry is applied (`ready.rs`, `apply_conf_change`).
     pub fn propose_membership(&mut self, step: MembershipStep) -> Result<(), CoreError> {
         assert!(!self.node.raft.has_pending_conf(), "one conf change pending per group");
-        let (change_type, node_id) = step.change();
-        let change = ConfChangeSingle { change_type, node_id, ..Default::default() };
-        let cc = ConfChangeV2 { changes: vec![change].into(), ..Default::default() };
         let before = self.last_index();
-        self.node.propose_conf_change(Vec::new(), cc).map_err(|_| CoreError::NotLeader { leader: None })?;
+        self.node.propose_conf_change(Vec::new(), step.change()).map_err(|_| CoreError::NotLeader { leader: None })?;
         assert_eq!(self.last_index(), before + 1, "a conf change appends one entry");
         Ok(())
     }
@@ -137,23 +140,24 @@ impl<T> Group<T> {
         if self.is_leader() || self.leader_id().is_none_or(|l| l == node) || !self.has_voter(node) {
             return Err(CoreError::NotLeader { leader: self.leader_id() });
         }
-        let change = ConfChangeSingle { change_type: ConfChangeType::RemoveNode, node_id: node, ..Default::default() };
-        let cc = ConfChangeV2 { changes: vec![change].into(), ..Default::default() };
+        let cc = MembershipStep::Remove(node).change();
         self.node.propose_conf_change(Vec::new(), cc).map_err(|_| CoreError::NotLeader { leader: None })
     }
 
-    /// Records the members (voters and learners) of `before` that the
-    /// configuration now applied no longer has (for
-    /// [`Group::take_dropped_voters`]).
-    pub(super) fn note_dropped_voters(&mut self, before: &[u64]) {
-        let dropped: Vec<u64> = before.iter().copied().filter(|&n| !self.has_member(n)).collect();
-        self.dropped_voters.extend(dropped);
+    /// Applies the configuration `now` (a conf change or an installed
+    /// snapshot's) to the log store, recording the members (voters and
+    /// learners) it drops for [`Group::take_dropped_members`].
+    pub(super) fn set_conf_state(&mut self, now: ConfState) {
+        let before = self.storage.conf_state();
+        let dropped = before.voters.iter().chain(&before.learners).filter(|&&n| !is_member(&now, n));
+        self.dropped_members.extend(dropped);
+        self.storage.set_conf_state(now);
     }
 
     /// The members dropped by configurations applied since the last call,
     /// in order (a node removed and added back between two calls is listed).
-    pub fn take_dropped_voters(&mut self) -> Vec<u64> {
-        std::mem::take(&mut self.dropped_voters)
+    pub fn take_dropped_members(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.dropped_members)
     }
 
     /// The replicas this group should have (the layout's).

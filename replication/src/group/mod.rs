@@ -76,8 +76,8 @@ pub(crate) struct Group<T> {
     pub memory_pressure: bool,
     /// The nodes that should hold this shard (`membership.rs`).
     wanted: Vec<u64>,
-    /// Voters the configurations applied since the last look dropped.
-    dropped_voters: Vec<u64>,
+    /// Members the configurations applied since the last look dropped.
+    dropped_members: Vec<u64>,
 }
 
 impl<T> Group<T> {
@@ -103,7 +103,7 @@ impl<T> Group<T> {
             led: false,
             memory_pressure: false,
             wanted: Vec::new(),
-            dropped_voters: Vec::new(),
+            dropped_members: Vec::new(),
         }
     }
 

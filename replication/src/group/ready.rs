@@ -131,9 +131,8 @@ impl<T> Group<T> {
             "installing a snapshot from the leader"
         );
         self.map.restore(meta.index, entries);
-        let before = members(&self.storage.conf_state());
+        self.set_conf_state(meta.get_conf_state().clone());
         self.storage.apply_snapshot(meta);
-        self.note_dropped_voters(&before);
         // Writes waiting here were overtaken by the leader's history.
         for (_, p) in std::mem::take(&mut self.pending) {
             answers.push((p.waiter, Answer::Write(Err(CoreError::Dropped))));
@@ -219,16 +218,9 @@ impl<T> Group<T> {
             self.node.apply_conf_change(&cc)
         }
         .expect("committed conf change applies");
-        let before = members(&self.storage.conf_state());
-        self.storage.set_conf_state(cs.clone());
-        self.note_dropped_voters(&before);
+        self.set_conf_state(cs.clone());
         if let Some(records) = records {
             records.push_back(conf_state_record(self.id, entry.index, &cs));
         }
     }
-}
-
-/// Voters and learners of a configuration.
-fn members(cs: &raft::eraftpb::ConfState) -> Vec<u64> {
-    cs.voters.iter().chain(&cs.learners).copied().collect()
 }

@@ -133,7 +133,7 @@ impl<T> Machine<T> {
                 now,
             };
             let h = group.handle_ready(&mut cx);
-            super::membership::note_dropped(&mut self.readmissions, group.id, group.take_dropped_voters());
+            super::membership::note_dropped(&mut self.readmissions, group.id, group.take_dropped_members());
             // Roles change when messages are stepped and ticks counted; the
             // Ready that follows is where they are noticed.
             if group.take_role_change() {

@@ -3,13 +3,15 @@
 //! replicas (`group/membership.rs` decides the steps).
 //!
 //! **Readmission.** A node back on a new data directory has forgotten its
-//! log and its votes. Wherever a group still counts its old directory as a
-//! voter, what it says must not count: a vote or an acknowledgement from
-//! it would stand for state it lost. So from [`Machine::readmit`] on, each
-//! group of this core that had the node as a voter drops the node's votes
-//! and acknowledgements ([`Machine::step`]) until the group applies a
-//! configuration without it (the group's leader removes it; a follower
-//! applies the removal from the log). Everything else the node sends is
+//! log and its votes. Wherever a group still counts its old directory (as
+//! a voter, or as a learner whose progress speaks for it), what it says
+//! must not count: a vote or an acknowledgement from it would stand for
+//! state it lost. So from [`Machine::readmit`] on, each group of this core
+//! that had the node as a member drops the node's votes and
+//! acknowledgements ([`Machine::step`]), sends it nothing and never hands
+//! it leadership, until the group applies a configuration without it (the
+//! group's leader removes it; a follower applies the removal from the log,
+//! or asks its leader for it). Everything else the node sends is
 //! safe to hear: what it asks for votes only counts in its own groups,
 //! and as a leader (once readmitted and elected) it sends the true log.
 //! Then, like any missing replica, it is added back as a learner, filled
@@ -23,6 +25,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use raft::eraftpb::MessageType;
+
+use super::Machine;
+use crate::group::MembershipStep;
+
 /// Ticks a group waits for its leader to remove a readmitted node before,
 /// as a follower, it asks for the removal itself (then again after as many
 /// ticks while it waits). Long enough that a leader that readmits the node
@@ -35,16 +42,11 @@ pub const REMOVAL_REQUEST_TICKS: u32 = 30;
 /// shard's writes: one at a time keeps that work from stalling them all.
 pub const FILLS_PER_CORE_MAX: usize = 1;
 
-use raft::eraftpb::MessageType;
-
-use super::Machine;
-use crate::group::MembershipStep;
-
 /// A readmission under way on this core.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Readmission {
     incarnation: u64,
-    /// Groups that still count the node's old directory as a voter.
+    /// Groups that still count the node's old directory as a member.
     pending: BTreeSet<u32>,
     /// Ticks since the readmission began (or a follower last asked).
     ticks: u32,
@@ -159,9 +161,7 @@ impl<T> Machine<T> {
             }
         }
     }
-}
 
-impl<T> Machine<T> {
     /// A follower group still waiting, after [`REMOVAL_REQUEST_TICKS`], for a
     /// readmitted node's removal asks its leader for it (the leader may not
     /// know the node's directory was replaced: it may have readmitted it
