@@ -22,7 +22,7 @@ VALUE=${VALUE:-1024}
 RATE=${RATE:-2000}
 WINDOW=${WINDOW:-20}
 KEYS=$((DATA_MB * 1024 * 1024 / VALUE))
-KVD=target/release/kvd
+KVD=${KVD:-target/release/kvd}
 KVCTL=target/release/kvctl
 KVBENCH=target/release/kvbench
 for bin in "$KVD" "$KVCTL" "$KVBENCH"; do

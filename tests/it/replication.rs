@@ -86,7 +86,7 @@ fn leader_sigkill_under_load_loses_no_acknowledged_write() {
 #[test]
 fn a_follower_catches_up_from_the_log_and_by_snapshot() {
     // Small frames (64 KiB values) so a shard's snapshot (about 2 MB here)
-    // needs many frames: the pieces must be reassembled on the follower.
+    // needs many chunks: they must be reassembled on the follower.
     let flags = [
         "--raft-log-retain-entries",
         "30",
@@ -142,7 +142,12 @@ fn a_follower_catches_up_from_the_log_and_by_snapshot() {
     // Hundreds per shard: the leaders compacted past them.
     let log = round(&mut c, &mut writer, 800, "b");
     assert!(log.contains("installing a snapshot"), "caught up by snapshot:\n{log}");
-    assert!(log.contains("reassembled a raft message"), "a snapshot came in pieces:\n{log}");
+    // Streamed in chunks: no frame can carry more than the 64 KiB limit.
+    let streamed = log
+        .lines()
+        .filter(|l| l.contains("received a snapshot of shard"))
+        .filter_map(|l| l.split("bytes=").nth(1)?.split_whitespace().next()?.parse::<u64>().ok());
+    assert!(streamed.max().is_some_and(|b| b > 1 << 20), "a snapshot of over 1 MiB came in chunks:\n{log}");
     c.wait_converged();
 }
 

@@ -163,6 +163,7 @@ fn run(mut s: Settings, notify: &Arc<Notifier>) -> Result<(), String> {
                 incarnations: incarnations.clone().expect("a cluster node has an incarnation"),
                 joined: layout.joined,
                 signals: signals.clone(),
+                snapshot_bytes_per_sec: c.snapshot_bytes_per_sec,
             };
             (peer_config, peer_listeners[i].take().expect("one peer listener per core"))
         });

@@ -43,6 +43,7 @@ pub const PROFILE_KEYS: &[&str] = &[
     "max_connections",
     "max_pipeline_depth",
     "raft_log_retain_entries",
+    "snapshot_send_rate",
 ];
 
 /// Where a setting's value came from.

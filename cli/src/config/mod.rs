@@ -160,6 +160,10 @@ pub struct Options {
     /// File holding the secret every node of the cluster shares (at least 16 bytes).
     #[arg(long, env = "KVD_CLUSTER_SECRET_FILE")]
     pub cluster_secret_file: Option<PathBuf>,
+    /// Snapshot bytes per second each core streams to peers filling a replica, in bytes
+    /// or with a unit (`64mb`); 0: no limit [default: 64mb].
+    #[arg(long, env = "KVD_SNAPSHOT_SEND_RATE")]
+    pub snapshot_send_rate: Option<String>,
     /// Memory the node may hold, in bytes or with a unit (`4gb`, `512mb`); 0: no limit [default: 0].
     #[arg(long, env = "KVD_MAX_MEMORY")]
     pub max_memory: Option<String>,
@@ -248,6 +252,7 @@ impl Options {
             max_memory: Some("0".to_string()),
             eviction_policy: Some("noeviction".to_string()),
             compress_min_bytes: Some(kv_engine::compress::COMPRESS_MIN_BYTES_DEFAULT),
+            snapshot_send_rate: Some(SNAPSHOT_SEND_RATE_DEFAULT.to_string()),
             placement: Some("pinned".to_string()),
             io_ring_depth: Some(IO_RING_DEPTH_DEFAULT),
             spin_before_park_us: Some(0),
@@ -320,7 +325,14 @@ pub struct ClusterSettings {
     pub secret: Arc<Vec<u8>>,
     /// `--join`: the member this node joins through.
     pub join: Option<SocketAddr>,
+    /// Snapshot bytes a core streams to peers per second (0: no limit).
+    pub snapshot_bytes_per_sec: u64,
 }
+
+/// `--snapshot-send-rate`'s default: on a 1 Gbit/s link it leaves about
+/// half the bandwidth to requests and Raft, and a core spends a few
+/// percent of its time on it; a shard of 1 GiB takes 16 s to fill.
+pub const SNAPSHOT_SEND_RATE_DEFAULT: &str = "64mb";
 
 /// Shortest cluster secret accepted.
 pub const CLUSTER_SECRET_BYTES_MIN: usize = 16;
@@ -542,7 +554,18 @@ fn parse_cluster(o: &Options, node_id: u64, cores: usize) -> Result<Option<Clust
              replica must be removed first, which takes a majority of each shard without it (3 replicas or more)"
         ));
     }
-    Ok(Some(ClusterSettings { peers, peer_listen, replication_factor, secret: Arc::new(secret), join }))
+    let rate_text = o.snapshot_send_rate.as_deref().unwrap_or(SNAPSHOT_SEND_RATE_DEFAULT);
+    let snapshot_bytes_per_sec = kv_net::memory::parse_size(rate_text).ok_or_else(|| {
+        format!("snapshot_send_rate: {rate_text:?} is not bytes per second, plain or with a unit (e.g. 64mb)")
+    })?;
+    Ok(Some(ClusterSettings {
+        peers,
+        peer_listen,
+        replication_factor,
+        secret: Arc::new(secret),
+        join,
+        snapshot_bytes_per_sec,
+    }))
 }
 
 /// `--join HOST:PORT`: the peer address of another member in --peers.

@@ -59,7 +59,14 @@ fn cluster_settings() {
     let joining = Options { join: Some("127.0.0.1:7490".into()), ..cluster_options(peers, &secret) };
     let c = Settings::from_options(joining).unwrap().cluster.expect("a cluster");
     assert_eq!(c.join, Some("127.0.0.1:7490".parse().unwrap()));
+    assert_eq!(c.snapshot_bytes_per_sec, 64 << 20, "the default");
+    let paced = Options { snapshot_send_rate: Some("10mb".into()), ..cluster_options(peers, &secret) };
+    assert_eq!(Settings::from_options(paced).unwrap().cluster.unwrap().snapshot_bytes_per_sec, 10 << 20);
     let bad = [
+        (
+            vec!["--peers", peers, "--cluster-secret-file", secret.to_str().unwrap(), "--snapshot-send-rate", "fast"],
+            "snapshot_send_rate",
+        ),
         (vec!["--peers", peers], "secret"),
         (vec!["--peers", "2=127.0.0.1:7490"], "not in the list"),
         (vec!["--peers", "1=nowhere"], "ID=IP:PORT"),

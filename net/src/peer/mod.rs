@@ -13,6 +13,7 @@
 //! Messages to an unreachable node are dropped: Raft retransmits.
 
 pub mod incarnation;
+mod snapshot;
 pub mod wire;
 
 use std::cell::{Cell, RefCell};
@@ -52,6 +53,14 @@ const INBOUND_FORWARDS_MAX: u64 = 4096;
 /// is not connected to (members start readmitting it on its handshakes;
 /// see `incarnation.rs`).
 const MEMBERSHIP_INTERVAL: Duration = Duration::from_secs(1);
+/// Shard snapshots one core streams at once; more wait their turn. Each
+/// holds an encoded copy of its shard, already made (see
+/// `FILLS_PER_CORE_MAX` in the machine).
+const SNAPSHOT_SENDS_MAX: u64 = 2;
+/// Longest wait for the receiver to take one chunk of a snapshot: a
+/// paused or cut-off receiver then costs this, and raft-rs is told the
+/// snapshot failed so it sends another later.
+const SNAPSHOT_CHUNK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What a core needs to know about its peers.
 #[derive(Debug, Clone)]
@@ -76,6 +85,9 @@ pub struct PeerConfig {
     /// The data directory was made by `kvd --join`: handshakes ask to be
     /// readmitted, and peers are dialled until connected.
     pub joined: bool,
+    /// Snapshot bytes one core streams to peers per second, over all its
+    /// snapshots; `0`: as fast as the network takes them.
+    pub snapshot_bytes_per_sec: u64,
 }
 
 /// The per-core address of a node's peer listener.
@@ -110,6 +122,13 @@ pub struct Peers {
     stopping: Cell<bool>,
     /// Client endpoints peers announced.
     endpoints: RefCell<BTreeMap<u64, Endpoints>>,
+    /// Where snapshots are streamed from (the core's background queue).
+    background: Cell<Option<glommio::TaskQueueHandle>>,
+    /// Bounds the snapshots streamed at once ([`SNAPSHOT_SENDS_MAX`]).
+    snapshot_sends: Rc<Semaphore>,
+    /// When the core's snapshot streams may send their next chunk: one
+    /// budget for all of them ([`PeerConfig::snapshot_bytes_per_sec`]).
+    snapshot_due: Cell<Instant>,
 }
 
 /// The [`kv_replication::transport::Transport`] face of [`Peers`].
@@ -164,6 +183,9 @@ impl Peers {
             next_id: Cell::new(1),
             stopping: Cell::new(false),
             endpoints: RefCell::new(BTreeMap::new()),
+            background: Cell::new(None),
+            snapshot_sends: Rc::new(Semaphore::new(SNAPSHOT_SENDS_MAX)),
+            snapshot_due: Cell::new(Instant::now()),
         });
         for (link, woken) in wakeups {
             glommio::spawn_local(link_writer(peers.clone(), link, woken)).detach();
@@ -179,17 +201,27 @@ impl Peers {
     /// Attaches the core these links serve, once it is open: it learns the
     /// fate of snapshot messages (raft-rs must be told, or a follower whose
     /// snapshot was lost is never sent another) and readmits peers.
-    pub fn attach(&self, core: Core) {
+    /// Snapshots are streamed from `background`.
+    pub fn attach(&self, core: Core, background: glommio::TaskQueueHandle) {
         *self.core.borrow_mut() = Some(core);
+        self.background.set(Some(background));
     }
 
-    fn report_snapshots(&self, messages: &[(u32, Message)], sent: bool) {
+    fn report_snapshot(&self, group: u32, to: u64, sent: bool) {
         if let Some(core) = self.core.borrow().as_ref() {
-            for (group, m) in
-                messages.iter().filter(|(_, m)| m.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot)
-            {
-                core.report_snapshot(*group, m.to, sent);
-            }
+            core.report_snapshot(group, to, sent);
+        }
+    }
+
+    /// Starts streaming each snapshot message in a task of its own.
+    fn send_snapshots(self: &Rc<Self>, link: &Rc<Link>, snapshots: Vec<(u32, Message)>) {
+        for (group, m) in snapshots {
+            let work = snapshot::send(self.clone(), link.clone(), group, m);
+            let task = match self.background.get() {
+                Some(queue) => glommio::spawn_local_into(work, queue).expect("the background queue exists"),
+                None => glommio::spawn_local(work),
+            };
+            task.detach();
         }
     }
 
@@ -312,7 +344,9 @@ async fn link_writer(peers: Rc<Peers>, link: Rc<Link>, woken: LocalReceiver<()>)
         if peers.stopping.get() {
             break;
         }
-        let raft = std::mem::take(&mut *link.raft.borrow_mut());
+        let (snapshots, raft): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut *link.raft.borrow_mut()).into_iter().partition(|(_, m)| wire::is_snapshot(m));
+        peers.send_snapshots(&link, snapshots);
         let forwards = std::mem::take(&mut *link.forwards.borrow_mut());
         let ids = std::mem::take(&mut *link.forward_ids.borrow_mut());
         let dial = link.dial.replace(false);
@@ -325,7 +359,6 @@ async fn link_writer(peers: Rc<Peers>, link: Rc<Link>, woken: LocalReceiver<()>)
         if conn.is_none() {
             if Instant::now() < retry_at {
                 peers.fail(ids, &format!("node {} is unreachable", link.node));
-                peers.report_snapshots(&raft, false);
                 continue;
             }
             match connect(&peers, &link).await {
@@ -343,7 +376,6 @@ async fn link_writer(peers: Rc<Peers>, link: Rc<Link>, woken: LocalReceiver<()>)
                     }
                     retry_at = Instant::now() + RECONNECT_BACKOFF;
                     peers.fail(ids, &format!("node {} is unreachable: {e}", link.node));
-                    peers.report_snapshots(&raft, false);
                     continue;
                 }
             }
@@ -355,9 +387,7 @@ async fn link_writer(peers: Rc<Peers>, link: Rc<Link>, woken: LocalReceiver<()>)
             continue;
         }
         let stream = conn.as_mut().expect("connected above");
-        let written = stream.write_all(&out).await;
-        peers.report_snapshots(&raft, written.is_ok());
-        if let Err(e) = written {
+        if let Err(e) = stream.write_all(&out).await {
             tracing::warn!(core = peers.config.core, node = link.node, "peer link down: {e}");
             link.up.set(false);
             conn = None;
@@ -389,6 +419,14 @@ fn io_err(e: impl std::fmt::Display) -> io::Error {
 /// Opens an authenticated connection to `link`'s node and starts the task
 /// that reads forward replies from it.
 async fn connect(peers: &Rc<Peers>, link: &Rc<Link>) -> io::Result<TcpStream> {
+    let stream = handshake(peers, link).await?;
+    let reader = crate::outbox::dup(&stream)?;
+    glommio::spawn_local(read_replies(peers.clone(), link.clone(), reader)).detach();
+    Ok(stream)
+}
+
+/// Opens a connection to `link`'s node and authenticates both ends.
+async fn handshake(peers: &Rc<Peers>, link: &Rc<Link>) -> io::Result<TcpStream> {
     let c = &peers.config;
     let handshake = async {
         let mut stream = TcpStream::connect(link.addr).await?;
@@ -413,6 +451,13 @@ async fn connect(peers: &Rc<Peers>, link: &Rc<Link>) -> io::Result<TcpStream> {
             wire::STATUS_OK | wire::STATUS_FORGOTTEN => {}
             wire::STATUS_SHAPE_MISMATCH => return Err(io_err("the peer has a different number of cores or shards")),
             wire::STATUS_UNKNOWN_NODE => return Err(io_err(format!("the peer does not know node {}", c.node_id))),
+            wire::STATUS_WRONG_CORE => {
+                return Err(io_err(format!(
+                    "the peer refused core {} or peer protocol version {} (every node must run the same version)",
+                    c.core,
+                    wire::PEER_VERSION
+                )))
+            }
             s => return Err(io_err(format!("the peer refused the handshake (status {s})"))),
         }
         let server =
@@ -435,13 +480,9 @@ async fn connect(peers: &Rc<Peers>, link: &Rc<Link>) -> io::Result<TcpStream> {
         stream.write_all(&info).await?;
         Ok::<TcpStream, io::Error>(stream)
     };
-    let stream =
-        glommio::timer::timeout(HANDSHAKE_TIMEOUT, async { handshake.await.map_err(glommio::GlommioError::from) })
-            .await
-            .map_err(io_err)?;
-    let reader = crate::outbox::dup(&stream)?;
-    glommio::spawn_local(read_replies(peers.clone(), link.clone(), reader)).detach();
-    Ok(stream)
+    glommio::timer::timeout(HANDSHAKE_TIMEOUT, async { handshake.await.map_err(glommio::GlommioError::from) })
+        .await
+        .map_err(io_err)
 }
 
 async fn read_replies(peers: Rc<Peers>, link: Rc<Link>, mut stream: TcpStream) {
@@ -601,6 +642,7 @@ async fn serve_inbound(mut stream: TcpStream, peers: &Rc<Peers>, owner: &Rc<Owne
         wake: Rc::new(wake),
         slots: Rc::new(Semaphore::new(INBOUND_FORWARDS_MAX)),
         parts: RefCell::new(wire::Reassembly::default()),
+        snapshot: RefCell::new(wire::SnapshotAssembly::default()),
     };
     let writer = glommio::spawn_local(write_replies(crate::outbox::dup(&stream)?, conn.replies.clone(), woken));
     let mut buf = Vec::new();
@@ -636,6 +678,8 @@ struct Inbound {
     wake: Rc<LocalSender<()>>,
     slots: Rc<Semaphore>,
     parts: RefCell<wire::Reassembly>,
+    /// A snapshot streamed on this connection (see [`snapshot`]).
+    snapshot: RefCell<wire::SnapshotAssembly>,
 }
 
 impl Inbound {
@@ -651,6 +695,14 @@ impl Inbound {
                 if let Some((group, m)) = whole {
                     self.deliver(group, m);
                 }
+            }
+            wire::FRAME_SNAPSHOT_HEAD => {
+                let whole = self.snapshot.borrow_mut().head(payload).map_err(io_err)?;
+                self.deliver_snapshot(whole);
+            }
+            wire::FRAME_SNAPSHOT_CHUNK => {
+                let whole = self.snapshot.borrow_mut().chunk(payload).map_err(io_err)?;
+                self.deliver_snapshot(whole);
             }
             wire::FRAME_INFO if payload.len() <= wire::ENDPOINT_BYTES_MAX => {
                 let endpoints = Endpoints::decode(&String::from_utf8_lossy(payload));
@@ -674,6 +726,20 @@ impl Inbound {
             return;
         }
         self.owner.core.step(group, m, self.incarnation);
+    }
+
+    fn deliver_snapshot(&self, whole: Option<(u32, Message)>) {
+        if let Some((group, m)) = whole {
+            tracing::info!(
+                core = self.peers.config.core,
+                from = self.from,
+                group,
+                index = m.get_snapshot().get_metadata().index,
+                bytes = m.get_snapshot().get_data().len(),
+                "received a snapshot of shard {group}"
+            );
+            self.deliver(group, m);
+        }
     }
 
     /// Runs a forwarded request in a task of its own (bounded per connection).

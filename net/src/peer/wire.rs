@@ -24,7 +24,7 @@ use sha2::Sha256;
 use crate::mesh::{Op, Reply};
 
 pub const PEER_MAGIC: [u8; 4] = *b"KVDP";
-pub const PEER_VERSION: u16 = 3;
+pub const PEER_VERSION: u16 = 4;
 pub const NONCE_BYTES: usize = 16;
 pub const MAC_BYTES: usize = 32;
 pub const HELLO_BYTES: usize = 52;
@@ -50,6 +50,20 @@ pub const FRAME_INFO: u8 = 5;
 pub const ENDPOINT_BYTES_MAX: usize = 256;
 /// Largest Raft message accepted in pieces (a shard's snapshot).
 pub const RAFT_MESSAGE_BYTES_MAX: u64 = 64 << 30;
+/// The start of a shard snapshot streamed on a connection of its own:
+/// `group u32 | data length u64 | the MsgSnapshot, its data left out`.
+/// SNAPSHOT_CHUNK frames carry the data, in order, right after it.
+pub const FRAME_SNAPSHOT_HEAD: u8 = 6;
+const SNAPSHOT_HEAD_BYTES: usize = 12;
+/// The next bytes of the snapshot data whose head came last.
+pub const FRAME_SNAPSHOT_CHUNK: u8 = 7;
+/// Bytes of snapshot data per SNAPSHOT_CHUNK frame (less where the frame
+/// limit is smaller): what one write hands the kernel between yields, so
+/// streaming a shard never holds its core for more than a copy of this.
+pub const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
+/// Snapshot data the receiver reserves up front; it grows as chunks come.
+const SNAPSHOT_RESERVE_BYTES_MAX: u64 = 1 << 30;
+const _: () = assert!(SNAPSHOT_RESERVE_BYTES_MAX <= RAFT_MESSAGE_BYTES_MAX);
 
 /// Handshake refusals in a [`Challenge`].
 pub const STATUS_OK: u16 = 0;
@@ -364,6 +378,84 @@ impl Reassembly {
         let (group, _, bytes) = self.current.take().expect("present");
         tracing::info!(group, bytes = bytes.len(), "reassembled a raft message sent in pieces");
         let m = Message::parse_from_bytes(&bytes).map_err(|e| format!("raft message does not decode: {e}"))?;
+        Ok(Some((group, m)))
+    }
+}
+
+/// Whether `m` carries a shard snapshot (streamed, not framed with the rest).
+pub fn is_snapshot(m: &Message) -> bool {
+    m.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot
+}
+
+/// The payload of the SNAPSHOT_HEAD frame that starts streaming `m` (a
+/// MsgSnapshot), and the snapshot data its chunks must carry: the data
+/// never goes through protobuf, so it is never copied whole on the way.
+pub fn snapshot_head(group: u32, m: &Message) -> (Vec<u8>, Bytes) {
+    let data = m.get_snapshot().data.clone();
+    let mut bare = m.clone();
+    bare.mut_snapshot().set_data(Bytes::new());
+    let mut p = Vec::with_capacity(SNAPSHOT_HEAD_BYTES + 256);
+    p.extend_from_slice(&group.to_le_bytes());
+    p.extend_from_slice(&(data.len() as u64).to_le_bytes());
+    bare.write_to_vec(&mut p).expect("raft messages encode");
+    (p, data)
+}
+
+/// The data bytes one SNAPSHOT_CHUNK frame carries under the frame limit.
+pub fn snapshot_chunk_bytes(payload_bytes_max: usize) -> usize {
+    SNAPSHOT_CHUNK_BYTES.min(payload_bytes_max).max(1)
+}
+
+/// Reassembles a snapshot streamed on one connection: a head, then its
+/// chunks in order. The message is whole once the last chunk is in.
+#[derive(Debug, Default)]
+pub struct SnapshotAssembly {
+    current: Option<(u32, Message, u64, Vec<u8>)>,
+}
+
+impl SnapshotAssembly {
+    /// Starts a snapshot (a SNAPSHOT_HEAD payload); a message without data
+    /// is whole at once.
+    pub fn head(&mut self, mut payload: &[u8]) -> Result<Option<(u32, Message)>, String> {
+        if payload.len() < SNAPSHOT_HEAD_BYTES {
+            return Err("snapshot head shorter than its header".into());
+        }
+        if self.current.is_some() {
+            return Err("a snapshot head before the previous snapshot's last chunk".into());
+        }
+        let group = payload.get_u32_le();
+        let total = payload.get_u64_le();
+        if total > RAFT_MESSAGE_BYTES_MAX {
+            return Err(format!("a snapshot of {total} bytes exceeds the limit"));
+        }
+        let m = Message::parse_from_bytes(payload).map_err(|e| format!("snapshot head does not decode: {e}"))?;
+        if !is_snapshot(&m) || !m.get_snapshot().get_data().is_empty() {
+            return Err("a snapshot head that is not a bare MsgSnapshot".into());
+        }
+        let data = Vec::with_capacity(total.min(SNAPSHOT_RESERVE_BYTES_MAX) as usize);
+        self.current = Some((group, m, total, data));
+        self.finish()
+    }
+
+    /// Adds a chunk (a SNAPSHOT_CHUNK payload).
+    pub fn chunk(&mut self, piece: &[u8]) -> Result<Option<(u32, Message)>, String> {
+        let Some((_, _, total, data)) = self.current.as_mut() else {
+            return Err("a snapshot chunk without its head".into());
+        };
+        if data.len() as u64 + piece.len() as u64 > *total {
+            return Err("snapshot chunks longer than their head said".into());
+        }
+        data.extend_from_slice(piece);
+        self.finish()
+    }
+
+    fn finish(&mut self) -> Result<Option<(u32, Message)>, String> {
+        match &self.current {
+            Some((_, _, total, data)) if data.len() as u64 == *total => {}
+            _ => return Ok(None),
+        }
+        let (group, mut m, _, data) = self.current.take().expect("present");
+        m.mut_snapshot().set_data(Bytes::from(data));
         Ok(Some((group, m)))
     }
 }
@@ -747,6 +839,73 @@ mod tests {
         p.extend_from_slice(&100u64.to_le_bytes());
         p.extend_from_slice(&50u64.to_le_bytes());
         assert!(lone.add(&p).is_err());
+    }
+
+    fn snapshot_message(data: Vec<u8>) -> Message {
+        let mut m = Message { to: 2, from: 1, term: 5, ..Message::default() };
+        m.set_msg_type(raft::eraftpb::MessageType::MsgSnapshot);
+        m.mut_snapshot().set_data(data.into());
+        m.mut_snapshot().mut_metadata().index = 77;
+        m.mut_snapshot().mut_metadata().mut_conf_state().voters = vec![1, 2, 3];
+        m
+    }
+
+    #[test]
+    fn snapshots_stream_as_a_head_and_chunks() {
+        let m = snapshot_message((0..10_000u32).map(|i| (i % 251) as u8).collect());
+        let (head, data) = snapshot_head(9, &m);
+        assert!(head.len() < 100, "the head leaves the data out: {} bytes", head.len());
+        assert_eq!(snapshot_chunk_bytes(1000), 1000);
+        assert_eq!(snapshot_chunk_bytes(64 << 20), SNAPSHOT_CHUNK_BYTES);
+        let mut out = Vec::new();
+        put_frame(&mut out, FRAME_SNAPSHOT_HEAD, &head);
+        for piece in data.chunks(snapshot_chunk_bytes(1000)) {
+            put_frame(&mut out, FRAME_SNAPSHOT_CHUNK, piece);
+        }
+        let (mut at, mut got, mut asm) = (0, Vec::new(), SnapshotAssembly::default());
+        while let Some((kind, payload, used)) = take_frame(&out[at..], 1000).unwrap() {
+            let whole = match kind {
+                FRAME_SNAPSHOT_HEAD => asm.head(payload).unwrap(),
+                FRAME_SNAPSHOT_CHUNK => asm.chunk(payload).unwrap(),
+                k => panic!("frame {k}"),
+            };
+            // Nothing is delivered before the last chunk.
+            assert_eq!(whole.is_some(), at + used == out.len());
+            got.extend(whole);
+            at += used;
+        }
+        assert_eq!(got, vec![(9, m)]);
+        // A snapshot without data is whole with its head.
+        let empty = snapshot_message(Vec::new());
+        assert_eq!(SnapshotAssembly::default().head(&snapshot_head(4, &empty).0).unwrap(), Some((4, empty)));
+    }
+
+    #[test]
+    fn snapshot_streams_out_of_shape_are_refused() {
+        let m = snapshot_message(vec![1; 100]);
+        let (head, _) = snapshot_head(9, &m);
+        // A chunk without its head, a head over an unfinished snapshot, and
+        // more data than the head announced.
+        assert!(SnapshotAssembly::default().chunk(&[1; 10]).is_err());
+        let mut asm = SnapshotAssembly::default();
+        assert_eq!(asm.head(&head).unwrap(), None);
+        assert!(asm.head(&head).is_err());
+        assert_eq!(asm.chunk(&[1; 60]).unwrap(), None);
+        assert!(asm.chunk(&[1; 41]).is_err());
+        // A head over the size limit, a head that is no MsgSnapshot, and one
+        // that carries its data inline.
+        let mut huge = head.clone();
+        huge[4..12].copy_from_slice(&(RAFT_MESSAGE_BYTES_MAX + 1).to_le_bytes());
+        assert!(SnapshotAssembly::default().head(&huge).is_err());
+        let mut p = 9u32.to_le_bytes().to_vec();
+        p.extend_from_slice(&0u64.to_le_bytes());
+        p.extend(Message { to: 2, from: 1, ..Message::default() }.write_to_bytes().unwrap());
+        assert!(SnapshotAssembly::default().head(&p).is_err());
+        let mut inline = 9u32.to_le_bytes().to_vec();
+        inline.extend_from_slice(&0u64.to_le_bytes());
+        inline.extend(m.write_to_bytes().unwrap());
+        assert!(SnapshotAssembly::default().head(&inline).is_err());
+        assert!(SnapshotAssembly::default().head(&[0; 5]).is_err());
     }
 
     #[test]

@@ -1,0 +1,99 @@
+//! Streaming a shard snapshot to a peer.
+//!
+//! raft-rs hands the transport a MsgSnapshot carrying the whole encoded
+//! shard. Sent like other messages, it would be protobuf-encoded, cut into
+//! frames and checksummed in one go on the leader's core (three copies of
+//! the shard, the core held meanwhile), and it would sit in front of every
+//! other Raft message to that node. Instead each one goes on a connection
+//! of its own, opened and authenticated like any peer connection: a
+//! SNAPSHOT_HEAD frame with the message minus its data, then the data in
+//! SNAPSHOT_CHUNK frames of [`wire::SNAPSHOT_CHUNK_BYTES`], each written
+//! from the encoded copy without copying the rest, the task yielding
+//! between chunks and pacing them to the core's snapshot budget
+//! ([`super::PeerConfig::snapshot_bytes_per_sec`]). The receiver
+//! ([`wire::SnapshotAssembly`]) steps the message once its last chunk is
+//! in. raft-rs is told whether the stream went out: after a failure it
+//! sends the follower another snapshot, after success it waits for the
+//! follower's answer.
+//!
+//! Architecture Invariant: a snapshot's data never crosses a link's
+//! writer: the Raft messages of other groups to the same node never wait
+//! behind a snapshot.
+
+use std::io;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use futures_lite::AsyncWriteExt;
+use glommio::net::TcpStream;
+use raft::eraftpb::Message;
+
+use super::{handshake, io_err, wire, Link, Peers, SNAPSHOT_CHUNK_TIMEOUT};
+
+/// Streams `m` (a MsgSnapshot for `group`) to `link`'s node, at most
+/// [`super::SNAPSHOT_SENDS_MAX`] at once per core, and tells the core
+/// whether it went out.
+pub(super) async fn send(peers: Rc<Peers>, link: Rc<Link>, group: u32, m: Message) {
+    let Ok(_permit) = peers.snapshot_sends.acquire_permit(1).await else { return };
+    let (to, index, core) = (m.to, m.get_snapshot().get_metadata().index, peers.config.core);
+    let bytes = m.get_snapshot().get_data().len();
+    tracing::info!(core, group, to, index, bytes, "streaming a snapshot of shard {group} to node {to}");
+    let started = Instant::now();
+    let result = stream(&peers, &link, group, &m).await;
+    match &result {
+        Ok(()) => tracing::info!(
+            core,
+            group,
+            to,
+            bytes,
+            seconds = started.elapsed().as_secs_f64(),
+            "sent a snapshot of shard {group} to node {to}"
+        ),
+        Err(e) => tracing::warn!(core, group, to, "a snapshot of shard {group} to node {to} failed: {e}"),
+    }
+    peers.report_snapshot(group, to, result.is_ok());
+}
+
+async fn stream(peers: &Rc<Peers>, link: &Rc<Link>, group: u32, m: &Message) -> io::Result<()> {
+    let mut stream = handshake(peers, link).await?;
+    let (head, data) = wire::snapshot_head(group, m);
+    let mut frame = Vec::with_capacity(wire::FRAME_HEADER_BYTES + wire::SNAPSHOT_CHUNK_BYTES);
+    wire::put_frame(&mut frame, wire::FRAME_SNAPSHOT_HEAD, &head);
+    write(&mut stream, &frame).await?;
+    for piece in data.chunks(wire::snapshot_chunk_bytes(peers.config.payload_bytes_max)) {
+        if peers.stopping.get() {
+            return Err(io_err("the node is stopping"));
+        }
+        pace(peers, piece.len()).await;
+        frame.clear();
+        wire::put_frame(&mut frame, wire::FRAME_SNAPSHOT_CHUNK, piece);
+        write(&mut stream, &frame).await?;
+        glommio::yield_if_needed().await;
+    }
+    stream.close().await
+}
+
+/// Writes `bytes`, waiting at most [`SNAPSHOT_CHUNK_TIMEOUT`].
+async fn write(stream: &mut TcpStream, bytes: &[u8]) -> io::Result<()> {
+    glommio::timer::timeout(SNAPSHOT_CHUNK_TIMEOUT, async {
+        stream.write_all(bytes).await.map_err(glommio::GlommioError::from)
+    })
+    .await
+    .map_err(io_err)
+}
+
+/// Waits until the core's snapshot budget allows `bytes` more, and takes
+/// them from it. Every stream of the core draws on one budget, so two at
+/// once share the rate; an idle budget does not save up beyond now.
+async fn pace(peers: &Peers, bytes: usize) {
+    let rate = peers.config.snapshot_bytes_per_sec;
+    if rate == 0 {
+        return;
+    }
+    let now = Instant::now();
+    let due = peers.snapshot_due.get().max(now);
+    peers.snapshot_due.set(due + Duration::from_secs_f64(bytes as f64 / rate as f64));
+    if due > now {
+        glommio::timer::sleep(due - now).await;
+    }
+}
