@@ -98,9 +98,21 @@ impl Owner {
                 serde_json::json!({"node": node, "incarnation": format!("{incarnation:016x}"), "waiting_shards": pending})
             })
             .collect();
+        let snapshots: Vec<serde_json::Value> = self
+            .peers
+            .iter()
+            .flat_map(|p| p.snapshot_progress())
+            .map(|(shard, to, p)| {
+                serde_json::json!({
+                    "shard": shard, "to": to, "index": p.index, "bytes": p.bytes, "sent_bytes": p.sent_bytes,
+                    "seconds": p.started.map(|s| s.elapsed().as_secs_f64()),
+                })
+            })
+            .collect();
         serde_json::json!({
             "core": self.core.config().core, "replayed": self.core.is_ready(), "groups": groups, "links": links,
             "endpoints": endpoints, "poisoned": self.core.poisoned(), "readmissions": readmissions,
+            "snapshots_sending": snapshots,
         })
     }
 }

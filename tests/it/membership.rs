@@ -3,7 +3,8 @@
 //! the members remove its lost replicas, add it back and promote it once
 //! caught up; the cluster then survives the loss of another node; the
 //! joining node and a leader may crash midway. Every recorded history is
-//! linearizable.
+//! linearizable. Filling node 3 streams snapshots paced to
+//! `--snapshot-send-rate`, and STATUS shows them in progress.
 
 use std::time::Duration;
 
@@ -145,4 +146,57 @@ fn a_readmission_survives_the_joining_node_and_a_leader_crashing_midway() {
         assert!(!c.node(id).log().contains("panicked"), "node {id}:\n{}", c.node(id).log());
     }
     finish_and_check(&c, load, seed);
+}
+
+/// Whether node `observer` shows a snapshot to `to` being streamed and not
+/// yet all sent.
+fn streaming_to(c: &Cluster, observer: u64, to: u64) -> bool {
+    let status = c.status(observer);
+    let sending = status["cores"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|core| core["snapshots_sending"].as_array().expect("STATUS lists snapshots being sent").clone());
+    sending
+        .into_iter()
+        .any(|s| s["to"] == to && !s["seconds"].is_null() && s["sent_bytes"].as_u64() < s["bytes"].as_u64())
+}
+
+#[test]
+fn a_fill_streams_paced_snapshots_that_status_shows_in_progress() {
+    // 256 KiB/s per core for about 4 MB of values: each shard's snapshot
+    // waits its turn in the budget for about a second. The leaders keep a
+    // short log, so node 3 must be filled from snapshots.
+    let flags = [
+        "--snapshot-send-rate",
+        "256kb",
+        "--compress-min-bytes",
+        "0",
+        "--raft-log-retain-entries",
+        "10",
+        "--snapshot-wal-bytes",
+        "1048576",
+        "--wal-segment-bytes",
+        "1048576",
+    ];
+    let mut c = Cluster::start(3, &flags);
+    let mut client = c.client(1);
+    let value = |i: usize| format!("{i:>16384}").into_bytes();
+    for i in 0..256 {
+        client.put(format!("k{i}").as_bytes(), &value(i), kv_engine::Condition::Always).unwrap();
+    }
+    c.kill(3);
+    join_on_an_empty_directory(&mut c);
+    c.wait_until("a member shows a snapshot to node 3 in progress", || {
+        streaming_to(&c, 1, 3) || streaming_to(&c, 2, 3)
+    });
+    wait_readmitted(&c);
+    let logs = members_log(&c);
+    assert!(logs.contains("sent a snapshot of shard"), "{logs}");
+    assert!(c.node(3).log().contains("installing a snapshot from the leader"));
+    let mut reader = c.client(3);
+    for i in 0..256 {
+        let got = reader.get_with(format!("k{i}").as_bytes(), kv_replication::Consistency::Stale).unwrap();
+        assert_eq!(got.map(|(v, _)| v), Some(value(i)), "k{i} on node 3");
+    }
 }

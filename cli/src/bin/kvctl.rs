@@ -621,7 +621,16 @@ fn print_status(s: &serde_json::Value) {
     let mut links = vec![];
     let mut shards = vec![];
     let mut readmissions = vec![];
+    let mut snapshots = vec![];
     for core in s["cores"].as_array().into_iter().flatten() {
+        for p in core["snapshots_sending"].as_array().into_iter().flatten() {
+            let mb = |v: &serde_json::Value| v.as_u64().unwrap_or(0) as f64 / (1 << 20) as f64;
+            let state = match p["seconds"].as_f64() {
+                Some(s) => format!("{:.1} of {:.1} MiB in {s:.1} s", mb(&p["sent_bytes"]), mb(&p["bytes"])),
+                None => format!("{:.1} MiB, waiting its turn", mb(&p["bytes"])),
+            };
+            snapshots.push(vec![format!("{}/{}", text(&p["shard"]), text(&core["core"])), text(&p["to"]), state]);
+        }
         for r in core["readmissions"].as_array().into_iter().flatten() {
             let waiting = r["waiting_shards"].as_array().map_or(0, |w| w.len());
             let state =
@@ -662,6 +671,10 @@ fn print_status(s: &serde_json::Value) {
     if !readmissions.is_empty() {
         println!();
         print_rows(&["READMITTING/CORE", "NEW_DIRECTORY", "STATE"], &readmissions);
+    }
+    if !snapshots.is_empty() {
+        println!();
+        print_rows(&["SNAPSHOT/CORE", "TO", "SENT"], &snapshots);
     }
     println!();
     print_rows(

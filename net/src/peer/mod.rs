@@ -13,7 +13,7 @@
 //! Messages to an unreachable node are dropped: Raft retransmits.
 
 pub mod incarnation;
-mod snapshot;
+pub mod snapshot;
 pub mod wire;
 
 use std::cell::{Cell, RefCell};
@@ -129,6 +129,8 @@ pub struct Peers {
     /// When the core's snapshot streams may send their next chunk: one
     /// budget for all of them ([`PeerConfig::snapshot_bytes_per_sec`]).
     snapshot_due: Cell<Instant>,
+    /// Snapshots being streamed or waiting their turn, for STATUS.
+    snapshots: RefCell<BTreeMap<(u32, u64), snapshot::Progress>>,
 }
 
 /// The [`kv_replication::transport::Transport`] face of [`Peers`].
@@ -186,6 +188,7 @@ impl Peers {
             background: Cell::new(None),
             snapshot_sends: Rc::new(Semaphore::new(SNAPSHOT_SENDS_MAX)),
             snapshot_due: Cell::new(Instant::now()),
+            snapshots: RefCell::new(BTreeMap::new()),
         });
         for (link, woken) in wakeups {
             glommio::spawn_local(link_writer(peers.clone(), link, woken)).detach();
@@ -255,6 +258,12 @@ impl Peers {
     /// Every protocol's endpoint of the peers that announced theirs, by node.
     pub fn all_endpoints(&self) -> BTreeMap<u64, Endpoints> {
         self.endpoints.borrow().clone()
+    }
+
+    /// The snapshots this core is streaming or about to, by shard and
+    /// receiving node.
+    pub fn snapshot_progress(&self) -> Vec<(u32, u64, snapshot::Progress)> {
+        self.snapshots.borrow().iter().map(|(&(group, to), p)| (group, to, p.clone())).collect()
     }
 
     /// Whether each peer's link is connected, by node.

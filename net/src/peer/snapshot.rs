@@ -30,36 +30,56 @@ use raft::eraftpb::Message;
 
 use super::{handshake, io_err, wire, Link, Peers, SNAPSHOT_CHUNK_TIMEOUT};
 
+/// A snapshot being streamed, as STATUS shows it.
+#[derive(Debug, Clone)]
+pub struct Progress {
+    /// Raft index the snapshot is at.
+    pub index: u64,
+    pub bytes: u64,
+    pub sent_bytes: u64,
+    /// When streaming began; `None` while it waits for its turn.
+    pub started: Option<Instant>,
+}
+
 /// Streams `m` (a MsgSnapshot for `group`) to `link`'s node, at most
 /// [`super::SNAPSHOT_SENDS_MAX`] at once per core, and tells the core
 /// whether it went out.
 pub(super) async fn send(peers: Rc<Peers>, link: Rc<Link>, group: u32, m: Message) {
-    let Ok(_permit) = peers.snapshot_sends.acquire_permit(1).await else { return };
     let (to, index, core) = (m.to, m.get_snapshot().get_metadata().index, peers.config.core);
     let bytes = m.get_snapshot().get_data().len();
-    tracing::info!(core, group, to, index, bytes, "streaming a snapshot of shard {group} to node {to}");
-    let started = Instant::now();
-    let result = stream(&peers, &link, group, &m).await;
+    let progress = Progress { index, bytes: bytes as u64, sent_bytes: 0, started: None };
+    peers.snapshots.borrow_mut().insert((group, to), progress);
+    let result = match peers.snapshot_sends.acquire_permit(1).await {
+        Ok(_permit) => {
+            tracing::info!(core, group, to, index, bytes, "streaming a snapshot of shard {group} to node {to}");
+            stream(&peers, &link, group, &m).await
+        }
+        Err(e) => Err(io_err(e)),
+    };
+    let started = peers.snapshots.borrow_mut().remove(&(group, to)).and_then(|p| p.started);
+    let seconds = started.map_or(0.0, |s| s.elapsed().as_secs_f64());
     match &result {
-        Ok(()) => tracing::info!(
-            core,
-            group,
-            to,
-            bytes,
-            seconds = started.elapsed().as_secs_f64(),
-            "sent a snapshot of shard {group} to node {to}"
-        ),
+        Ok(()) => tracing::info!(core, group, to, bytes, seconds, "sent a snapshot of shard {group} to node {to}"),
         Err(e) => tracing::warn!(core, group, to, "a snapshot of shard {group} to node {to} failed: {e}"),
     }
     peers.report_snapshot(group, to, result.is_ok());
 }
 
 async fn stream(peers: &Rc<Peers>, link: &Rc<Link>, group: u32, m: &Message) -> io::Result<()> {
+    let to = m.to;
+    let note = |sent: u64| {
+        if let Some(p) = peers.snapshots.borrow_mut().get_mut(&(group, to)) {
+            p.started.get_or_insert_with(Instant::now);
+            p.sent_bytes = sent;
+        }
+    };
+    note(0);
     let mut stream = handshake(peers, link).await?;
     let (head, data) = wire::snapshot_head(group, m);
     let mut frame = Vec::with_capacity(wire::FRAME_HEADER_BYTES + wire::SNAPSHOT_CHUNK_BYTES);
     wire::put_frame(&mut frame, wire::FRAME_SNAPSHOT_HEAD, &head);
     write(&mut stream, &frame).await?;
+    let mut sent = 0;
     for piece in data.chunks(wire::snapshot_chunk_bytes(peers.config.payload_bytes_max)) {
         if peers.stopping.get() {
             return Err(io_err("the node is stopping"));
@@ -68,6 +88,8 @@ async fn stream(peers: &Rc<Peers>, link: &Rc<Link>, group: u32, m: &Message) -> 
         frame.clear();
         wire::put_frame(&mut frame, wire::FRAME_SNAPSHOT_CHUNK, piece);
         write(&mut stream, &frame).await?;
+        sent += piece.len() as u64;
+        note(sent);
         glommio::yield_if_needed().await;
     }
     stream.close().await
