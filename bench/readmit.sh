@@ -10,6 +10,9 @@
 #
 #   bench/readmit.sh                      # 100 MB of 1 KiB values
 #   DATA_MB=1024 bench/readmit.sh
+#   KVD=/path/to/other/kvd bench/readmit.sh     # another build
+#   PERF_OUT=/tmp/node1.perf bench/readmit.sh   # also profiles node 1 from the join
+#   KEEP=1 bench/readmit.sh                     # keeps the nodes' directories and logs
 #
 # Every process it starts it stops by PID (trap on exit); everything lives
 # under a temporary directory that is removed at the end. Needs a release
@@ -37,7 +40,7 @@ declare -A PIDS=()
 cleanup() {
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
   for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$WORK"
+  if [ -n "${KEEP:-}" ]; then echo "logs kept in $WORK" >&2; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
 
@@ -99,6 +102,11 @@ sleep 2
 BENCH=$!
 PIDS[bench]=$BENCH
 t0=$(date +%s%N)
+if [ -n "${PERF_OUT:-}" ]; then
+  # A CPU profile of node 1 (the leader of half the shards) from the join.
+  perf record -F 999 -g -o "$PERF_OUT" -p "${PIDS[1]}" -- sleep "$WINDOW" >/dev/null 2>&1 &
+  PIDS[perf]=$!
+fi
 start 3 0 --join "127.0.0.1:$(port 1 10)"
 until readmitted; do
   sleep 0.2

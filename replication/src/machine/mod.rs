@@ -32,6 +32,8 @@ mod membership;
 mod memory;
 mod queries;
 mod snapshots;
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeMap;
 
