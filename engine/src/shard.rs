@@ -541,12 +541,17 @@ impl ShardMap {
 
     /// Inserts or replaces an entry, keeping the byte count, the expiry
     /// index and the compression counts exact.
-    fn store(&mut self, entry: Entry) {
+    /// Records a new entry's first access for eviction.
+    fn stamp_new(&self, entry: &Entry) {
         match self.tracking {
             Tracking::None => {}
             Tracking::Lru => entry.set_clock(evict::lru_clock(self.clock_ms)),
             Tracking::Lfu => entry.set_clock(evict::lfu_new(self.clock_ms)),
         }
+    }
+
+    fn store(&mut self, entry: Entry) {
+        self.stamp_new(&entry);
         // What the new entry counts for, taken before the table owns it;
         // added after the old entry's is taken away (both may hold the
         // same expiry).
@@ -618,16 +623,53 @@ impl ShardMap {
 
     /// Replaces the whole state with a snapshot's content.
     pub fn restore(&mut self, applied_index: u64, entries: Vec<(Bytes, Stored)>) {
-        let tracking = self.tracking;
-        *self = ShardMap::new();
-        self.tracking = tracking;
-        let hasher = &self.hasher;
-        self.entries.reserve(entries.len(), |e| hash_key(hasher, e.key()));
-        for (key, stored) in entries {
-            assert!(stored.version <= applied_index, "snapshot entry newer than the snapshot");
-            self.store(Entry::from_stored(&key, &stored));
+        let mut built = MapBuilder::new(applied_index, entries.len());
+        for (key, stored) in &entries {
+            built.add(key, stored);
         }
-        self.applied_index = applied_index;
+        self.replace_with(built.finish());
+    }
+
+    /// Replaces the whole state with a map built from a snapshot
+    /// ([`MapBuilder`]); what this replica records for eviction stays.
+    pub fn replace_with(&mut self, built: ShardMap) {
+        let tracking = self.tracking;
+        *self = built;
+        self.tracking = tracking;
+        // Built without tracking: stamp what storing them here would have.
+        if !matches!(tracking, Tracking::None) {
+            for e in self.iter() {
+                self.stamp_new(e);
+            }
+        }
+    }
+}
+
+/// A shard map built from a snapshot's entries a few at a time (so the
+/// building can yield to other work), then swapped in whole with
+/// [`ShardMap::replace_with`].
+#[derive(Debug)]
+pub struct MapBuilder {
+    map: ShardMap,
+}
+
+impl MapBuilder {
+    /// A map at `applied_index`, with room for `len` entries.
+    pub fn new(applied_index: u64, len: usize) -> MapBuilder {
+        let mut map = ShardMap::new();
+        let hasher = &map.hasher;
+        map.entries.reserve(len, |e| hash_key(hasher, e.key()));
+        map.applied_index = applied_index;
+        MapBuilder { map }
+    }
+
+    pub fn add(&mut self, key: &[u8], stored: &Stored) {
+        assert!(stored.version <= self.map.applied_index, "snapshot entry newer than the snapshot");
+        self.map.store(Entry::from_stored(key, stored));
+    }
+
+    pub fn finish(self) -> ShardMap {
+        self.map
     }
 }
 

@@ -33,7 +33,7 @@ use bytes::Bytes;
 use futures_lite::{AsyncWrite, AsyncWriteExt};
 use glommio::io::{DmaFile, DmaStreamWriter, DmaStreamWriterBuilder, OpenOptions};
 
-use crate::shard::Stored;
+use crate::shard::{MapBuilder, ShardMap, Stored};
 
 const MAGIC: &[u8; 8] = b"KVDSNAP\x01";
 const TRAILER_MAGIC: &[u8; 8] = b"KVDSEND\x01";
@@ -255,60 +255,138 @@ pub fn read(path: &Path) -> Result<(SnapshotMeta, Vec<(Bytes, Stored)>), Snapsho
 /// Verifies and decodes a snapshot's bytes; `path` names where they came
 /// from in errors.
 pub fn decode(data: &[u8], path: &Path) -> Result<(SnapshotMeta, Vec<(Bytes, Stored)>), SnapshotError> {
-    let corrupt = |reason: &str| SnapshotError::Corrupt { path: path.to_path_buf(), reason: reason.to_string() };
+    let body = verified_body(data, path)?;
+    let (meta, mut entries) = parse(body, path)?;
+    let mut out = Vec::with_capacity(entries.count.min(1 << 24) as usize);
+    while let Some((key, stored)) = entries.next_entry()? {
+        out.push((Bytes::copy_from_slice(key), stored));
+    }
+    Ok((meta, out))
+}
+
+/// Bytes checksummed between cooperative yields by [`load_map`].
+const CHECKSUM_BYTES_PER_YIELD_CHECK: usize = 1 << 20;
+
+/// Verifies a snapshot's bytes and builds its shard map, yielding to
+/// other tasks every few entries: how a follower loads what its leader
+/// sent without holding its core (the map is then swapped in whole with
+/// [`ShardMap::replace_with`]). The same checks as [`decode`].
+pub async fn load_map(data: &[u8], path: &Path) -> Result<(SnapshotMeta, ShardMap), SnapshotError> {
+    let (total, claimed) = trailer_of(data, path)?;
+    let mut crc = crc32fast::Hasher::new();
+    for piece in data[..total - TRAILER_BYTES].chunks(CHECKSUM_BYTES_PER_YIELD_CHECK) {
+        crc.update(piece);
+        glommio::yield_if_needed().await;
+    }
+    if crc.finalize() != claimed {
+        return Err(corrupt(path, "checksum mismatch"));
+    }
+    let (meta, mut entries) = parse(&data[..total - TRAILER_BYTES], path)?;
+    let mut built = MapBuilder::new(meta.index, entries.count.min(1 << 24) as usize);
+    let mut i = 0usize;
+    while let Some((key, stored)) = entries.next_entry()? {
+        built.add(key, &stored);
+        i += 1;
+        if i.is_multiple_of(ENTRIES_PER_YIELD_CHECK) {
+            glommio::yield_if_needed().await;
+        }
+    }
+    Ok((meta, built.finish()))
+}
+
+fn corrupt(path: &Path, reason: &str) -> SnapshotError {
+    SnapshotError::Corrupt { path: path.to_path_buf(), reason: reason.to_string() }
+}
+
+/// The length a snapshot's header claims (checked against `data`) and the
+/// checksum its trailer holds.
+fn trailer_of(data: &[u8], path: &Path) -> Result<(usize, u32), SnapshotError> {
     if data.len() < HEADER_BYTES + TRAILER_BYTES || &data[0..8] != MAGIC {
-        return Err(corrupt("not a kvd snapshot (bad magic or too short)"));
+        return Err(corrupt(path, "not a kvd snapshot (bad magic or too short)"));
     }
     let u32_at = |at: usize| u32::from_le_bytes(data[at..at + 4].try_into().expect("4 bytes"));
-    let u64_at = |at: usize| u64::from_le_bytes(data[at..at + 8].try_into().expect("8 bytes"));
     if u32_at(8) != FORMAT_VERSION && u32_at(8) != FORMAT_VERSION_PLAIN {
-        return Err(corrupt(&format!("format version {} is not supported", u32_at(8))));
+        return Err(corrupt(path, &format!("format version {} is not supported", u32_at(8))));
     }
-    let total = u64_at(40) as usize;
+    let total = u64::from_le_bytes(data[40..48].try_into().expect("8 bytes")) as usize;
     if total > data.len() || total < HEADER_BYTES + TRAILER_BYTES {
-        return Err(corrupt(&format!("header says {total} bytes, file has {}", data.len())));
+        return Err(corrupt(path, &format!("header says {total} bytes, file has {}", data.len())));
     }
+    if &data[total - TRAILER_BYTES + 4..total] != TRAILER_MAGIC {
+        return Err(corrupt(path, "checksum mismatch"));
+    }
+    Ok((total, u32_at(total - TRAILER_BYTES)))
+}
+
+/// The body (header and entries, no trailer) of a snapshot whose checksum
+/// holds.
+fn verified_body<'a>(data: &'a [u8], path: &Path) -> Result<&'a [u8], SnapshotError> {
+    let (total, claimed) = trailer_of(data, path)?;
     let body = &data[..total - TRAILER_BYTES];
-    let trailer = &data[total - TRAILER_BYTES..total];
-    if &trailer[4..12] != TRAILER_MAGIC || crc32fast::hash(body) != u32_at(total - TRAILER_BYTES) {
-        return Err(corrupt("checksum mismatch"));
+    if crc32fast::hash(body) != claimed {
+        return Err(corrupt(path, "checksum mismatch"));
     }
+    Ok(body)
+}
+
+/// A verified body's metadata, and a reader of its entries.
+fn parse<'a>(body: &'a [u8], path: &'a Path) -> Result<(SnapshotMeta, Entries<'a>), SnapshotError> {
+    let u32_at = |at: usize| u32::from_le_bytes(body[at..at + 4].try_into().expect("4 bytes"));
+    let u64_at = |at: usize| u64::from_le_bytes(body[at..at + 8].try_into().expect("8 bytes"));
     let conf_len = u32_at(48) as usize;
     let meta = SnapshotMeta {
         group: u32_at(12),
         index: u64_at(16),
         term: u64_at(24),
         conf_state: Bytes::copy_from_slice(
-            body.get(HEADER_BYTES..HEADER_BYTES + conf_len).ok_or_else(|| corrupt("conf state overruns"))?,
+            body.get(HEADER_BYTES..HEADER_BYTES + conf_len).ok_or_else(|| corrupt(path, "conf state overruns"))?,
         ),
     };
-    let count = u64_at(32);
-    let mut entries = Vec::with_capacity(count.min(1 << 24) as usize);
-    let mut at = HEADER_BYTES + conf_len;
-    for _ in 0..count {
-        let head = body.get(at..at + ENTRY_HEADER_BYTES).ok_or_else(|| corrupt("entry overruns"))?;
+    let entries = Entries { body, path, at: HEADER_BYTES + conf_len, count: u64_at(32), read: 0 };
+    Ok((meta, entries))
+}
+
+/// The entries of a snapshot body, read one at a time.
+struct Entries<'a> {
+    body: &'a [u8],
+    path: &'a Path,
+    at: usize,
+    /// Entries the header announces, and how many were read.
+    count: u64,
+    read: u64,
+}
+
+impl<'a> Entries<'a> {
+    /// The next entry's key and value; `None` after the last, once the
+    /// body is used up exactly.
+    fn next_entry(&mut self) -> Result<Option<(&'a [u8], Stored)>, SnapshotError> {
+        let (body, path) = (self.body, self.path);
+        if self.read == self.count {
+            return match self.at == body.len() {
+                true => Ok(None),
+                false => Err(corrupt(path, "bytes left after the last entry")),
+            };
+        }
+        let head = body.get(self.at..self.at + ENTRY_HEADER_BYTES).ok_or_else(|| corrupt(path, "entry overruns"))?;
         let k = u32::from_le_bytes(head[0..4].try_into().expect("4 bytes")) as usize;
         let v = u32::from_le_bytes(head[4..8].try_into().expect("4 bytes"));
         let (compressed, v) = (v & VALUE_COMPRESSED_BIT != 0, (v & !VALUE_COMPRESSED_BIT) as usize);
         let version = u64::from_le_bytes(head[8..16].try_into().expect("8 bytes"));
         let expires_at_ms = u64::from_le_bytes(head[16..24].try_into().expect("8 bytes"));
-        at += ENTRY_HEADER_BYTES;
-        let kv = body.get(at..at + k + v).ok_or_else(|| corrupt("entry overruns"))?;
+        self.at += ENTRY_HEADER_BYTES;
+        let kv = body.get(self.at..self.at + k + v).ok_or_else(|| corrupt(path, "entry overruns"))?;
         let value = Bytes::copy_from_slice(&kv[k..]);
         let stored = match compressed {
             true if zstd::zstd_safe::get_frame_content_size(&value).ok().flatten().is_none() => {
-                return Err(corrupt("a compressed value is not a zstd frame"));
+                return Err(corrupt(path, "a compressed value is not a zstd frame"));
             }
             true => Stored::compressed(value, version, expires_at_ms),
             false => Stored::with_expiry(value, version, expires_at_ms),
         };
-        entries.push((Bytes::copy_from_slice(&kv[..k]), stored));
-        at += k + v;
+        self.at += k + v;
+        self.read += 1;
+        Ok(Some((&kv[..k], stored)))
     }
-    if at != body.len() {
-        return Err(corrupt("bytes left after the last entry"));
-    }
-    Ok((meta, entries))
 }
 
 /// Removes the snapshots of `group` older than `keep_index`.
@@ -369,6 +447,21 @@ mod tests {
             let bytes = encode(&m, &sample(300)).await;
             assert_eq!(decode(&bytes, Path::new("memory")).unwrap(), (m.clone(), sample(300)));
             assert_eq!(encode_blocking(&m, &sample(300)), bytes, "both encoders write the same bytes");
+            // Loading builds the map restoring the decoded entries builds.
+            let at_1000 = SnapshotMeta { index: 1000, ..m.clone() };
+            let (loaded_meta, loaded) =
+                load_map(&encode_blocking(&at_1000, &sample(300)), Path::new("memory")).await.unwrap();
+            let mut restored = ShardMap::new();
+            restored.restore(1000, sample(300));
+            assert_eq!(loaded_meta, at_1000);
+            assert_eq!(loaded.applied_index(), 1000);
+            let pairs = |map: &ShardMap| {
+                let mut p = map.pairs();
+                p.sort_by(|a, b| a.0.cmp(&b.0));
+                p
+            };
+            assert_eq!(pairs(&loaded), pairs(&restored));
+            assert_eq!(pairs(&loaded).len(), 300);
             write_encoded(&d, &m, &bytes).await.unwrap()
         });
         assert_eq!(read(&path).unwrap(), (meta, sample(300)));
@@ -388,6 +481,8 @@ mod tests {
             bad[at] ^= 1;
             std::fs::write(&path, &bad).unwrap();
             assert!(matches!(read(&path), Err(SnapshotError::Corrupt { .. })), "flip at {at}");
+            let loaded = run(move || async move { load_map(&bad, Path::new("memory")).await.map(|_| ()) });
+            assert!(matches!(loaded, Err(SnapshotError::Corrupt { .. })), "flip at {at}, loaded");
         }
         std::fs::write(&path, &good[..good.len() - 1]).unwrap();
         assert!(matches!(read(&path), Err(SnapshotError::Corrupt { .. })));

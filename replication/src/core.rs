@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
-use kv_engine::snapshot;
+use kv_engine::snapshot::{self, SnapshotMeta};
 use kv_engine::wal::{FlushStats, FsyncPolicy, Wal, WalError};
 use kv_engine::{Command, Outcome, Stored};
 use raft::eraftpb::Message;
@@ -278,6 +278,22 @@ impl Core {
     pub fn report_snapshot(&self, group: u32, to: u64, sent: bool) {
         self.0.machine.borrow_mut().report_snapshot(group, to, sent);
         self.0.notify();
+    }
+
+    /// Steps a leader's MsgSnapshot for `group` whose data the caller
+    /// loaded into `map` (`kv_engine::snapshot::load_map`, yielding):
+    /// installing it then swaps the map in instead of decoding on the
+    /// machine's path. As [`Core::step`] otherwise.
+    pub fn step_loaded_snapshot(
+        &self,
+        group: u32,
+        message: Message,
+        incarnation: u64,
+        meta: SnapshotMeta,
+        map: kv_engine::ShardMap,
+    ) {
+        self.0.machine.borrow_mut().stage_snapshot_map(meta, map);
+        self.step(group, message, incarnation);
     }
 
     /// Starts readmitting `node` on its new data directory (see

@@ -148,6 +148,8 @@ fn a_follower_catches_up_from_the_log_and_by_snapshot() {
         .filter(|l| l.contains("received a snapshot of shard"))
         .filter_map(|l| l.split("bytes=").nth(1)?.split_whitespace().next()?.parse::<u64>().ok());
     assert!(streamed.max().is_some_and(|b| b > 1 << 20), "a snapshot of over 1 MiB came in chunks:\n{log}");
+    // Loaded into a map in the background, then swapped in.
+    assert!(log.contains("loaded_ahead=true"), "a snapshot was loaded ahead of its install:\n{log}");
     c.wait_converged();
 }
 

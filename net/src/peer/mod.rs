@@ -737,18 +737,27 @@ impl Inbound {
         self.owner.core.step(group, m, self.incarnation);
     }
 
+    /// Loads a whole snapshot into a map in the background (yielding), then
+    /// steps its message (see [`snapshot::receive`]).
     fn deliver_snapshot(&self, whole: Option<(u32, Message)>) {
-        if let Some((group, m)) = whole {
-            tracing::info!(
-                core = self.peers.config.core,
-                from = self.from,
-                group,
-                index = m.get_snapshot().get_metadata().index,
-                bytes = m.get_snapshot().get_data().len(),
-                "received a snapshot of shard {group}"
-            );
-            self.deliver(group, m);
+        let Some((group, m)) = whole else { return };
+        if m.from != self.from || m.to != self.peers.config.node_id {
+            return self.deliver(group, m);
         }
+        tracing::info!(
+            core = self.peers.config.core,
+            from = self.from,
+            group,
+            index = m.get_snapshot().get_metadata().index,
+            bytes = m.get_snapshot().get_data().len(),
+            "received a snapshot of shard {group}"
+        );
+        let work = snapshot::receive(self.owner.core.clone(), group, m, self.incarnation);
+        let task = match self.peers.background.get() {
+            Some(queue) => glommio::spawn_local_into(work, queue).expect("the background queue exists"),
+            None => glommio::spawn_local(work),
+        };
+        task.detach();
     }
 
     /// Runs a forwarded request in a task of its own (bounded per connection).

@@ -11,21 +11,26 @@
 //! from the encoded copy without copying the rest, the task yielding
 //! between chunks and pacing them to the core's snapshot budget
 //! ([`super::PeerConfig::snapshot_bytes_per_sec`]). The receiver
-//! ([`wire::SnapshotAssembly`]) steps the message once its last chunk is
-//! in. raft-rs is told whether the stream went out: after a failure it
-//! sends the follower another snapshot, after success it waits for the
-//! follower's answer.
+//! ([`wire::SnapshotAssembly`]) verifies the whole snapshot and loads it
+//! into a shard map in its background queue, yielding between entries
+//! ([`receive`]), then steps the message with the map: installing it is a
+//! swap, so the receiving core goes on serving its other shards while a
+//! large one loads. raft-rs is told whether the stream went out: after a
+//! failure it sends the follower another snapshot, after success it waits
+//! for the follower's answer.
 //!
 //! Architecture Invariant: a snapshot's data never crosses a link's
 //! writer: the Raft messages of other groups to the same node never wait
 //! behind a snapshot.
 
 use std::io;
+use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
+use kv_replication::Core;
 use raft::eraftpb::Message;
 
 use super::{handshake, io_err, wire, Link, Peers, SNAPSHOT_CHUNK_TIMEOUT};
@@ -102,6 +107,24 @@ async fn write(stream: &mut TcpStream, bytes: &[u8]) -> io::Result<()> {
     })
     .await
     .map_err(io_err)
+}
+
+/// Loads the snapshot a leader sent in `m` into a map, yielding between
+/// entries, then steps `m` with it: the receiving core goes on serving its
+/// other shards meanwhile, and installing is a swap. A snapshot that does
+/// not verify is dropped (raft-rs sends another).
+pub(super) async fn receive(core: Core, group: u32, m: Message, incarnation: u64) {
+    let data = m.get_snapshot().data.clone();
+    let origin = PathBuf::from(format!("the snapshot of shard {group} from node {}", m.from));
+    let started = Instant::now();
+    match kv_engine::snapshot::load_map(&data, &origin).await {
+        Ok((meta, map)) if meta.group == group => {
+            tracing::debug!(group, keys = map.len(), seconds = started.elapsed().as_secs_f64(), "snapshot loaded");
+            core.step_loaded_snapshot(group, m, incarnation, meta, map);
+        }
+        Ok((meta, _)) => tracing::warn!(group, "dropped a snapshot of shard {} sent as shard {group}", meta.group),
+        Err(e) => tracing::warn!(group, "dropped a snapshot: {e}"),
+    }
 }
 
 /// Waits until the core's snapshot budget allows `bytes` more, and takes

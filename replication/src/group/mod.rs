@@ -78,6 +78,9 @@ pub(crate) struct Group<T> {
     wanted: Vec<u64>,
     /// Members the configurations applied since the last look dropped.
     dropped_members: Vec<u64>,
+    /// A leader's snapshot loaded into a map ahead of its message
+    /// ([`Group::stage_snapshot_map`]).
+    staged: Option<(SnapshotMeta, ShardMap)>,
 }
 
 impl<T> Group<T> {
@@ -104,6 +107,7 @@ impl<T> Group<T> {
             memory_pressure: false,
             wanted: Vec::new(),
             dropped_members: Vec::new(),
+            staged: None,
         }
     }
 
@@ -194,6 +198,19 @@ impl<T> Group<T> {
     pub fn tick(&mut self, now: Now) {
         self.node.tick();
         self.renew_lease(now);
+        // A staged snapshot raft-rs did not install (this replica got
+        // there from the log first) holds a copy of the shard: drop it.
+        if self.staged.as_ref().is_some_and(|(meta, _)| meta.index <= self.map.applied_index()) {
+            self.staged = None;
+        }
+    }
+
+    /// Keeps `map`, loaded from the snapshot `meta` of a leader's
+    /// MsgSnapshot about to be stepped, for [`Group::install_snapshot`] to
+    /// swap in instead of decoding the same bytes again on this core.
+    pub fn stage_snapshot_map(&mut self, meta: SnapshotMeta, map: ShardMap) {
+        assert_eq!(meta.group, self.id, "a snapshot staged for its own shard");
+        self.staged = Some((meta, map));
     }
 
     /// Delivers a peer's message.

@@ -10,7 +10,7 @@ use std::collections::VecDeque;
 use bytes::Bytes;
 use kv_engine::snapshot::{self, SnapshotMeta};
 use kv_engine::wal::Record;
-use kv_engine::{Command, Decoded};
+use kv_engine::{Command, Decoded, ShardMap};
 use protobuf::Message as _;
 use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType, Message, Snapshot};
 
@@ -116,9 +116,18 @@ impl<T> Group<T> {
     /// file before the Ready counts as persisted.
     fn install_snapshot(&mut self, snap: &Snapshot, answers: &mut Vec<(T, Answer)>) -> (SnapshotMeta, Bytes) {
         let meta = snap.get_metadata();
-        let origin = format!("the snapshot of shard {} sent by its leader", self.id);
-        let (smeta, entries) = snapshot::decode(&snap.data, std::path::Path::new(&origin))
-            .unwrap_or_else(|e| panic!("a checksummed snapshot from the leader does not decode: {e}"));
+        // Loaded ahead by the transport (off this path) if it staged it;
+        // else decoded here, in one go.
+        let staged = self.staged.take().filter(|(s, _)| (s.index, s.term) == (meta.index, meta.term));
+        let loaded_ahead = staged.is_some();
+        let (smeta, map) = staged.unwrap_or_else(|| {
+            let origin = format!("the snapshot of shard {} sent by its leader", self.id);
+            let (smeta, entries) = snapshot::decode(&snap.data, std::path::Path::new(&origin))
+                .unwrap_or_else(|e| panic!("a checksummed snapshot from the leader does not decode: {e}"));
+            let mut map = ShardMap::new();
+            map.restore(smeta.index, entries);
+            (smeta, map)
+        });
         assert_eq!(
             (smeta.group, smeta.index, smeta.term),
             (self.id, meta.index, meta.term),
@@ -127,10 +136,11 @@ impl<T> Group<T> {
         tracing::info!(
             group = self.id,
             index = meta.index,
-            keys = entries.len(),
+            keys = map.len(),
+            loaded_ahead,
             "installing a snapshot from the leader"
         );
-        self.map.restore(meta.index, entries);
+        self.map.replace_with(map);
         self.set_conf_state(meta.get_conf_state().clone());
         self.storage.apply_snapshot(meta);
         // Writes waiting here were overtaken by the leader's history.

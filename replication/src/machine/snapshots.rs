@@ -8,6 +8,8 @@
 
 use raft::eraftpb::{Snapshot, SnapshotMetadata};
 
+use kv_engine::snapshot::SnapshotMeta;
+
 use super::{Machine, SnapshotSource};
 use crate::types::Now;
 
@@ -49,6 +51,15 @@ impl<T> Machine<T> {
             );
         }
         self.preparing.insert(group, Some(now.monotonic_ms));
+    }
+
+    /// Keeps `map`, loaded (off the machine) from the snapshot `meta` a
+    /// leader sent, for the group to swap in when raft-rs installs that
+    /// snapshot: step the MsgSnapshot next. Unknown groups drop it.
+    pub fn stage_snapshot_map(&mut self, meta: SnapshotMeta, map: kv_engine::ShardMap) {
+        if let Some(g) = self.groups.get_mut(&meta.group) {
+            g.stage_snapshot_map(meta, map);
+        }
     }
 
     /// Drops snapshots prepared for followers that are long caught up.
