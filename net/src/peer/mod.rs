@@ -131,6 +131,9 @@ pub struct Peers {
     snapshot_due: Cell<Instant>,
     /// Snapshots being streamed or waiting their turn, for STATUS.
     snapshots: RefCell<BTreeMap<(u32, u64), snapshot::Progress>>,
+    /// Groups a received snapshot is being loaded for (see
+    /// [`snapshot::receive`]): their leaders' appends are dropped meanwhile.
+    loading: RefCell<std::collections::BTreeSet<u32>>,
 }
 
 /// The [`kv_replication::transport::Transport`] face of [`Peers`].
@@ -189,6 +192,7 @@ impl Peers {
             snapshot_sends: Rc::new(Semaphore::new(SNAPSHOT_SENDS_MAX)),
             snapshot_due: Cell::new(Instant::now()),
             snapshots: RefCell::new(BTreeMap::new()),
+            loading: RefCell::new(std::collections::BTreeSet::new()),
         });
         for (link, woken) in wakeups {
             glommio::spawn_local(link_writer(peers.clone(), link, woken)).detach();
@@ -734,6 +738,11 @@ impl Inbound {
             );
             return;
         }
+        if m.get_msg_type() == raft::eraftpb::MessageType::MsgAppend && self.peers.loading.borrow().contains(&group) {
+            // Rejected, it would make the leader send the snapshot being
+            // loaded again; dropped, it is resent once this one is in.
+            return;
+        }
         self.owner.core.step(group, m, self.incarnation);
     }
 
@@ -752,7 +761,7 @@ impl Inbound {
             bytes = m.get_snapshot().get_data().len(),
             "received a snapshot of shard {group}"
         );
-        let work = snapshot::receive(self.owner.core.clone(), group, m, self.incarnation);
+        let work = snapshot::receive(self.peers.clone(), self.owner.core.clone(), group, m, self.incarnation);
         let task = match self.peers.background.get() {
             Some(queue) => glommio::spawn_local_into(work, queue).expect("the background queue exists"),
             None => glommio::spawn_local(work),

@@ -112,8 +112,17 @@ async fn write(stream: &mut TcpStream, bytes: &[u8]) -> io::Result<()> {
 /// Loads the snapshot a leader sent in `m` into a map, yielding between
 /// entries, then steps `m` with it: the receiving core goes on serving its
 /// other shards meanwhile, and installing is a swap. A snapshot that does
-/// not verify is dropped (raft-rs sends another).
-pub(super) async fn receive(core: Core, group: u32, m: Message, incarnation: u64) {
+/// not verify is dropped (raft-rs sends another). While it loads, the
+/// group's appends are dropped: the leader probes once it hears the
+/// snapshot went out, and the rejection of a probe would make it stream
+/// the whole snapshot again.
+pub(super) async fn receive(peers: Rc<Peers>, core: Core, group: u32, m: Message, incarnation: u64) {
+    peers.loading.borrow_mut().insert(group);
+    load_and_step(&core, group, m, incarnation).await;
+    peers.loading.borrow_mut().remove(&group);
+}
+
+async fn load_and_step(core: &Core, group: u32, m: Message, incarnation: u64) {
     let data = m.get_snapshot().data.clone();
     let origin = PathBuf::from(format!("the snapshot of shard {group} from node {}", m.from));
     let started = Instant::now();
