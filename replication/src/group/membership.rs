@@ -81,10 +81,15 @@ impl<T> Group<T> {
     }
 
     /// Whether this group, as leader, is filling a learner that answers (a
-    /// learner whose node is down takes no fill slot).
+    /// learner whose node is down takes no fill slot), or has a change
+    /// pending: a learner it adds is not in the configuration until the
+    /// change is applied, which takes longer than the tick that proposed
+    /// it, and must count from the start.
     pub fn is_filling(&self) -> bool {
         let learners = self.storage.conf_state().learners;
-        self.is_leader() && learners.iter().any(|l| self.node.raft.prs().get(*l).is_some_and(|pr| pr.recent_active))
+        self.is_leader()
+            && (self.node.raft.has_pending_conf()
+                || learners.iter().any(|l| self.node.raft.prs().get(*l).is_some_and(|pr| pr.recent_active)))
     }
 
     /// The next membership change this replica should propose: `None`

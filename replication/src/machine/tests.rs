@@ -1,7 +1,8 @@
 //! Membership and readmission, step by step, on three machines wired
 //! together in memory (no WAL: Readies count as persisted at once). kvsim
-//! covers the same code under faults; these pin the order of the steps
-//! and the gate on a lost directory's votes and acknowledgements.
+//! covers the same code under faults; these pin the order of the steps,
+//! the gate on a lost directory's votes and acknowledgements, and the
+//! bound on a core's fills at once.
 
 use std::collections::BTreeMap;
 
@@ -19,13 +20,17 @@ const REPLICAS: [u64; 3] = [1, 2, 3];
 const TICKS_MAX: u32 = 600;
 
 fn machine(node_id: u64, joined: bool) -> Machine<u64> {
+    machine_of(node_id, joined, &[SHARD])
+}
+
+fn machine_of(node_id: u64, joined: bool, shards: &[u32]) -> Machine<u64> {
     let config = RestoreConfig {
         machine: MachineConfig { node_id, core: 0, durable: false, wal_batch_bytes_max: 0 },
         tick: TICK_INTERVAL_DEFAULT,
         log_retain_entries: 4,
         compress_min_bytes: 0,
     };
-    Restorer::new(0, [SHARD]).finish(config, |_| REPLICAS.to_vec(), joined).expect("a new machine")
+    Restorer::new(0, shards.iter().copied()).finish(config, |_| REPLICAS.to_vec(), joined).expect("a new machine")
 }
 
 /// Three machines of one shard, and every message in flight between them.
@@ -38,7 +43,11 @@ struct Cluster {
 
 impl Cluster {
     fn new() -> Cluster {
-        let machines = REPLICAS.iter().map(|&n| (n, machine(n, false))).collect();
+        Cluster::of(&[SHARD])
+    }
+
+    fn of(shards: &[u32]) -> Cluster {
+        let machines = REPLICAS.iter().map(|&n| (n, machine_of(n, false, shards))).collect();
         Cluster { machines, now_ms: 1_000, wire: Vec::new() }
     }
 
@@ -196,4 +205,45 @@ fn a_group_counting_the_lost_directory_neither_hears_nor_tells_it_anything() {
     // Another directory later starts over.
     m.readmit(3, 0xbeef);
     assert!(!m.readmitted(3, 0xbeef) && !m.readmitted(3, 0xfeed));
+}
+
+#[test]
+fn a_core_proposes_at_most_fills_per_core_max_learners_while_changes_are_unapplied() {
+    let shards = [0, 1, 2, 3];
+    let mut c = Cluster::of(&shards);
+    c.tick_until("node 1 leads every shard", |c| shards.iter().all(|&s| c.machines[&1].leader_of(s) == Some(1)));
+    c.machines.insert(3, machine_of(3, true, &shards));
+    for id in [1, 2] {
+        c.machines.get_mut(&id).unwrap().readmit(3, 0xfeed);
+    }
+    c.tick_until("node 3's old directory removed from every shard", |c| {
+        shards.iter().all(|&s| !c.machines[&1].shard_copy(s).unwrap().conf_state.voters.contains(&3))
+    });
+    // Node 1 alone ticks on, its messages undelivered: no change it
+    // proposes now is applied, as when applying takes longer than a tick.
+    let mut adding = std::collections::BTreeSet::new();
+    let m = c.machines.get_mut(&1).unwrap();
+    for i in 1..=10u64 {
+        let now = Now { monotonic_ms: c.now_ms + i * 100, wall_ms: c.now_ms + i * 100 };
+        m.tick(now);
+        m.drive(now);
+        for (group, msg) in m.take_outputs().messages {
+            if msg.get_entries().iter().any(adds_learner_3) {
+                adding.insert(group);
+            }
+        }
+    }
+    assert!(!adding.is_empty(), "a learner is being added");
+    assert!(adding.len() <= super::membership::FILLS_PER_CORE_MAX, "fills at once: {adding:?}");
+}
+
+/// Whether `e` is a conf change adding node 3 as a learner.
+fn adds_learner_3(e: &raft::eraftpb::Entry) -> bool {
+    use protobuf::Message as _;
+    e.get_entry_type() == raft::eraftpb::EntryType::EntryConfChangeV2
+        && raft::eraftpb::ConfChangeV2::parse_from_bytes(&e.data).is_ok_and(|cc| {
+            cc.get_changes()
+                .iter()
+                .any(|ch| ch.node_id == 3 && ch.get_change_type() == raft::eraftpb::ConfChangeType::AddLearnerNode)
+        })
 }
