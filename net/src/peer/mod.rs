@@ -131,9 +131,9 @@ pub struct Peers {
     snapshot_due: Cell<Instant>,
     /// Snapshots being streamed or waiting their turn, for STATUS.
     snapshots: RefCell<BTreeMap<(u32, u64), snapshot::Progress>>,
-    /// Groups a received snapshot is being loaded for (see
+    /// Groups received snapshots are being loaded for, with how many (see
     /// [`snapshot::receive`]): their leaders' appends are dropped meanwhile.
-    loading: RefCell<std::collections::BTreeSet<u32>>,
+    loading: RefCell<BTreeMap<u32, usize>>,
 }
 
 /// The [`kv_replication::transport::Transport`] face of [`Peers`].
@@ -192,7 +192,7 @@ impl Peers {
             snapshot_sends: Rc::new(Semaphore::new(SNAPSHOT_SENDS_MAX)),
             snapshot_due: Cell::new(Instant::now()),
             snapshots: RefCell::new(BTreeMap::new()),
-            loading: RefCell::new(std::collections::BTreeSet::new()),
+            loading: RefCell::new(BTreeMap::new()),
         });
         for (link, woken) in wakeups {
             glommio::spawn_local(link_writer(peers.clone(), link, woken)).detach();
@@ -738,7 +738,7 @@ impl Inbound {
             );
             return;
         }
-        if m.get_msg_type() == raft::eraftpb::MessageType::MsgAppend && self.peers.loading.borrow().contains(&group) {
+        if m.get_msg_type() == raft::eraftpb::MessageType::MsgAppend && self.peers.loading.borrow().contains_key(&group) {
             // Rejected, it would make the leader send the snapshot being
             // loaded again; dropped, it is resent once this one is in.
             return;

@@ -117,9 +117,15 @@ async fn write(stream: &mut TcpStream, bytes: &[u8]) -> io::Result<()> {
 /// snapshot went out, and the rejection of a probe would make it stream
 /// the whole snapshot again.
 pub(super) async fn receive(peers: Rc<Peers>, core: Core, group: u32, m: Message, incarnation: u64) {
-    peers.loading.borrow_mut().insert(group);
+    *peers.loading.borrow_mut().entry(group).or_default() += 1;
     load_and_step(&core, group, m, incarnation).await;
-    peers.loading.borrow_mut().remove(&group);
+    let mut loading = peers.loading.borrow_mut();
+    match loading.get_mut(&group) {
+        Some(n) if *n > 1 => *n -= 1,
+        _ => {
+            loading.remove(&group);
+        }
+    }
 }
 
 async fn load_and_step(core: &Core, group: u32, m: Message, incarnation: u64) {
