@@ -303,6 +303,10 @@ pub async fn load_map(data: &[u8], path: &Path) -> Result<(SnapshotMeta, ShardMa
     let mut built = MapBuilder::new(meta.index, entries.count.min(1 << 24) as usize);
     let mut i = 0usize;
     while let Some((key, stored)) = entries.next_entry()? {
+        if stored.version > meta.index {
+            // Bytes from a peer: an error, not the assertion in `add`.
+            return Err(corrupt(path, "an entry is newer than the snapshot"));
+        }
         built.add(key, &stored);
         i += 1;
         if i.is_multiple_of(ENTRIES_PER_YIELD_CHECK) {
@@ -480,6 +484,11 @@ mod tests {
             };
             assert_eq!(pairs(&loaded), pairs(&restored));
             assert_eq!(pairs(&loaded).len(), 300);
+            assert_eq!(loaded.data_bytes(), restored.data_bytes());
+            // Versions 1..=300 at index 77: bytes a peer sent are refused,
+            // not asserted on.
+            let newer = load_map(&bytes, Path::new("memory")).await.map(|_| ());
+            assert!(matches!(newer, Err(SnapshotError::Corrupt { .. })), "{newer:?}");
             write_encoded(&d, &m, &bytes).await.unwrap()
         });
         assert_eq!(read(&path).unwrap(), (meta, sample(300)));

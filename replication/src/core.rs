@@ -292,8 +292,21 @@ impl Core {
         meta: SnapshotMeta,
         map: kv_engine::ShardMap,
     ) {
-        self.0.machine.borrow_mut().stage_snapshot_map(meta, map);
+        {
+            let mut machine = self.0.machine.borrow_mut();
+            // Not staged if `step` will drop the message (a copy of the
+            // shard would be held for nothing).
+            if machine.readmitting(message.from).is_some_and(|i| i != incarnation) {
+                return;
+            }
+            machine.stage_snapshot_map(meta, map);
+        }
         self.step(group, message, incarnation);
+    }
+
+    /// See `Machine::would_install`.
+    pub fn would_install(&self, group: u32, index: u64) -> bool {
+        self.0.machine.borrow().would_install(group, index)
     }
 
     /// Starts readmitting `node` on its new data directory (see

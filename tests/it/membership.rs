@@ -157,19 +157,24 @@ fn streaming_to(c: &Cluster, observer: u64, to: u64) -> bool {
         .unwrap()
         .iter()
         .flat_map(|core| core["snapshots_sending"].as_array().expect("STATUS lists snapshots being sent").clone());
-    sending
-        .into_iter()
-        .any(|s| s["to"] == to && !s["seconds"].is_null() && s["sent_bytes"].as_u64() < s["bytes"].as_u64())
+    // Partly sent: at least one chunk out, and more to come.
+    sending.into_iter().any(|s| {
+        let (sent, bytes) = (s["sent_bytes"].as_u64().unwrap(), s["bytes"].as_u64().unwrap());
+        s["to"] == to && sent > 0 && sent < bytes
+    })
 }
+
+/// Values of 16 KiB the paced fill carries (about 12 MiB).
+const KEYS_FILLED: usize = 768;
 
 #[test]
 fn a_fill_streams_paced_snapshots_that_status_shows_in_progress() {
-    // 256 KiB/s per core for about 4 MB of values: each shard's snapshot
-    // waits its turn in the budget for about a second. The leaders keep a
-    // short log, so node 3 must be filled from snapshots.
+    // 1 MiB/s per core (the slowest rate) for about 12 MiB of values: each
+    // shard's snapshot is several 1 MiB chunks, a second apart. The leaders
+    // keep a short log, so node 3 must be filled from snapshots.
     let flags = [
         "--snapshot-send-rate",
-        "256kb",
+        "1mb",
         "--compress-min-bytes",
         "0",
         "--raft-log-retain-entries",
@@ -182,7 +187,7 @@ fn a_fill_streams_paced_snapshots_that_status_shows_in_progress() {
     let mut c = Cluster::start(3, &flags);
     let mut client = c.client(1);
     let value = |i: usize| format!("{i:>16384}").into_bytes();
-    for i in 0..256 {
+    for i in 0..KEYS_FILLED {
         client.put(format!("k{i}").as_bytes(), &value(i), kv_engine::Condition::Always).unwrap();
     }
     c.kill(3);
@@ -195,7 +200,7 @@ fn a_fill_streams_paced_snapshots_that_status_shows_in_progress() {
     assert!(logs.contains("sent a snapshot of shard"), "{logs}");
     assert!(c.node(3).log().contains("installing a snapshot from the leader"));
     let mut reader = c.client(3);
-    for i in 0..256 {
+    for i in 0..KEYS_FILLED {
         let got = reader.get_with(format!("k{i}").as_bytes(), kv_replication::Consistency::Stale).unwrap();
         assert_eq!(got.map(|(v, _)| v), Some(value(i)), "k{i} on node 3");
     }

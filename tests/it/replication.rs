@@ -142,7 +142,7 @@ fn a_follower_catches_up_from_the_log_and_by_snapshot() {
     // Hundreds per shard: the leaders compacted past them.
     let log = round(&mut c, &mut writer, 800, "b");
     assert!(log.contains("installing a snapshot"), "caught up by snapshot:\n{log}");
-    // Streamed in chunks: no frame can carry more than the 64 KiB limit.
+    // Streamed in chunks: none carries more than 1 MiB.
     let streamed = log
         .lines()
         .filter(|l| l.contains("received a snapshot of shard"))

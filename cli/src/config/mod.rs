@@ -333,6 +333,10 @@ pub struct ClusterSettings {
 /// half the bandwidth to requests and Raft, and a core spends a few
 /// percent of its time on it; a shard of 1 GiB takes 16 s to fill.
 pub const SNAPSHOT_SEND_RATE_DEFAULT: &str = "64mb";
+/// The slowest `--snapshot-send-rate` (bytes per second) accepted: a
+/// 1 MiB chunk a second, so a receiver (which gives up on a sender silent
+/// for 20 s) and raft-rs never wait long between chunks.
+pub const SNAPSHOT_SEND_RATE_MIN: u64 = 1 << 20;
 
 /// Shortest cluster secret accepted.
 pub const CLUSTER_SECRET_BYTES_MIN: usize = 16;
@@ -558,6 +562,9 @@ fn parse_cluster(o: &Options, node_id: u64, cores: usize) -> Result<Option<Clust
     let snapshot_bytes_per_sec = kv_net::memory::parse_size(rate_text).ok_or_else(|| {
         format!("snapshot_send_rate: {rate_text:?} is not bytes per second, plain or with a unit (e.g. 64mb)")
     })?;
+    if snapshot_bytes_per_sec != 0 && snapshot_bytes_per_sec < SNAPSHOT_SEND_RATE_MIN {
+        return Err(format!("snapshot_send_rate: {rate_text:?} is below the slowest rate, 1mb (or 0: no limit)"));
+    }
     Ok(Some(ClusterSettings {
         peers,
         peer_listen,

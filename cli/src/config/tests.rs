@@ -67,6 +67,10 @@ fn cluster_settings() {
             vec!["--peers", peers, "--cluster-secret-file", secret.to_str().unwrap(), "--snapshot-send-rate", "fast"],
             "snapshot_send_rate",
         ),
+        (
+            vec!["--peers", peers, "--cluster-secret-file", secret.to_str().unwrap(), "--snapshot-send-rate", "256kb"],
+            "slowest rate",
+        ),
         (vec!["--peers", peers], "secret"),
         (vec!["--peers", "2=127.0.0.1:7490"], "not in the list"),
         (vec!["--peers", "1=nowhere"], "ID=IP:PORT"),

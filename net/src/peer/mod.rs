@@ -61,6 +61,11 @@ const SNAPSHOT_SENDS_MAX: u64 = 2;
 /// paused or cut-off receiver then costs this, and raft-rs is told the
 /// snapshot failed so it sends another later.
 const SNAPSHOT_CHUNK_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait for the next bytes of a snapshot being received: a sender
+/// that vanished mid-stream closes the connection, and its partial
+/// snapshot is dropped, after this. Longer than the sender's own wait, and
+/// than the pacing gap between chunks at the slowest rate allowed.
+const SNAPSHOT_RECEIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// What a core needs to know about its peers.
 #[derive(Debug, Clone)]
@@ -147,6 +152,12 @@ impl kv_replication::transport::Transport for PeerTransport {
                 tracing::warn!(to = m.to, "a raft message for a node that is not a peer");
                 continue;
             };
+            if wire::is_snapshot(&m) {
+                // Streamed on a connection of its own, never queued on the
+                // link (where a full queue would drop it unreported).
+                self.0.send_snapshot(link, group, m);
+                continue;
+            }
             let mut queue = link.raft.borrow_mut();
             if queue.len() < LINK_QUEUE_MESSAGES_MAX {
                 queue.push((group, m));
@@ -220,15 +231,32 @@ impl Peers {
         }
     }
 
-    /// Starts streaming each snapshot message in a task of its own.
-    fn send_snapshots(self: &Rc<Self>, link: &Rc<Link>, snapshots: Vec<(u32, Message)>) {
-        for (group, m) in snapshots {
-            let work = snapshot::send(self.clone(), link.clone(), group, m);
-            let task = match self.background.get() {
-                Some(queue) => glommio::spawn_local_into(work, queue).expect("the background queue exists"),
-                None => glommio::spawn_local(work),
-            };
-            task.detach();
+    /// Starts streaming a snapshot message in a task of its own.
+    fn send_snapshot(self: &Rc<Self>, link: &Rc<Link>, group: u32, m: Message) {
+        self.spawn_background(snapshot::send(self.clone(), link.clone(), group, m));
+    }
+
+    fn spawn_background(&self, work: impl std::future::Future<Output = ()> + 'static) {
+        let task = match self.background.get() {
+            Some(queue) => glommio::spawn_local_into(work, queue).expect("the background queue exists"),
+            None => glommio::spawn_local(work),
+        };
+        task.detach();
+    }
+
+    /// Marks `group` as loading a received snapshot (its appends are
+    /// dropped meanwhile); [`Peers::unmark_loading`] once per mark.
+    fn mark_loading(&self, group: u32) {
+        *self.loading.borrow_mut().entry(group).or_default() += 1;
+    }
+
+    fn unmark_loading(&self, group: u32) {
+        let mut loading = self.loading.borrow_mut();
+        match loading.get_mut(&group) {
+            Some(n) if *n > 1 => *n -= 1,
+            _ => {
+                loading.remove(&group);
+            }
         }
     }
 
@@ -357,9 +385,7 @@ async fn link_writer(peers: Rc<Peers>, link: Rc<Link>, woken: LocalReceiver<()>)
         if peers.stopping.get() {
             break;
         }
-        let (snapshots, raft): (Vec<_>, Vec<_>) =
-            std::mem::take(&mut *link.raft.borrow_mut()).into_iter().partition(|(_, m)| wire::is_snapshot(m));
-        peers.send_snapshots(&link, snapshots);
+        let raft = std::mem::take(&mut *link.raft.borrow_mut());
         let forwards = std::mem::take(&mut *link.forwards.borrow_mut());
         let ids = std::mem::take(&mut *link.forward_ids.borrow_mut());
         let dial = link.dial.replace(false);
@@ -656,6 +682,7 @@ async fn serve_inbound(mut stream: TcpStream, peers: &Rc<Peers>, owner: &Rc<Owne
         slots: Rc::new(Semaphore::new(INBOUND_FORWARDS_MAX)),
         parts: RefCell::new(wire::Reassembly::default()),
         snapshot: RefCell::new(wire::SnapshotAssembly::default()),
+        marked: Cell::new(None),
     };
     let writer = glommio::spawn_local(write_replies(crate::outbox::dup(&stream)?, conn.replies.clone(), woken));
     let mut buf = Vec::new();
@@ -669,7 +696,16 @@ async fn serve_inbound(mut stream: TcpStream, peers: &Rc<Peers>, owner: &Rc<Owne
                 buf.drain(..used);
                 conn.handle(kind, &payload).await?;
             }
-            if reader.read(&mut stream, &mut buf, CHUNK_BYTES).await? == 0 {
+            let read = reader.read(&mut stream, &mut buf, CHUNK_BYTES);
+            let n = if conn.snapshot.borrow().started().is_some() {
+                // A sender that vanished mid-snapshot (no FIN, no RST)
+                // must not hold the partial shard here for good.
+                let read = async { read.await.map_err(glommio::GlommioError::from) };
+                glommio::timer::timeout(SNAPSHOT_RECEIVE_TIMEOUT, read).await.map_err(io_err)?
+            } else {
+                read.await?
+            };
+            if n == 0 {
                 return Ok(());
             }
         }
@@ -678,6 +714,10 @@ async fn serve_inbound(mut stream: TcpStream, peers: &Rc<Peers>, owner: &Rc<Owne
     drop(conn);
     writer.await;
     result
+}
+
+fn snapshot_index(m: &Message) -> u64 {
+    m.get_snapshot().get_metadata().index
 }
 
 /// One authenticated inbound connection from node `from`.
@@ -693,6 +733,18 @@ struct Inbound {
     parts: RefCell<wire::Reassembly>,
     /// A snapshot streamed on this connection (see [`snapshot`]).
     snapshot: RefCell<wire::SnapshotAssembly>,
+    /// The group this connection's snapshot marked as loading, from its
+    /// head on (see [`Peers::mark_loading`]); handed to the task that
+    /// loads it, or cleared if the connection ends first.
+    marked: Cell<Option<u32>>,
+}
+
+impl Drop for Inbound {
+    fn drop(&mut self) {
+        if let Some(group) = self.marked.take() {
+            self.peers.unmark_loading(group);
+        }
+    }
 }
 
 impl Inbound {
@@ -711,6 +763,16 @@ impl Inbound {
             }
             wire::FRAME_SNAPSHOT_HEAD => {
                 let whole = self.snapshot.borrow_mut().head(payload).map_err(io_err)?;
+                let started = self.snapshot.borrow().started();
+                if let Some((group, index)) = started.or(whole.as_ref().map(|(g, m)| (*g, snapshot_index(m)))) {
+                    // From the head on: the sender reports the snapshot sent
+                    // once its last chunk is written, and the leader's next
+                    // probe may come before this end has read it.
+                    if self.owner.core.would_install(group, index) {
+                        self.peers.mark_loading(group);
+                        self.marked.set(Some(group));
+                    }
+                }
                 self.deliver_snapshot(whole);
             }
             wire::FRAME_SNAPSHOT_CHUNK => {
@@ -738,7 +800,8 @@ impl Inbound {
             );
             return;
         }
-        if m.get_msg_type() == raft::eraftpb::MessageType::MsgAppend && self.peers.loading.borrow().contains_key(&group) {
+        if m.get_msg_type() == raft::eraftpb::MessageType::MsgAppend && self.peers.loading.borrow().contains_key(&group)
+        {
             // Rejected, it would make the leader send the snapshot being
             // loaded again; dropped, it is resent once this one is in.
             return;
@@ -747,10 +810,15 @@ impl Inbound {
     }
 
     /// Loads a whole snapshot into a map in the background (yielding), then
-    /// steps its message (see [`snapshot::receive`]).
+    /// steps its message (see [`snapshot::receive`]). One raft-rs would not
+    /// install (this replica committed past it) is stepped as it is.
     fn deliver_snapshot(&self, whole: Option<(u32, Message)>) {
         let Some((group, m)) = whole else { return };
-        if m.from != self.from || m.to != self.peers.config.node_id {
+        let marked = self.marked.take();
+        if marked != Some(group) || m.from != self.from || m.to != self.peers.config.node_id {
+            if let Some(g) = marked {
+                self.peers.unmark_loading(g);
+            }
             return self.deliver(group, m);
         }
         tracing::info!(
@@ -761,12 +829,13 @@ impl Inbound {
             bytes = m.get_snapshot().get_data().len(),
             "received a snapshot of shard {group}"
         );
-        let work = snapshot::receive(self.peers.clone(), self.owner.core.clone(), group, m, self.incarnation);
-        let task = match self.peers.background.get() {
-            Some(queue) => glommio::spawn_local_into(work, queue).expect("the background queue exists"),
-            None => glommio::spawn_local(work),
-        };
-        task.detach();
+        self.peers.spawn_background(snapshot::receive(
+            self.peers.clone(),
+            self.owner.core.clone(),
+            group,
+            m,
+            self.incarnation,
+        ));
     }
 
     /// Runs a forwarded request in a task of its own (bounded per connection).

@@ -89,6 +89,10 @@ async fn stream(peers: &Rc<Peers>, link: &Rc<Link>, group: u32, m: &Message) -> 
         if peers.stopping.get() {
             return Err(io_err("the node is stopping"));
         }
+        if !still_leads(peers, group) {
+            // raft-rs gave this snapshot up with its leadership.
+            return Err(io_err(format!("no longer leads shard {group}")));
+        }
         pace(peers, piece.len()).await;
         frame.clear();
         wire::put_frame(&mut frame, wire::FRAME_SNAPSHOT_CHUNK, piece);
@@ -98,6 +102,11 @@ async fn stream(peers: &Rc<Peers>, link: &Rc<Link>, group: u32, m: &Message) -> 
         glommio::yield_if_needed().await;
     }
     stream.close().await
+}
+
+fn still_leads(peers: &Peers, group: u32) -> bool {
+    let core = peers.core.borrow();
+    core.as_ref().is_none_or(|c| c.leader_of(group) == Some(peers.config.node_id))
 }
 
 /// Writes `bytes`, waiting at most [`SNAPSHOT_CHUNK_TIMEOUT`].
@@ -116,16 +125,11 @@ async fn write(stream: &mut TcpStream, bytes: &[u8]) -> io::Result<()> {
 /// group's appends are dropped: the leader probes once it hears the
 /// snapshot went out, and the rejection of a probe would make it stream
 /// the whole snapshot again.
+/// The caller marked `group` loading (`Peers::mark_loading`); this clears
+/// the mark.
 pub(super) async fn receive(peers: Rc<Peers>, core: Core, group: u32, m: Message, incarnation: u64) {
-    *peers.loading.borrow_mut().entry(group).or_default() += 1;
     load_and_step(&core, group, m, incarnation).await;
-    let mut loading = peers.loading.borrow_mut();
-    match loading.get_mut(&group) {
-        Some(n) if *n > 1 => *n -= 1,
-        _ => {
-            loading.remove(&group);
-        }
-    }
+    peers.unmark_loading(group);
 }
 
 async fn load_and_step(core: &Core, group: u32, m: Message, incarnation: u64) {
@@ -133,13 +137,25 @@ async fn load_and_step(core: &Core, group: u32, m: Message, incarnation: u64) {
     let origin = PathBuf::from(format!("the snapshot of shard {group} from node {}", m.from));
     let started = Instant::now();
     match kv_engine::snapshot::load_map(&data, &origin).await {
-        Ok((meta, map)) if meta.group == group => {
+        Ok((meta, map)) if (meta.group, meta.index, meta.term) == (group, snapshot_meta(&m).0, snapshot_meta(&m).1) => {
             tracing::debug!(group, keys = map.len(), seconds = started.elapsed().as_secs_f64(), "snapshot loaded");
             core.step_loaded_snapshot(group, m, incarnation, meta, map);
         }
-        Ok((meta, _)) => tracing::warn!(group, "dropped a snapshot of shard {} sent as shard {group}", meta.group),
+        Ok((meta, _)) => tracing::warn!(
+            group,
+            "dropped a snapshot of shard {} at index {} sent as shard {group} at index {}",
+            meta.group,
+            meta.index,
+            snapshot_meta(&m).0
+        ),
         Err(e) => tracing::warn!(group, "dropped a snapshot: {e}"),
     }
+}
+
+/// The index and term a MsgSnapshot's metadata names.
+fn snapshot_meta(m: &Message) -> (u64, u64) {
+    let meta = m.get_snapshot().get_metadata();
+    (meta.index, meta.term)
 }
 
 /// Waits until the core's snapshot budget allows `bytes` more, and takes

@@ -437,6 +437,11 @@ impl SnapshotAssembly {
         self.finish()
     }
 
+    /// The group and index of the snapshot being received, if one is.
+    pub fn started(&self) -> Option<(u32, u64)> {
+        self.current.as_ref().map(|(group, m, _, _)| (*group, m.get_snapshot().get_metadata().index))
+    }
+
     /// Adds a chunk (a SNAPSHOT_CHUNK payload).
     pub fn chunk(&mut self, piece: &[u8]) -> Result<Option<(u32, Message)>, String> {
         let Some((_, _, total, data)) = self.current.as_mut() else {
@@ -863,7 +868,11 @@ mod tests {
             put_frame(&mut out, FRAME_SNAPSHOT_CHUNK, piece);
         }
         let (mut at, mut got, mut asm) = (0, Vec::new(), SnapshotAssembly::default());
+        assert_eq!(asm.started(), None);
         while let Some((kind, payload, used)) = take_frame(&out[at..], 1000).unwrap() {
+            if at > 0 {
+                assert_eq!(asm.started(), Some((9, 77)), "under way from the head to the last chunk");
+            }
             let whole = match kind {
                 FRAME_SNAPSHOT_HEAD => asm.head(payload).unwrap(),
                 FRAME_SNAPSHOT_CHUNK => asm.chunk(payload).unwrap(),
@@ -875,6 +884,7 @@ mod tests {
             at += used;
         }
         assert_eq!(got, vec![(9, m)]);
+        assert_eq!(asm.started(), None, "done");
         // A snapshot without data is whole with its head.
         let empty = snapshot_message(Vec::new());
         assert_eq!(SnapshotAssembly::default().head(&snapshot_head(4, &empty).0).unwrap(), Some((4, empty)));

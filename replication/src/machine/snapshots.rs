@@ -62,6 +62,13 @@ impl<T> Machine<T> {
         }
     }
 
+    /// Whether a leader's snapshot of `group` at `index` could be installed
+    /// here: raft-rs refuses one at or below the group's commit index, so
+    /// loading that one would be wasted work.
+    pub fn would_install(&self, group: u32, index: u64) -> bool {
+        self.groups.get(&group).is_some_and(|g| index > g.commit_index())
+    }
+
     /// Drops snapshots prepared for followers that are long caught up.
     pub(super) fn expire_prepared(&mut self, now: Now) {
         let expired: Vec<u32> = self
