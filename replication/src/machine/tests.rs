@@ -2,10 +2,11 @@
 //! together in memory (no WAL: Readies count as persisted at once). kvsim
 //! covers the same code under faults; these pin the order of the steps,
 //! the gate on a lost directory's votes and acknowledgements, and the
-//! bound on a core's fills at once.
+//! bound on a core's fills at once, and which map a snapshot install uses.
 
 use std::collections::BTreeMap;
 
+use kv_engine::snapshot::SnapshotMeta;
 use kv_engine::{Command, Condition};
 use raft::eraftpb::{Message, MessageType};
 
@@ -15,6 +16,8 @@ use crate::types::Now;
 use crate::TICK_INTERVAL_DEFAULT;
 
 const SHARD: u32 = 0;
+/// A key only a staged map holds (see `Cluster::stage`).
+const MARKER: &[u8] = b"staged-marker";
 const REPLICAS: [u64; 3] = [1, 2, 3];
 /// Ticks any wait below may take (a generous bound: each takes tens).
 const TICKS_MAX: u32 = 600;
@@ -39,6 +42,12 @@ struct Cluster {
     now_ms: u64,
     /// Messages taken from a machine's outputs, not yet delivered.
     wire: Vec<(u32, Message)>,
+    /// How the receiver of a snapshot stages a map loaded from it before
+    /// stepping it, as the transport does (`None`: nothing staged, the
+    /// install decodes): under the metadata this returns for the
+    /// snapshot's own, with [`MARKER`] added, so a test can tell whether
+    /// the staged map was the one installed.
+    stage: Option<fn(SnapshotMeta) -> SnapshotMeta>,
 }
 
 impl Cluster {
@@ -48,7 +57,7 @@ impl Cluster {
 
     fn of(shards: &[u32]) -> Cluster {
         let machines = REPLICAS.iter().map(|&n| (n, machine_of(n, false, shards))).collect();
-        Cluster { machines, now_ms: 1_000, wire: Vec::new() }
+        Cluster { machines, now_ms: 1_000, wire: Vec::new(), stage: None }
     }
 
     fn now(&self) -> Now {
@@ -73,7 +82,16 @@ impl Cluster {
             }
             for (group, msg) in std::mem::take(&mut self.wire) {
                 let (from, to, snapshot) = (msg.from, msg.to, msg.get_msg_type() == MessageType::MsgSnapshot);
-                let _ = self.machines.get_mut(&to).expect("a member").step(group, msg);
+                let receiver = self.machines.get_mut(&to).expect("a member");
+                if let (true, Some(stage)) = (snapshot, self.stage) {
+                    let path = std::path::Path::new("memory");
+                    let (meta, mut entries) = kv_engine::snapshot::decode(msg.get_snapshot().get_data(), path).unwrap();
+                    entries.push((MARKER.into(), kv_engine::Stored::with_expiry("m".into(), 1, 0)));
+                    let mut map = kv_engine::ShardMap::new();
+                    map.restore(meta.index, entries);
+                    receiver.stage_snapshot_map(stage(meta), map);
+                }
+                let _ = receiver.step(group, msg);
                 if snapshot {
                     self.machines.get_mut(&from).expect("a member").report_snapshot(group, to, true);
                 }
@@ -129,7 +147,27 @@ impl Cluster {
 
 #[test]
 fn a_lost_directory_is_removed_then_added_back_as_a_learner_then_promoted() {
+    let c = readmit_and_check(None);
+    assert!(c.machines[&3].map(SHARD).unwrap().get(MARKER).is_none());
+}
+
+#[test]
+fn a_snapshot_loaded_ahead_is_swapped_in_and_a_mismatched_one_is_decoded_again() {
+    // The transport's way: the map staged for the snapshot being stepped
+    // is the one installed.
+    let c = readmit_and_check(Some(|meta| meta));
+    assert!(c.machines[&3].map(SHARD).unwrap().get(MARKER).is_some(), "the staged map was swapped in");
+    // A map staged for another snapshot (an older stream of the shard) is
+    // not used: the install decodes the snapshot raft-rs installs.
+    let c = readmit_and_check(Some(|meta| SnapshotMeta { index: meta.index - 1, ..meta }));
+    assert!(c.machines[&3].map(SHARD).unwrap().get(MARKER).is_none(), "a mismatched map was not used");
+}
+
+/// Readmits node 3 on an empty directory and checks the steps and its
+/// data; returns the cluster.
+fn readmit_and_check(stage: Option<fn(SnapshotMeta) -> SnapshotMeta>) -> Cluster {
     let mut c = Cluster::new();
+    c.stage = stage;
     c.tick_until("a leader", |c| c.leader().is_some());
     let leader = c.leader().unwrap();
     assert_ne!(leader, 3, "node 1 stands first; node 3 is never the leader here");
@@ -165,6 +203,7 @@ fn a_lost_directory_is_removed_then_added_back_as_a_learner_then_promoted() {
     });
     let map = c.machines[&3].map(SHARD).unwrap();
     assert!((0..20).all(|i| map.get(format!("k{i}").as_bytes()).is_some()));
+    c
 }
 
 #[test]
