@@ -1,8 +1,8 @@
 //! Membership and readmission, step by step, on three machines wired
 //! together in memory (no WAL: Readies count as persisted at once). kvsim
 //! covers the same code under faults; these pin the order of the steps,
-//! the gate on a lost directory's votes and acknowledgements, and the
-//! bound on a core's fills at once, and which map a snapshot install uses.
+//! the gate on a lost directory's votes and acknowledgements, the bound
+//! on a core's fills at once, and which map a snapshot install uses.
 
 use std::collections::BTreeMap;
 
