@@ -152,6 +152,10 @@ impl ShardMap {
         self.tracking = tracking;
     }
 
+    pub fn tracking(&self) -> Tracking {
+        self.tracking
+    }
+
     fn touch(&self, stored: &Entry, now_ms: u64) {
         match self.tracking {
             Tracking::None => {}
@@ -633,11 +637,12 @@ impl ShardMap {
     /// Replaces the whole state with a map built from a snapshot
     /// ([`MapBuilder`]); what this replica records for eviction stays.
     pub fn replace_with(&mut self, built: ShardMap) {
-        let tracking = self.tracking;
+        let (tracking, stamped) = (self.tracking, built.tracking);
         *self = built;
         self.tracking = tracking;
-        // Built without tracking: stamp what storing them here would have.
-        if !matches!(tracking, Tracking::None) {
+        // Built recording something else: stamp what storing them here
+        // would have (one pass over the map, on this path).
+        if tracking != stamped && tracking != Tracking::None {
             for e in self.iter() {
                 self.stamp_new(e);
             }
@@ -654,6 +659,13 @@ pub struct MapBuilder {
 }
 
 impl MapBuilder {
+    /// Entries added from now on get the first access `tracking` records
+    /// (so that swapping the map in need not stamp them).
+    pub fn tracking(mut self, tracking: Tracking) -> MapBuilder {
+        self.map.tracking = tracking;
+        self
+    }
+
     /// A map at `applied_index`, with room for `len` entries.
     pub fn new(applied_index: u64, len: usize) -> MapBuilder {
         let mut map = ShardMap::new();

@@ -33,6 +33,7 @@ use bytes::Bytes;
 use futures_lite::{AsyncWrite, AsyncWriteExt};
 use glommio::io::{DmaFile, DmaStreamWriter, DmaStreamWriterBuilder, OpenOptions};
 
+use crate::evict::Tracking;
 use crate::shard::{MapBuilder, ShardMap, Stored};
 
 const MAGIC: &[u8; 8] = b"KVDSNAP\x01";
@@ -289,7 +290,8 @@ const CHECKSUM_BYTES_PER_YIELD_CHECK: usize = 1 << 20;
 /// other tasks every few entries: how a follower loads what its leader
 /// sent without holding its core (the map is then swapped in whole with
 /// [`ShardMap::replace_with`]). The same checks as [`decode`].
-pub async fn load_map(data: &[u8], path: &Path) -> Result<(SnapshotMeta, ShardMap), SnapshotError> {
+/// `tracking` is what the map it will replace records for eviction.
+pub async fn load_map(data: &[u8], path: &Path, tracking: Tracking) -> Result<(SnapshotMeta, ShardMap), SnapshotError> {
     let (total, claimed) = trailer_of(data, path)?;
     let mut crc = crc32fast::Hasher::new();
     for piece in data[..total - TRAILER_BYTES].chunks(CHECKSUM_BYTES_PER_YIELD_CHECK) {
@@ -300,7 +302,7 @@ pub async fn load_map(data: &[u8], path: &Path) -> Result<(SnapshotMeta, ShardMa
         return Err(corrupt(path, "checksum mismatch"));
     }
     let (meta, mut entries) = parse(&data[..total - TRAILER_BYTES], path)?;
-    let mut built = MapBuilder::new(meta.index, entries.count.min(1 << 24) as usize);
+    let mut built = MapBuilder::new(meta.index, entries.count.min(1 << 24) as usize).tracking(tracking);
     let mut i = 0usize;
     while let Some((key, stored)) = entries.next_entry()? {
         if stored.version > meta.index {
@@ -472,7 +474,7 @@ mod tests {
             // Loading builds the map restoring the decoded entries builds.
             let at_1000 = SnapshotMeta { index: 1000, ..m.clone() };
             let (loaded_meta, loaded) =
-                load_map(&encode_blocking(&at_1000, &sample(300)), Path::new("memory")).await.unwrap();
+                load_map(&encode_blocking(&at_1000, &sample(300)), Path::new("memory"), Tracking::None).await.unwrap();
             let mut restored = ShardMap::new();
             restored.restore(1000, sample(300));
             assert_eq!(loaded_meta, at_1000);
@@ -487,7 +489,7 @@ mod tests {
             assert_eq!(loaded.data_bytes(), restored.data_bytes());
             // Versions 1..=300 at index 77: bytes a peer sent are refused,
             // not asserted on.
-            let newer = load_map(&bytes, Path::new("memory")).await.map(|_| ());
+            let newer = load_map(&bytes, Path::new("memory"), Tracking::None).await.map(|_| ());
             assert!(matches!(newer, Err(SnapshotError::Corrupt { .. })), "{newer:?}");
             write_encoded(&d, &m, &bytes).await.unwrap()
         });
@@ -508,7 +510,8 @@ mod tests {
             bad[at] ^= 1;
             std::fs::write(&path, &bad).unwrap();
             assert!(matches!(read(&path), Err(SnapshotError::Corrupt { .. })), "flip at {at}");
-            let loaded = run(move || async move { load_map(&bad, Path::new("memory")).await.map(|_| ()) });
+            let loaded =
+                run(move || async move { load_map(&bad, Path::new("memory"), Tracking::Lru).await.map(|_| ()) });
             assert!(matches!(loaded, Err(SnapshotError::Corrupt { .. })), "flip at {at}, loaded");
         }
         std::fs::write(&path, &good[..good.len() - 1]).unwrap();

@@ -304,6 +304,11 @@ impl Core {
         self.step(group, message, incarnation);
     }
 
+    /// See `Machine::tracking`.
+    pub fn tracking(&self, group: u32) -> kv_engine::evict::Tracking {
+        self.0.machine.borrow().tracking(group)
+    }
+
     /// See `Machine::would_install`.
     pub fn would_install(&self, group: u32, index: u64) -> bool {
         self.0.machine.borrow().would_install(group, index)

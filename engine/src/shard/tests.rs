@@ -384,3 +384,28 @@ fn prefetch_looks_where_the_table_keeps_each_key() {
     m.prefetch(keys.iter().map(|k| &k[..]));
     assert_eq!(m.get(b"k1999").expect("present").value, b("v"));
 }
+
+#[test]
+fn a_map_built_apart_records_what_the_map_it_replaces_records() {
+    let entries: Vec<(Bytes, Stored)> =
+        (0..50u64).map(|i| (Bytes::from(format!("k{i}")), Stored::with_expiry("v".into(), i + 1, 0))).collect();
+    let clocks = |m: &ShardMap| m.iter().map(|e| e.clock()).collect::<Vec<u32>>();
+    let mut restored = ShardMap::new();
+    restored.set_tracking(Tracking::Lfu);
+    restored.restore(50, entries.clone());
+    assert!(clocks(&restored).iter().all(|&c| c == crate::evict::lfu_new(0)), "LFU's first access");
+    // Built recording the same: swapped in as it is. Built recording
+    // nothing: stamped on the swap. Either way what a restore records.
+    for built_with in [Tracking::Lfu, Tracking::None] {
+        let mut b = MapBuilder::new(50, entries.len()).tracking(built_with);
+        for (k, s) in &entries {
+            b.add(k, s);
+        }
+        let mut swapped = ShardMap::new();
+        swapped.set_tracking(Tracking::Lfu);
+        swapped.replace_with(b.finish());
+        assert_eq!(swapped.tracking(), Tracking::Lfu);
+        assert_eq!(clocks(&swapped).len(), 50);
+        assert!(clocks(&swapped).iter().all(|&c| c == crate::evict::lfu_new(0)), "built with {built_with:?}");
+    }
+}

@@ -136,7 +136,7 @@ async fn load_and_step(core: &Core, group: u32, m: Message, incarnation: u64) {
     let data = m.get_snapshot().data.clone();
     let origin = PathBuf::from(format!("the snapshot of shard {group} from node {}", m.from));
     let started = Instant::now();
-    match kv_engine::snapshot::load_map(&data, &origin).await {
+    match kv_engine::snapshot::load_map(&data, &origin, core.tracking(group)).await {
         Ok((meta, map)) if (meta.group, meta.index, meta.term) == (group, snapshot_meta(&m).0, snapshot_meta(&m).1) => {
             tracing::debug!(group, keys = map.len(), seconds = started.elapsed().as_secs_f64(), "snapshot loaded");
             core.step_loaded_snapshot(group, m, incarnation, meta, map);

@@ -18,6 +18,12 @@ impl<T> Machine<T> {
         }
     }
 
+    /// What `group`'s map records for eviction (what a map built to
+    /// replace it should record).
+    pub fn tracking(&self, group: u32) -> Tracking {
+        self.groups.get(&group).map_or(Tracking::None, |g| g.map.tracking())
+    }
+
     /// While set, groups keep no applied entries in their in-memory logs.
     pub fn set_memory_pressure(&mut self, pressure: bool) {
         for g in self.groups.values_mut() {
