@@ -186,7 +186,7 @@ async fn run(setup: CoreSetup) -> Result<(), String> {
     let core = Core::open(config, transport).await.map_err(|e| format!("core {core_index}: {e}"))?;
     core.set_background_queue(background);
     if let Some(p) = &peers {
-        p.attach(core.clone(), background);
+        p.attach(core.clone());
     }
     let core_metrics = CoreMetrics::start(&metrics, &core, core_index);
     let owner =

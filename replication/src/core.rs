@@ -144,6 +144,12 @@ impl Core {
         self.0.background.set(Some(queue));
     }
 
+    /// Runs `work` in the core's background queue (snapshots and other
+    /// work that must yield to requests).
+    pub fn spawn_background(&self, work: impl std::future::Future<Output = ()> + 'static) {
+        self.0.spawn_background(work);
+    }
+
     /// Sets the observer of WAL flushes (metrics). The observer runs on the
     /// core's executor and MUST NOT call back into the core.
     pub fn on_flush(&self, observer: FlushObserver) {
@@ -237,9 +243,24 @@ impl Core {
     /// that outlived the directory it came from) are dropped (Raft
     /// tolerates loss).
     pub fn step(&self, group: u32, message: Message, incarnation: u64) {
+        self.step_staged(group, message, incarnation, None);
+    }
+
+    /// [`Core::step`], first staging `staged` (a map loaded from the
+    /// message's snapshot) unless the message is dropped.
+    fn step_staged(
+        &self,
+        group: u32,
+        message: Message,
+        incarnation: u64,
+        staged: Option<(SnapshotMeta, kv_engine::ShardMap)>,
+    ) {
         let mut machine = self.0.machine.borrow_mut();
         if machine.readmitting(message.from).is_some_and(|i| i != incarnation) {
             return;
+        }
+        if let Some((meta, map)) = staged {
+            machine.stage_snapshot_map(meta, map);
         }
         let stepped = machine.step(group, message);
         drop(machine);
@@ -292,16 +313,7 @@ impl Core {
         meta: SnapshotMeta,
         map: kv_engine::ShardMap,
     ) {
-        {
-            let mut machine = self.0.machine.borrow_mut();
-            // Not staged if `step` will drop the message (a copy of the
-            // shard would be held for nothing).
-            if machine.readmitting(message.from).is_some_and(|i| i != incarnation) {
-                return;
-            }
-            machine.stage_snapshot_map(meta, map);
-        }
-        self.step(group, message, incarnation);
+        self.step_staged(group, message, incarnation, Some((meta, map)));
     }
 
     /// See `Machine::tracking`.

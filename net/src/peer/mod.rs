@@ -127,8 +127,6 @@ pub struct Peers {
     stopping: Cell<bool>,
     /// Client endpoints peers announced.
     endpoints: RefCell<BTreeMap<u64, Endpoints>>,
-    /// Where snapshots are streamed from (the core's background queue).
-    background: Cell<Option<glommio::TaskQueueHandle>>,
     /// Bounds the snapshots streamed at once ([`SNAPSHOT_SENDS_MAX`]).
     snapshot_sends: Rc<Semaphore>,
     /// When the core's snapshot streams may send their next chunk: one
@@ -199,7 +197,6 @@ impl Peers {
             next_id: Cell::new(1),
             stopping: Cell::new(false),
             endpoints: RefCell::new(BTreeMap::new()),
-            background: Cell::new(None),
             snapshot_sends: Rc::new(Semaphore::new(SNAPSHOT_SENDS_MAX)),
             snapshot_due: Cell::new(Instant::now()),
             snapshots: RefCell::new(BTreeMap::new()),
@@ -219,10 +216,9 @@ impl Peers {
     /// Attaches the core these links serve, once it is open: it learns the
     /// fate of snapshot messages (raft-rs must be told, or a follower whose
     /// snapshot was lost is never sent another) and readmits peers.
-    /// Snapshots are streamed from `background`.
-    pub fn attach(&self, core: Core, background: glommio::TaskQueueHandle) {
+    /// Snapshots are streamed and loaded in its background queue.
+    pub fn attach(&self, core: Core) {
         *self.core.borrow_mut() = Some(core);
-        self.background.set(Some(background));
     }
 
     fn report_snapshot(&self, group: u32, to: u64, sent: bool) {
@@ -237,11 +233,13 @@ impl Peers {
     }
 
     fn spawn_background(&self, work: impl std::future::Future<Output = ()> + 'static) {
-        let task = match self.background.get() {
-            Some(queue) => glommio::spawn_local_into(work, queue).expect("the background queue exists"),
-            None => glommio::spawn_local(work),
-        };
-        task.detach();
+        let core = self.core.borrow().clone();
+        match core {
+            Some(core) => core.spawn_background(work),
+            None => {
+                glommio::spawn_local(work).detach();
+            }
+        }
     }
 
     /// Marks `group` as loading a received snapshot (its appends are
@@ -716,10 +714,6 @@ async fn serve_inbound(mut stream: TcpStream, peers: &Rc<Peers>, owner: &Rc<Owne
     result
 }
 
-fn snapshot_index(m: &Message) -> u64 {
-    m.get_snapshot().get_metadata().index
-}
-
 /// One authenticated inbound connection from node `from`.
 struct Inbound {
     from: u64,
@@ -764,7 +758,7 @@ impl Inbound {
             wire::FRAME_SNAPSHOT_HEAD => {
                 let whole = self.snapshot.borrow_mut().head(payload).map_err(io_err)?;
                 let started = self.snapshot.borrow().started();
-                if let Some((group, index)) = started.or(whole.as_ref().map(|(g, m)| (*g, snapshot_index(m)))) {
+                if let Some((group, index)) = started.or(whole.as_ref().map(|(g, m)| (*g, wire::snapshot_at(m).0))) {
                     // From the head on: the sender reports the snapshot sent
                     // once its last chunk is written, and the leader's next
                     // probe may come before this end has read it.

@@ -137,7 +137,7 @@ async fn load_and_step(core: &Core, group: u32, m: Message, incarnation: u64) {
     let origin = PathBuf::from(format!("the snapshot of shard {group} from node {}", m.from));
     let started = Instant::now();
     match kv_engine::snapshot::load_map(&data, &origin, core.tracking(group)).await {
-        Ok((meta, map)) if (meta.group, meta.index, meta.term) == (group, snapshot_meta(&m).0, snapshot_meta(&m).1) => {
+        Ok((meta, map)) if (meta.group, (meta.index, meta.term)) == (group, wire::snapshot_at(&m)) => {
             tracing::debug!(group, keys = map.len(), seconds = started.elapsed().as_secs_f64(), "snapshot loaded");
             core.step_loaded_snapshot(group, m, incarnation, meta, map);
         }
@@ -146,16 +146,10 @@ async fn load_and_step(core: &Core, group: u32, m: Message, incarnation: u64) {
             "dropped a snapshot of shard {} at index {} sent as shard {group} at index {}",
             meta.group,
             meta.index,
-            snapshot_meta(&m).0
+            wire::snapshot_at(&m).0
         ),
         Err(e) => tracing::warn!(group, "dropped a snapshot: {e}"),
     }
-}
-
-/// The index and term a MsgSnapshot's metadata names.
-fn snapshot_meta(m: &Message) -> (u64, u64) {
-    let meta = m.get_snapshot().get_metadata();
-    (meta.index, meta.term)
 }
 
 /// Waits until the core's snapshot budget allows `bytes` more, and takes

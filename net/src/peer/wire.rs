@@ -387,6 +387,12 @@ pub fn is_snapshot(m: &Message) -> bool {
     m.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot
 }
 
+/// The index and term a MsgSnapshot's metadata names.
+pub fn snapshot_at(m: &Message) -> (u64, u64) {
+    let meta = m.get_snapshot().get_metadata();
+    (meta.index, meta.term)
+}
+
 /// The payload of the SNAPSHOT_HEAD frame that starts streaming `m` (a
 /// MsgSnapshot), and the snapshot data its chunks must carry: the data
 /// never goes through protobuf, so it is never copied whole on the way.
@@ -439,7 +445,7 @@ impl SnapshotAssembly {
 
     /// The group and index of the snapshot being received, if one is.
     pub fn started(&self) -> Option<(u32, u64)> {
-        self.current.as_ref().map(|(group, m, _, _)| (*group, m.get_snapshot().get_metadata().index))
+        self.current.as_ref().map(|(group, m, _, _)| (*group, snapshot_at(m).0))
     }
 
     /// Adds a chunk (a SNAPSHOT_CHUNK payload).
