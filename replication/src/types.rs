@@ -81,6 +81,9 @@ pub struct CoreStats {
     pub fsync_micros_total: u64,
     pub snapshots: u64,
     pub leader_changes: u64,
+    /// Leaders' snapshots installed by swapping in a map the transport
+    /// loaded ahead, off the machine's path (the rest are decoded there).
+    pub snapshots_loaded_ahead: u64,
 }
 
 /// Guarantees broken on purpose, one switch each: the simulator's seeded

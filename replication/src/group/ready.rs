@@ -47,6 +47,9 @@ pub(crate) struct Handled {
     /// A snapshot installed from the leader, to be written before the Ready
     /// counts as persisted.
     pub installed: Option<(SnapshotMeta, Bytes)>,
+    /// Whether that snapshot's map was loaded ahead (staged) rather than
+    /// decoded here.
+    pub loaded_ahead: bool,
     /// How far the commit index advanced, and entries applied (metrics).
     pub committed: u64,
     pub applied: u64,
@@ -65,6 +68,8 @@ impl<T> Group<T> {
         cx.messages.extend(rd.take_messages().into_iter().map(|m| (id, m)));
         self.confirm_reads(rd.take_read_states());
         let installed = (!rd.snapshot().is_empty()).then(|| self.install_snapshot(rd.snapshot(), cx.answers));
+        let loaded_ahead = installed.as_ref().is_some_and(|(_, _, ahead)| *ahead);
+        let installed = installed.map(|(meta, data, _)| (meta, data));
         let committed = rd.take_committed_entries();
         let applied = committed.len() as u64;
         self.apply(committed, cx);
@@ -101,6 +106,7 @@ impl<T> Group<T> {
             number,
             after_persist,
             installed,
+            loaded_ahead,
             committed: commit_advance,
             applied,
             commit_record,
@@ -113,8 +119,9 @@ impl<T> Group<T> {
 
     /// Replaces the map and the log with a snapshot the leader sent. Its
     /// bytes are returned so the core writes them as this shard's snapshot
-    /// file before the Ready counts as persisted.
-    fn install_snapshot(&mut self, snap: &Snapshot, answers: &mut Vec<(T, Answer)>) -> (SnapshotMeta, Bytes) {
+    /// file before the Ready counts as persisted, with whether the map was
+    /// the one loaded ahead.
+    fn install_snapshot(&mut self, snap: &Snapshot, answers: &mut Vec<(T, Answer)>) -> (SnapshotMeta, Bytes, bool) {
         let meta = snap.get_metadata();
         // Loaded ahead by the transport (off this path) if it staged it;
         // else decoded here, in one go.
@@ -147,7 +154,7 @@ impl<T> Group<T> {
         for (_, p) in std::mem::take(&mut self.pending) {
             answers.push((p.waiter, Answer::Write(Err(CoreError::Dropped))));
         }
-        (smeta, snap.data.clone())
+        (smeta, snap.data.clone(), loaded_ahead)
     }
 
     /// Applies committed entries to the map and answers their proposers.

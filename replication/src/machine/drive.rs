@@ -142,6 +142,7 @@ impl<T> Machine<T> {
             }
             self.stats.committed_entries += h.committed;
             self.stats.applied_entries += h.applied;
+            self.stats.snapshots_loaded_ahead += u64::from(h.loaded_ahead);
             match h.commit_record {
                 Some(r) => {
                     self.commit_records.insert(group.id, r);

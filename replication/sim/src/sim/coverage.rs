@@ -5,7 +5,7 @@
 use std::fmt;
 
 /// How many counters a coverage has.
-pub const COUNTERS: usize = 15;
+pub const COUNTERS: usize = 18;
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Coverage {
@@ -21,6 +21,12 @@ pub struct Coverage {
     pub segments_compacted: u64,
     /// Snapshots a follower installed from its leader.
     pub snapshots_installed: u64,
+    /// Leaders' snapshots loaded off the machine's path and stepped, those
+    /// installed by swapping in the loaded map, and MsgAppends dropped
+    /// while a snapshot of their group loaded (`transfer.rs`).
+    pub snapshots_loaded: u64,
+    pub snapshots_loaded_ahead: u64,
+    pub appends_dropped_loading: u64,
     /// Leaders elected (role changes to leader or away, over all replicas).
     pub leader_changes: u64,
     /// Reads answered at once under a lease, and after a ReadIndex round.
@@ -50,6 +56,9 @@ impl Coverage {
             snapshots_written,
             segments_compacted,
             snapshots_installed,
+            snapshots_loaded,
+            snapshots_loaded_ahead,
+            appends_dropped_loading,
             leader_changes,
             lease_reads,
             read_index_reads,
@@ -66,6 +75,9 @@ impl Coverage {
         self.snapshots_written += snapshots_written;
         self.segments_compacted += segments_compacted;
         self.snapshots_installed += snapshots_installed;
+        self.snapshots_loaded += snapshots_loaded;
+        self.snapshots_loaded_ahead += snapshots_loaded_ahead;
+        self.appends_dropped_loading += appends_dropped_loading;
         self.leader_changes += leader_changes;
         self.lease_reads += lease_reads;
         self.read_index_reads += read_index_reads;
@@ -86,6 +98,9 @@ impl Coverage {
             ("snapshots_written", self.snapshots_written),
             ("segments_compacted", self.segments_compacted),
             ("snapshots_installed", self.snapshots_installed),
+            ("snapshots_loaded", self.snapshots_loaded),
+            ("snapshots_loaded_ahead", self.snapshots_loaded_ahead),
+            ("appends_dropped_loading", self.appends_dropped_loading),
             ("leader_changes", self.leader_changes),
             ("lease_reads", self.lease_reads),
             ("read_index_reads", self.read_index_reads),
@@ -109,14 +124,17 @@ impl Coverage {
             snapshots_written: c[4],
             segments_compacted: c[5],
             snapshots_installed: c[6],
-            leader_changes: c[7],
-            lease_reads: c[8],
-            read_index_reads: c[9],
-            unknown_outcomes: c[10],
-            evictions: c[11],
-            commit_records_lost: c[12],
-            wipes: c[13],
-            readmissions: c[14],
+            snapshots_loaded: c[7],
+            snapshots_loaded_ahead: c[8],
+            appends_dropped_loading: c[9],
+            leader_changes: c[10],
+            lease_reads: c[11],
+            read_index_reads: c[12],
+            unknown_outcomes: c[13],
+            evictions: c[14],
+            commit_records_lost: c[15],
+            wipes: c[16],
+            readmissions: c[17],
         }
     }
 }
@@ -137,6 +155,6 @@ mod tests {
         let counts: [u64; COUNTERS] = std::array::from_fn(|i| i as u64 * 3 + 1);
         let c = Coverage::from_counts(counts);
         assert_eq!(c.named().map(|(_, v)| v), counts);
-        assert_eq!(c.named()[7], ("leader_changes", 22));
+        assert_eq!(c.named()[10], ("leader_changes", 31));
     }
 }

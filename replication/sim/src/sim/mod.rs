@@ -7,6 +7,8 @@
 //!   kind of fault.
 //! - `world.rs`: the event loop, nodes' timers and IO, faults.
 //! - `node.rs`: a node's cores over the simulated disk (the glue's twin).
+//! - `transfer.rs`: delivering peer messages; leaders' snapshots loaded
+//!   ahead of stepping, as kvd's transport does.
 //! - `client.rs`: clients, routing, the closing phases.
 //! - `disk.rs`, `net.rs`, `rng.rs`: the simulated disk, network, randomness.
 //! - `history.rs`, `check.rs`: what happened, and what must hold.
@@ -20,6 +22,7 @@ mod net;
 mod node;
 mod rng;
 pub mod scenario;
+mod transfer;
 mod world;
 
 use std::ops::Range;
@@ -67,6 +70,8 @@ pub fn run(seed: u64, options: &Options) -> Report {
         let leader_changes: u64 =
             world.nodes.iter().map(|n| n.leader_changes_before_restarts + n.leader_changes()).sum();
         world.coverage.leader_changes = leader_changes;
+        world.coverage.snapshots_loaded_ahead =
+            world.nodes.iter().map(|n| n.loaded_ahead_before_restarts + n.loaded_ahead()).sum();
     }));
     if let Err(payload) = outcome {
         // (Release builds abort instead; see the kvsim binary's workers.)

@@ -72,8 +72,13 @@ pub struct SimNode {
     pub disk_faults: bool,
     /// Leader changes counted by machines that crashed since.
     pub leader_changes_before_restarts: u64,
+    /// Snapshots installed from a map loaded ahead, by machines that
+    /// crashed since.
+    pub loaded_ahead_before_restarts: u64,
     /// The node crashes while its next WAL flush is in flight.
     pub crash_armed: bool,
+    /// Leaders' snapshots being loaded, per (core, group) (`transfer.rs`).
+    pub loading: BTreeMap<(u32, u32), u32>,
     /// Over its memory limit: evicting under this policy.
     pub evicting: Option<kv_engine::evict::Policy>,
     /// Its data directory's incarnation: a new number for a new disk.
@@ -95,7 +100,9 @@ impl SimNode {
             clock,
             disk_faults: false,
             leader_changes_before_restarts: 0,
+            loaded_ahead_before_restarts: 0,
             crash_armed: false,
+            loading: BTreeMap::new(),
             evicting: None,
             directory: 1,
             known: BTreeMap::new(),
@@ -116,6 +123,11 @@ impl SimNode {
 
     pub fn core_dir(&self, core: u32) -> PathBuf {
         PathBuf::from(format!("node-{}/core-{core}", self.id))
+    }
+
+    /// Snapshots the running machines installed from maps loaded ahead.
+    pub fn loaded_ahead(&self) -> u64 {
+        self.cores.iter().map(|c| c.machine.stats().snapshots_loaded_ahead).sum()
     }
 
     /// Leader changes the running machines counted.
@@ -149,7 +161,9 @@ impl SimNode {
     pub fn crash(&mut self, rng: &mut Rng) -> u64 {
         let waiting = self.cores.iter().map(|c| c.machine.commit_records_waiting() as u64).sum();
         self.leader_changes_before_restarts += self.leader_changes();
+        self.loaded_ahead_before_restarts += self.loaded_ahead();
         self.crash_armed = false;
+        self.loading.clear();
         self.cores.clear();
         self.fs.crash(rng);
         self.state = NodeState::Down;

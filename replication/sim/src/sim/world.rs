@@ -106,6 +106,23 @@ pub enum Event {
         node: u64,
         inc: u64,
     },
+    /// A crash armed by `Fault::Crash` (mid-flush, or its fallback): it
+    /// happens only in the incarnation it was armed in, so a fallback left
+    /// over from an earlier life never brings down a restarted node that
+    /// nothing would restart again.
+    ArmedCrash {
+        node: u64,
+        inc: u64,
+    },
+    /// A leader's snapshot loaded off the machine's path (`transfer.rs`).
+    SnapshotLoaded {
+        node: u64,
+        core: u32,
+        inc: u64,
+        group: u32,
+        message: Message,
+        directory: u64,
+    },
 }
 
 /// The clock and the queue of events.
@@ -225,14 +242,10 @@ impl World {
             Event::Tick { node, inc } => self.on_tick(node, inc),
             Event::Drive { node, core, inc } => self.on_drive(node, core, inc),
             Event::Deliver { to, core, group, message, directory } => {
-                if self.node(message.from).directory != directory {
-                    return;
-                }
-                let n = self.node(to);
-                // A message may reach a core a restarted node no longer
-                // has the group on, or a peer refuses it: Raft tolerates loss.
-                let _ = n.cores[core as usize].machine.step(group, message);
-                self.schedule_drive(to, core);
+                self.on_deliver(to, core, group, message, directory)
+            }
+            Event::SnapshotLoaded { node, core, inc, group, message, directory } => {
+                self.on_snapshot_loaded(node, core, inc, group, message, directory)
             }
             Event::FlushDone { node, core, inc, failed } => self.on_flush_done(node, core, inc, failed),
             Event::Prepared { node, core, inc, source, data } => {
@@ -255,6 +268,12 @@ impl World {
                     self.start_node(node);
                 }
             }
+            Event::ArmedCrash { node, inc } => {
+                let n = self.node(node);
+                if n.incarnation == inc && n.state != NodeState::Down {
+                    self.crash_node(node);
+                }
+            }
         }
     }
 
@@ -267,6 +286,7 @@ impl World {
             | Event::Prepared { node, .. }
             | Event::SnapshotsWritten { node, .. }
             | Event::Background { node, .. }
+            | Event::SnapshotLoaded { node, .. }
             | Event::Request { node, .. } => Some(*node),
             Event::Deliver { to, .. } => Some(*to),
             _ => None,
@@ -405,7 +425,7 @@ impl World {
         }
         if std::mem::take(&mut self.node(node).crash_armed) {
             let at = self.sched.rng.below(delay);
-            self.sched.after(at, Event::Fault(Fault::Crash { node }));
+            self.sched.after(at, Event::ArmedCrash { node, inc });
         }
         let failed = faults && self.sched.rng.chance(FSYNC_FAILURE_P);
         self.sched.after(delay, Event::FlushDone { node, core, inc, failed });
@@ -487,10 +507,11 @@ impl World {
                 if n.state == NodeState::Down {
                     return;
                 }
-                if !n.crash_armed && self.sched.rng.chance(CRASH_MID_FLUSH_P) {
+                let (armed, inc) = (n.crash_armed, n.incarnation);
+                if !armed && self.sched.rng.chance(CRASH_MID_FLUSH_P) {
                     // Crash during the next flush instead, or soon anyway.
                     self.node(node).crash_armed = true;
-                    self.sched.after(CRASH_MID_FLUSH_WAIT_US, Event::Fault(Fault::Crash { node }));
+                    self.sched.after(CRASH_MID_FLUSH_WAIT_US, Event::ArmedCrash { node, inc });
                 } else {
                     self.crash_node(node);
                 }
@@ -593,11 +614,15 @@ impl World {
             return;
         }
         self.node(node).state = NodeState::Up;
+        let current = self.node(node).incarnation;
         let mut ticked = false;
         for event in self.held.remove(&node).unwrap_or_default() {
-            // A timer that fired during the pause fires once on resume.
-            if let Event::Tick { .. } = event {
-                if std::mem::replace(&mut ticked, true) {
+            // A timer that fired during the pause fires once on resume. A
+            // tick of an earlier life (the node restarted, poisoned, before
+            // the pause) does not count: it would take the place of the
+            // live timer and stop the node's clock for good.
+            if let Event::Tick { inc, .. } = event {
+                if inc != current || std::mem::replace(&mut ticked, true) {
                     continue;
                 }
             }
